@@ -1,0 +1,19 @@
+"""Errors of the protocol package."""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """Root of every error raised by :mod:`protocol`."""
+
+
+class StudyFormatError(ProtocolError):
+    """A study document breaks the study format; the message names the field."""
+
+
+class SignatureError(ProtocolError):
+    """A signed study is unsigned, tampered with, or signed by an untrusted key."""
+
+
+class PKIError(ProtocolError):
+    """A certificate or key could not be made, read or verified."""
