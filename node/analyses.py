@@ -1,0 +1,92 @@
+"""Per-analysis computation at a site: cohort in, one :class:`Release` of aggregates out.
+
+Only aggregate vectors leave this module. Unmasked releases go through the site's disclosure
+rules (:func:`analytics.coarsen_counts`); a rule that cannot be met becomes an error release
+for that analysis, never a silent change of the data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import pandas as pd
+from protocol.codec import Release
+
+from analytics import DisclosureError, SurvivalCounts, coarsen_counts, survival_counts
+from node.endpoints import group_labels, survival_endpoint
+from node.policy import Policy
+from protocol.releases import survival_release
+from protocol.study import Analysis, Study
+
+__all__ = ["SURVIVAL_KINDS", "compute_release", "error_release"]
+
+logger = logging.getLogger(__name__)
+
+SURVIVAL_KINDS = ("kaplan_meier", "nelson_aalen", "logrank")
+
+
+def error_release(analysis: Analysis, reason: str) -> Release:
+    """A release that carries only the reason this site does not answer an analysis."""
+    return Release(analysis=analysis.name, kind=analysis.kind, vectors={}, metadata={},
+                   error=reason)
+
+
+def _survival(
+    analysis: Analysis, study: Study, tables: object, cohort: pd.DataFrame, site_id: str,
+    policy: Policy,
+) -> Release:
+    assert analysis.endpoint is not None
+    outcome = survival_endpoint(tables, cohort, analysis.endpoint, study.horizon_days,
+                                study.censor_at)
+    labels = group_labels(cohort, analysis.group_by, site_id)
+    groups: dict[str, SurvivalCounts] = {}
+    widest = 1
+    coarsened = False
+    for label in sorted(pd.unique(labels)):
+        mask = (labels == label).to_numpy()
+        counts = survival_counts(outcome["duration"].to_numpy()[mask],
+                                 outcome["event"].to_numpy()[mask], study.horizon_days)
+        if study.privacy.secure_aggregation:
+            groups[str(label)] = counts
+            continue
+        try:
+            safe = coarsen_counts(counts, policy.min_bin_events, policy.min_cell)
+        except DisclosureError as exc:
+            return error_release(analysis, f"disclosure rule: group {label}: {exc}")
+        groups[str(label)] = safe.counts
+        widest = max(widest, safe.max_bin_width)
+        coarsened = coarsened or len(safe.bin_ends) < counts.horizon + 1
+    metadata = {
+        "time_resolution_days": widest,
+        "coarsened": coarsened,
+        "min_cell": policy.min_cell,
+        "min_bin_events": policy.min_bin_events,
+    }
+    return survival_release(analysis.name, analysis.kind, groups, metadata)
+
+
+def compute_release(
+    analysis: Analysis,
+    study: Study,
+    tables: object,
+    cohort: pd.DataFrame,
+    site_id: str,
+    policy: Policy,
+) -> Release:
+    """Compute what this site releases for one analysis, or an error release with the reason."""
+    reason = policy.check_analysis(analysis)
+    if reason:
+        return error_release(analysis, reason)
+    if analysis.kind in SURVIVAL_KINDS:
+        return _survival(analysis, study, tables, cohort, site_id, policy)
+    return error_release(analysis, f"kind {analysis.kind} is not supported by this node version")
+
+
+def release_summary(releases: Mapping[str, Release]) -> dict[str, object]:
+    """What the audit trail records of a release: names, kinds, vector sizes, errors."""
+    return {
+        name: {"kind": r.kind, "error": r.error} if r.error else
+        {"kind": r.kind, "vectors": len(r.vectors), "groups": len(r.metadata.get("groups", []))}
+        for name, r in releases.items()
+    }

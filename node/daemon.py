@@ -1,0 +1,203 @@
+"""The node daemon: dials out to the aggregator, holds the node link, answers tasks.
+
+Hospitals accept no inbound connections, so the node opens one bidirectional gRPC stream
+(mutual TLS) and keeps it: hello, heartbeats, tasks down, results up. When the aggregator is
+away it reconnects with exponential backoff and jitter. SIGTERM stops it gracefully: the task
+in hand is finished and sent, then the stream is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+from protocol.codec import encode_release
+from protocol.signing import SignedStudy
+
+from heron import __version__
+from node.engine import TaskOutcome
+from protocol.tls import channel_credentials, channel_options
+from protocol.v1 import node_link_pb2 as pb
+from protocol.v1 import node_link_pb2_grpc as pb_grpc
+
+__all__ = ["Backoff", "NodeDaemon"]
+
+logger = logging.getLogger(__name__)
+
+Answer = Callable[[str, SignedStudy], TaskOutcome]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter, reset after a successful connection."""
+
+    initial_s: float = 0.5
+    maximum_s: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self, rng: random.Random) -> float:
+        """Delay before the next attempt."""
+        ceiling = min(self.maximum_s, self.initial_s * (2 ** self.attempt))
+        self.attempt += 1
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        """Forget earlier failures."""
+        self.attempt = 0
+
+
+class NodeDaemon:
+    """One site's connection to the aggregator.
+
+    Parameters
+    ----------
+    site_id, target
+        This site's id and the aggregator address (host must match its certificate).
+    credentials
+        ``protocol.pki.Credentials`` of this site.
+    answer
+        ``answer(study_id, signed_study) -> TaskOutcome`` (the node engine).
+    freshness
+        Returns ``(ingested_at, stored_infusions)`` for the hello message.
+    """
+
+    def __init__(self, site_id: str, target: str, credentials: object, answer: Answer,
+                 freshness: Callable[[], tuple[str, int]], heartbeat_s: float = 5.0,
+                 backoff_max_s: float = 30.0) -> None:
+        self.site_id = site_id
+        self.target = target
+        self.credentials = credentials
+        self.answer = answer
+        self.freshness = freshness
+        self.heartbeat_s = heartbeat_s
+        self.backoff = Backoff(maximum_s=backoff_max_s)
+        self._stop = threading.Event()
+        self._call: grpc.Future | None = None
+        self._out: queue.Queue[pb.NodeMessage | None] | None = None
+        self._busy = threading.Lock()
+        self._rng = random.Random()
+        self.connected = threading.Event()
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Finish the task in hand, send its answer, close the link and leave.
+
+        The outbound stream is half-closed after the last answer; the call is cancelled if the
+        aggregator has not ended it within ``drain_s`` seconds.
+        """
+        self._stop.set()
+        if self._busy.acquire(blocking=False):
+            try:
+                self._close_outbound()
+            finally:
+                self._busy.release()
+        timer = threading.Timer(drain_s, self._cancel)
+        timer.daemon = True
+        timer.start()
+
+    def _close_outbound(self) -> None:
+        out = self._out
+        if out is not None:
+            out.put(None)
+        elif self._call is not None:
+            self._call.cancel()
+
+    def _cancel(self) -> None:
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _outbound(self, out: queue.Queue[pb.NodeMessage | None]) -> Iterator[pb.NodeMessage]:
+        ingested_at, stored = self.freshness()
+        yield pb.NodeMessage(hello=pb.Hello(
+            site_id=self.site_id, software_version=__version__,
+            freshness=pb.DataFreshness(ingested_at=ingested_at, stored_infusions=stored)))
+        while True:
+            try:
+                msg = out.get(timeout=self.heartbeat_s)
+            except queue.Empty:
+                msg = pb.NodeMessage(heartbeat=pb.Heartbeat(sent_unix_ms=int(time.time() * 1000)))
+            if msg is None:
+                return
+            yield msg
+
+    def _handle_task(self, task: pb.StudyTask, out: queue.Queue[pb.NodeMessage | None]) -> None:
+        with self._busy:
+            self._answer_task(task, out)
+            if self._stop.is_set():
+                out.put(None)
+
+    def _answer_task(self, task: pb.StudyTask, out: queue.Queue[pb.NodeMessage | None]) -> None:
+        signed = SignedStudy.from_proto(task.study)
+        try:
+            outcome = self.answer(task.study_id, signed)
+        except Exception:  # the node must keep running; the reason goes upstream
+            logger.exception("task %s for study %s failed", task.task_id, task.study_id)
+            outcome = TaskOutcome(refusal="internal error at the site node")
+        if outcome.refusal is not None:
+            out.put(pb.NodeMessage(refusal=pb.TaskRefusal(
+                task_id=task.task_id, study_id=task.study_id, reason=outcome.refusal)))
+        else:
+            out.put(pb.NodeMessage(result=pb.TaskResult(
+                task_id=task.task_id, study_id=task.study_id,
+                releases=[encode_release(r) for r in outcome.releases or ()])))
+
+    def _session(self) -> None:
+        out: queue.Queue[pb.NodeMessage | None] = queue.Queue()
+        self._out = out
+        channel = grpc.secure_channel(self.target, channel_credentials(self.credentials),
+                                      options=channel_options())
+        try:
+            stub = pb_grpc.NodeLinkStub(channel)
+            call = stub.Connect(self._outbound(out))
+            self._call = call
+            if self._stop.is_set():
+                out.put(None)
+            for msg in call:
+                which = msg.WhichOneof("body")
+                if which == "welcome":
+                    logger.info("connected to aggregator %s", self.target)
+                    self.backoff.reset()
+                    self.connected.set()
+                elif which == "task":
+                    logger.info("task %s: study %s", msg.task.task_id, msg.task.study_id)
+                    self._handle_task(msg.task, out)
+            out.put(None)
+        finally:
+            self.connected.clear()
+            self._call = None
+            self._out = None
+            channel.close()
+
+    def run(self) -> None:
+        """Connect and serve until :meth:`stop`; reconnect with backoff when the link drops."""
+        while not self._stop.is_set():
+            try:
+                self._session()
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    break
+                code = exc.code() if hasattr(exc, "code") else None
+                logger.warning("aggregator link lost (%s)", getattr(code, "name", code))
+            if self._stop.is_set():
+                break
+            delay = self.backoff.next_delay(self._rng)
+            logger.info("reconnecting in %.1f s", delay)
+            self._stop.wait(delay)
+        logger.info("node %s stopped", self.site_id)
+
+    def run_until_signal(self) -> None:
+        """Run in the foreground; SIGTERM and SIGINT stop gracefully."""
+        def _handler(signum: int, frame: object) -> None:
+            logger.info("signal %d: shutting down", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
+        self.run()

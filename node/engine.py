@@ -1,0 +1,137 @@
+"""The node's study engine: verify, decide, compute, audit. Transport-agnostic.
+
+A transport (the gRPC daemon, or an in-process runtime) hands a task's signed study to
+:meth:`NodeEngine.answer` and sends back what it returns: the releases of every analysis, or a
+refusal of the whole study with its reason. Every decision lands in the audit trail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from protocol.codec import Release
+from protocol.signing import SignedStudy, is_expired, verify_study
+
+from node.analyses import compute_release, release_summary
+from node.audit import AuditTrail
+from node.cohort import select_cohort
+from node.errors import NodeError
+from node.policy import Policy
+from protocol.errors import ProtocolError
+from protocol.keys import key_id
+from protocol.study import Study
+
+__all__ = ["NodeEngine", "TaskOutcome"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What the node answers: releases, or a refusal reason (exactly one is set)."""
+
+    releases: tuple[Release, ...] | None = None
+    refusal: str | None = None
+
+
+class NodeEngine:
+    """Answers studies for one site under its policy.
+
+    Parameters
+    ----------
+    site_id
+        This site's id (the CN of its certificate).
+    policy
+        The site policy.
+    trusted_keys
+        Coordinator public keys this site trusts.
+    open_tables
+        Returns the current store (an object with ``.table(name)``); called per study so a
+        re-ingestion is seen without a restart.
+    audit
+        The site's audit trail.
+    today
+        Clock for expiry checks.
+    is_approved
+        For ``approval = "manual"``: whether the data steward approved a study id.
+    """
+
+    def __init__(
+        self,
+        site_id: str,
+        policy: Policy,
+        trusted_keys: Sequence[Ed25519PublicKey],
+        open_tables: Callable[[], object],
+        audit: AuditTrail,
+        today: Callable[[], dt.date] = dt.date.today,
+        is_approved: Callable[[str], bool] = lambda study_id: False,
+    ) -> None:
+        self.site_id = site_id
+        self.policy = policy
+        self.trusted_keys = tuple(trusted_keys)
+        self.open_tables = open_tables
+        self.audit = audit
+        self.today = today
+        self.is_approved = is_approved
+
+    def _refuse(self, study_id: str, reason: str) -> TaskOutcome:
+        self.audit.append("study_refused", study_id, reason=reason)
+        logger.info("refused study %s: %s", study_id, reason)
+        return TaskOutcome(refusal=reason)
+
+    def _check(self, study_id: str, signed: SignedStudy) -> Study | str:
+        try:
+            study = verify_study(signed, self.trusted_keys)
+        except ProtocolError as exc:
+            return str(exc)
+        if study.id != study_id:
+            return f"task names study {study_id} but the signed study is {study.id}"
+        if is_expired(study, self.today()):
+            return f"study expired on {study.expires.isoformat()}"
+        if study.privacy.secure_aggregation:
+            return "secure aggregation is not supported by this node version"
+        if self.policy.approval == "manual" and not self.is_approved(study.id):
+            return "awaiting approval by the site's data steward"
+        return study
+
+    def answer(self, study_id: str, signed: SignedStudy) -> TaskOutcome:
+        """Verify and answer one study task."""
+        signer = key_id(Ed25519PublicKey.from_public_bytes(signed.public_key)) \
+            if len(signed.public_key) == 32 else "none"
+        self.audit.append("study_received", study_id, signer=signer,
+                          study_sha256=_sha256(signed.canonical_study))
+        checked = self._check(study_id, signed)
+        if isinstance(checked, str):
+            return self._refuse(study_id, checked)
+        study = checked
+        try:
+            tables = self.open_tables()
+            cohort = select_cohort(tables, study.cohort, today=self.today())
+        except NodeError as exc:
+            return self._refuse(study_id, f"site data unavailable: {exc}")
+        unmasked = not study.privacy.secure_aggregation
+        if unmasked and len(cohort) < self.policy.min_cohort:
+            return self._refuse(study_id, f"cohort below {self.policy.min_cohort} patients")
+        releases = {}
+        for analysis in study.analyses:
+            release = compute_release(analysis, study, tables, cohort, self.site_id, self.policy)
+            if release.error:
+                self.audit.append("analysis_refused", study_id, analysis=analysis.name,
+                                  reason=release.error)
+            releases[analysis.name] = release
+        self.audit.append("release", study_id, cohort_size=len(cohort),
+                          thresholds={"min_cohort": self.policy.min_cohort,
+                                      "min_cell": self.policy.min_cell,
+                                      "min_bin_events": self.policy.min_bin_events},
+                          analyses=release_summary(releases))
+        return TaskOutcome(releases=tuple(releases.values()))
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
