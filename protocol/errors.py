@@ -17,3 +17,11 @@ class SignatureError(ProtocolError):
 
 class PKIError(ProtocolError):
     """A certificate or key could not be made, read or verified."""
+
+
+class KeyFormatError(ProtocolError):
+    """A coordinator signing key or public key file is missing or malformed."""
+
+
+class ReleaseFormatError(ProtocolError):
+    """An analysis release cannot be encoded or a received one is malformed."""
