@@ -54,6 +54,7 @@ class LocalNetwork:
 
     workspace: Path
     site_timeout_s: float = 60.0
+    verify_at_aggregator: bool = True
     progress: Progress = lambda msg: None
     aggregator: subprocess.Popen[bytes] | None = None
     nodes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -85,14 +86,16 @@ class LocalNetwork:
         generate_signing_key(self.coordinator_dir / "signing.key")
 
     def start_aggregator(self, timeout_s: float = 30.0) -> None:
-        """Start the aggregator daemon and wait for its port."""
+        """Start the aggregator daemon (again on the same port if it ran before)."""
         agg = self.workspace / "aggregator"
         port_file = agg / "port"
         port_file.unlink(missing_ok=True)
+        trust = ["--trusted-coordinator", str(self.coordinator_dir / "signing.pub")] \
+            if self.verify_at_aggregator else []
         self.aggregator = self._spawn([
-            "aggregator", "run", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-            "--db", str(agg / "aggregator.db"), "--credentials", str(agg / "credentials"),
-            "--trusted-coordinator", str(self.coordinator_dir / "signing.pub"),
+            "aggregator", "run", "--listen", f"127.0.0.1:{self.port}", "--port-file",
+            str(port_file), "--db", str(agg / "aggregator.db"),
+            "--credentials", str(agg / "credentials"), *trust,
             "--site-timeout", str(self.site_timeout_s),
         ], agg / "aggregator.log")
         deadline = time.monotonic() + timeout_s
