@@ -1,0 +1,211 @@
+"""Encode and decode analysis releases: named numeric arrays plus a small JSON metadata object.
+
+Wire form (``heron.v1.AnalysisRelease``): each array is a ``NamedVector`` holding its values
+flattened in C order, integers in ``ints`` (sint64) or floating values in ``reals`` (double).
+
+* Integer and boolean arrays travel as ``ints`` and decode as ``int64``; floating arrays travel
+  as ``reals`` and decode as ``float64``. ``int64`` and ``float64`` therefore round-trip exactly
+  (NaN and infinities included); narrower types come back widened.
+* Arrays that are not one-dimensional, and empty arrays (whose ``ints`` and ``reals`` are both
+  empty on the wire), are described in the reserved metadata entry ``"_vectors"``:
+  ``{key: {"dtype": "int64" | "float64", "shape": [d0, d1, ...]}}``. Decoding removes the entry
+  and restores shape and dtype, so callers never see it; it may not be used as a metadata key.
+* Metadata is a JSON object without NaN or infinities; numpy scalars and arrays in it are
+  converted to plain numbers and lists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocol.errors import ReleaseFormatError
+from protocol.v1 import common_pb2
+
+__all__ = ["LAYOUT_KEY", "Release", "decode_release", "encode_release"]
+
+logger = logging.getLogger(__name__)
+
+LAYOUT_KEY = "_vectors"
+_INT64 = np.dtype(np.int64)
+_FLOAT64 = np.dtype(np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class Release:
+    """What one site releases for one analysis: named arrays and metadata, or an error.
+
+    Equality compares arrays by dtype, shape and values (NaN equal to NaN).
+    """
+
+    analysis: str
+    kind: str
+    vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @classmethod
+    def failure(cls, analysis: str, kind: str, error: str) -> Release:
+        """A release saying the site could not or would not answer (``error`` non-empty)."""
+        if not error:
+            raise ValueError("a failure release needs a reason")
+        return cls(analysis=analysis, kind=kind, error=error)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Release):
+            return NotImplemented
+        if (self.analysis, self.kind, self.error) != (other.analysis, other.kind, other.error):
+            return False
+        if dict(self.metadata) != dict(other.metadata) or set(self.vectors) != set(other.vectors):
+            return False
+        for key, a in self.vectors.items():
+            a, b = np.asarray(a), np.asarray(other.vectors[key])
+            if a.dtype != b.dtype or a.shape != b.shape:
+                return False
+            if not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _as_wire_array(key: str, value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind in "biu":
+        if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+            raise ReleaseFormatError(f"vector {key!r}: values exceed the int64 range")
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float64)
+    raise ReleaseFormatError(f"vector {key!r}: dtype {arr.dtype} is neither integer nor float")
+
+
+def encode_release(release: Release) -> common_pb2.AnalysisRelease:
+    """Encode a :class:`Release` as ``heron.v1.AnalysisRelease``.
+
+    Raises
+    ------
+    ReleaseFormatError
+        For an empty or duplicate key, a non-numeric array, metadata that is not a JSON object
+        of finite values, or metadata using the reserved key ``"_vectors"``.
+    """
+    if not isinstance(release.metadata, Mapping):
+        raise ReleaseFormatError("release metadata must be a mapping")
+    if LAYOUT_KEY in release.metadata:
+        raise ReleaseFormatError(f"metadata key {LAYOUT_KEY!r} is reserved by the codec")
+    pb = common_pb2.AnalysisRelease(analysis=release.analysis, kind=release.kind,
+                                    error=release.error)
+    layout: dict[str, dict[str, Any]] = {}
+    for key, value in release.vectors.items():
+        if not isinstance(key, str) or not key:
+            raise ReleaseFormatError(f"vector key {key!r} must be a non-empty string")
+        arr = _as_wire_array(key, value)
+        flat = arr.ravel(order="C")
+        vec = pb.vectors.add(key=key)
+        if arr.dtype == _INT64:
+            vec.ints.extend(flat.tolist())
+        else:
+            vec.reals.extend(flat.tolist())
+        if arr.ndim != 1 or arr.size == 0:
+            layout[key] = {"dtype": str(arr.dtype), "shape": list(arr.shape)}
+    metadata = dict(release.metadata)
+    if layout:
+        metadata[LAYOUT_KEY] = layout
+    try:
+        pb.metadata_json = json.dumps(metadata, sort_keys=True, separators=(",", ":"),
+                                      allow_nan=False, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ReleaseFormatError(f"release metadata is not a finite JSON object: {exc}") from exc
+    return pb
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in release metadata")
+
+
+def _decode_metadata(text: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ReleaseFormatError(f"release metadata is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ReleaseFormatError("release metadata is not a JSON object")
+    return obj
+
+
+def _layout_entry(key: str, entry: Any) -> tuple[np.dtype, tuple[int, ...]]:
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape"}:
+        raise ReleaseFormatError(f"layout of vector {key!r} must have dtype and shape")
+    if entry["dtype"] not in ("int64", "float64"):
+        raise ReleaseFormatError(f"layout of vector {key!r}: unknown dtype {entry['dtype']!r}")
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ReleaseFormatError(f"layout of vector {key!r}: shape must be a list of sizes")
+    return np.dtype(entry["dtype"]), tuple(shape)
+
+
+def decode_release(pb: common_pb2.AnalysisRelease) -> Release:
+    """Decode and validate a received ``heron.v1.AnalysisRelease``.
+
+    Raises
+    ------
+    ReleaseFormatError
+        When a vector key is empty or repeated, a vector fills both ``ints`` and ``reals``,
+        the metadata is not a JSON object (or holds NaN/infinity), or the layout entry does not
+        match the vectors.
+    """
+    metadata = _decode_metadata(pb.metadata_json)
+    layout = metadata.pop(LAYOUT_KEY, {})
+    if not isinstance(layout, dict):
+        raise ReleaseFormatError(f"metadata {LAYOUT_KEY!r} must be an object")
+    vectors: dict[str, np.ndarray] = {}
+    for vec in pb.vectors:
+        key = vec.key
+        if not key:
+            raise ReleaseFormatError("a vector has an empty key")
+        if key in vectors:
+            raise ReleaseFormatError(f"vector {key!r} appears twice")
+        if len(vec.ints) and len(vec.reals):
+            raise ReleaseFormatError(f"vector {key!r} fills both ints and reals")
+        if key in layout:
+            dtype, shape = _layout_entry(key, layout[key])
+        else:
+            if not len(vec.ints) and not len(vec.reals):
+                raise ReleaseFormatError(f"empty vector {key!r} has no layout entry")
+            dtype, shape = (_INT64 if len(vec.ints) else _FLOAT64), None
+        if dtype == _INT64:
+            if len(vec.reals):
+                raise ReleaseFormatError(f"vector {key!r} is declared int64 but holds reals")
+            arr = np.array(list(vec.ints), dtype=np.int64)
+        else:
+            if len(vec.ints):
+                raise ReleaseFormatError(f"vector {key!r} is declared float64 but holds ints")
+            arr = np.array(list(vec.reals), dtype=np.float64)
+        if shape is not None:
+            if math.prod(shape) != arr.size:
+                raise ReleaseFormatError(f"vector {key!r}: {arr.size} values do not fill "
+                                         f"shape {shape}")
+            arr = arr.reshape(shape)
+        vectors[key] = arr
+    unknown = sorted(set(layout) - set(vectors))
+    if unknown:
+        raise ReleaseFormatError(f"layout names unknown vector {unknown[0]!r}")
+    return Release(analysis=pb.analysis, kind=pb.kind, vectors=vectors, metadata=metadata,
+                   error=pb.error)
