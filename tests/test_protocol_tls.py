@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -21,6 +22,7 @@ from protocol.pki import (
 )
 from protocol.tls import (
     PeerIdentity,
+    aio_secure_channel,
     channel_credentials,
     channel_options,
     peer_identity,
@@ -141,3 +143,26 @@ def test_peer_identity_from_pem(pki: Path) -> None:
     ident = peer_identity(_FakeContext({"x509_pem_cert": [pem],
                                         "x509_common_name": [b"se-uppsala"]}))
     assert ident == PeerIdentity("se-uppsala", "site")
+
+
+def test_asyncio_server_and_channel(pki: Path) -> None:
+    async def who(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        ident = peer_identity(context)
+        return f"{ident.common_name}|{ident.role}".encode()
+
+    async def run() -> str:
+        server = grpc.aio.server(options=server_options())
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            "heron.test.Whoami", {"Who": grpc.unary_unary_rpc_method_handler(who)})])
+        port = server.add_secure_port("127.0.0.1:0",
+                                      server_credentials(load_credentials(pki / "aggregator")))
+        await server.start()
+        try:
+            async with aio_secure_channel(f"localhost:{port}",
+                                          load_credentials(pki / "site")) as ch:
+                reply = await ch.unary_unary(WHOAMI)(b"", timeout=RPC_TIMEOUT)
+        finally:
+            await server.stop(None)
+        return reply.decode()
+
+    assert asyncio.run(run()) == "se-uppsala|site"
