@@ -21,3 +21,15 @@ class Rejected(AggregatorError):
 
 class PermissionDenied(AggregatorError):
     """The caller's certificate does not grant this operation."""
+
+
+class ProtocolViolation(AggregatorError):
+    """A node broke the link protocol (for example its first message was not ``Hello``)."""
+
+
+class ConfigError(AggregatorError):
+    """The aggregator configuration is invalid; the message names the key."""
+
+
+class StoreError(AggregatorError):
+    """The aggregator database is unusable (closed, or written by a newer version)."""
