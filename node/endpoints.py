@@ -1,0 +1,273 @@
+"""Endpoints derived at the site (data-model.md, "Endpoints derived at the site").
+
+Every function is vectorised over the cohort (numpy/pandas, no per-patient Python loops) and
+works in whole days since infusion (infusion = day 0). Rules shared by all endpoints:
+
+- The latest follow-up contact counts. A patient whose latest contact says ``dead`` (with a
+  death_date) died on death_date; otherwise (``alive`` or ``unknown``) the patient is censored
+  at that contact. If two rows share the latest contact date and one says ``dead``, death wins.
+- An infusion with no follow-up row (impossible after ingestion) is censored at day 0; events
+  recorded in clinical_events / adverse_events still count.
+- ``censor_at`` (``subsequent_cell_therapy``, ``subsequent_hct``): when the first such event
+  happens strictly before the endpoint event, the patient is censored on its day; on the same
+  day the endpoint event counts. Without an endpoint event the patient is censored on the day
+  of that event (even past the last contact: the record shows follow-up to that day).
+- Follow-up beyond ``horizon`` is censored at the horizon (duration = horizon, no event); an
+  event exactly on the horizon day stays an event.
+- Durations below 0 (only possible with data that ingestion rejects) are set to 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from node.cohort import TableSource, get_table
+from node.errors import StudyRefused
+from protocol.study import AE_ENDPOINT, CENSOR_EVENTS, GROUP_BY
+
+__all__ = ["AE_TERMS", "competing_endpoint", "group_labels", "parse_ae_endpoint",
+           "survival_endpoint"]
+
+log = logging.getLogger(__name__)
+
+Tables = Mapping[str, pd.DataFrame] | TableSource
+
+AE_TERMS = (
+    "CRS", "ICANS", "IEC_HS", "infection_bacterial", "infection_viral", "infection_fungal",
+    "prolonged_cytopenia", "hypogammaglobulinaemia", "TLS", "second_malignancy", "other",
+)
+_NS_PER_DAY = 86_400 * 10**9
+
+
+def _days(values: pd.Series) -> np.ndarray:
+    """Dates as float days since 1970-01-01 (NaN where missing)."""
+    v = pd.to_datetime(values).to_numpy(dtype="datetime64[ns]")
+    out = np.floor_divide(v.view("int64"), _NS_PER_DAY).astype("float64")
+    out[np.isnat(v)] = np.nan
+    return out
+
+
+@dataclass(frozen=True)
+class _Base:
+    """Per-infusion facts every endpoint uses, aligned with the cohort rows."""
+
+    t0: np.ndarray  # infusion day (days since epoch)
+    last_contact: np.ndarray  # days since infusion; 0 when no follow-up row
+    death: np.ndarray  # days since infusion; NaN when not dead
+
+
+def _positions(cohort_ids: pd.Index, ids: pd.Series) -> np.ndarray:
+    """Row position in the cohort of each id (-1 when not in the cohort)."""
+    return cohort_ids.get_indexer(ids.astype(cohort_ids.dtype))
+
+
+def _eq(col: pd.Series, value: str) -> np.ndarray:
+    """Boolean array: ``col == value`` with missing values False."""
+    return col.eq(value).fillna(False).to_numpy(dtype=bool)
+
+
+def _group_min(n: int, pos: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per-cohort-row minimum of ``values`` over rows at ``pos`` (NaN where none)."""
+    out = np.full(n, np.nan)
+    ok = ~np.isnan(values)
+    if ok.any():
+        mins = pd.Series(values[ok]).groupby(pos[ok], sort=False).min()
+        out[mins.index.to_numpy()] = mins.to_numpy()
+    return out
+
+
+def _cohort_index(cohort_df: pd.DataFrame) -> pd.Index:
+    ids = pd.Index(cohort_df["infusion_id"].astype("string"))
+    if not ids.is_unique:
+        raise ValueError("cohort_df has duplicate infusion_id values")
+    return ids
+
+
+def _base(tables: Tables, cohort_df: pd.DataFrame, ids: pd.Index) -> _Base:
+    n = len(ids)
+    t0 = _days(cohort_df["infusion_date"])
+    fu = get_table(tables, "followup")
+    pos = _positions(ids, fu["infusion_id"])
+    sel = pos >= 0
+    pos = pos[sel]
+    contact = _days(fu["contact_date"])[sel] - t0[pos]
+    latest = np.full(n, np.nan)
+    has = ~np.isnan(contact)
+    if has.any():
+        maxs = pd.Series(contact[has]).groupby(pos[has], sort=False).max()
+        latest[maxs.index.to_numpy()] = maxs.to_numpy()
+    dead = _eq(fu["vital_status"], "dead")[sel]
+    death_days = _days(fu["death_date"])[sel] - t0[pos]
+    on_latest = contact == latest[pos]
+    death_days[~(dead & on_latest)] = np.nan
+    missing = int(np.isnan(latest).sum())
+    if missing:
+        log.warning("%d cohort infusions have no follow-up; censored at day 0", missing)
+    return _Base(t0=t0, last_contact=np.nan_to_num(latest, nan=0.0),
+                 death=_group_min(n, pos, death_days))
+
+
+def _first_clinical(tables: Tables, ids: pd.Index, t0: np.ndarray,
+                    events: tuple[str, ...]) -> np.ndarray:
+    """Day of the first clinical event of any of ``events`` per infusion (NaN where none)."""
+    ce = get_table(tables, "clinical_events")
+    mask = ce["event"].isin(list(events)).fillna(False).to_numpy(dtype=bool)
+    ce = ce.loc[mask]
+    pos = _positions(ids, ce["infusion_id"])
+    sel = pos >= 0
+    return _group_min(len(ids), pos[sel], _days(ce["event_date"])[sel] - t0[pos[sel]])
+
+
+def _censor_day(tables: Tables, ids: pd.Index, t0: np.ndarray,
+                censor_at: tuple[str, ...]) -> np.ndarray:
+    bad = [c for c in censor_at if c not in CENSOR_EVENTS]
+    if bad:
+        raise StudyRefused(f"censor_at {bad[0]!r} is not one of {', '.join(CENSOR_EVENTS)}")
+    if not censor_at:
+        return np.full(len(ids), np.nan)
+    return _first_clinical(tables, ids, t0, tuple(censor_at))
+
+
+def _assemble(base: _Base, event_day: np.ndarray, censor_day: np.ndarray,
+              horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """(duration, event flag) from the endpoint event day, censoring day and horizon."""
+    if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 0:
+        raise ValueError(f"horizon must be a non-negative integer, not {horizon!r}")
+    has_e = ~np.isnan(event_day)
+    has_c = ~np.isnan(censor_day)
+    censored_first = has_c & ~(event_day <= censor_day)
+    event = has_e & ~censored_first
+    duration = np.where(event, event_day, np.where(has_c, censor_day, base.last_contact))
+    beyond = duration > horizon
+    duration = np.where(beyond, horizon, duration)
+    event &= ~beyond
+    negative = duration < 0
+    if negative.any():
+        log.warning("%d durations below day 0 set to 0", int(negative.sum()))
+        duration = np.where(negative, 0, duration)
+    return duration.astype("int64"), event
+
+
+def _frame(cohort_df: pd.DataFrame, ids: pd.Index, duration: np.ndarray,
+           last_col: str, last: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame({"infusion_id": ids.to_numpy(), "duration": duration, last_col: last},
+                        index=cohort_df.index)
+
+
+def survival_endpoint(tables: Tables, cohort_df: pd.DataFrame, endpoint: str, horizon: int,
+                      censor_at: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Time to ``overall_survival`` or ``progression_free_survival`` for each cohort infusion.
+
+    Overall survival: event = death. Progression-free survival: event = the earlier of the
+    first relapse_progression and death. Otherwise censored at the latest contact; see the
+    module docstring for censor_at, the horizon and edge cases.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns infusion_id, duration (int64 days), event (bool), indexed like ``cohort_df``.
+    """
+    if endpoint not in ("overall_survival", "progression_free_survival"):
+        raise StudyRefused(f"endpoint {endpoint!r} is not a survival endpoint")
+    ids = _cohort_index(cohort_df)
+    base = _base(tables, cohort_df, ids)
+    event_day = base.death
+    if endpoint == "progression_free_survival":
+        relapse = _first_clinical(tables, ids, base.t0, ("relapse_progression",))
+        event_day = np.fmin(relapse, base.death)
+    censor_day = _censor_day(tables, ids, base.t0, censor_at)
+    duration, event = _assemble(base, event_day, censor_day, horizon)
+    return _frame(cohort_df, ids, duration, "event", event.astype(bool))
+
+
+def parse_ae_endpoint(endpoint: str) -> tuple[str, int]:
+    """(canonical term, minimum grade) of an ``ae:<TERM>[>=G]`` endpoint.
+
+    The term is matched case-insensitively to the data-model spelling.
+    """
+    m = AE_ENDPOINT.match(endpoint)
+    canon = {t.lower(): t for t in AE_TERMS}
+    if not m or m.group(1).lower() not in canon:
+        raise StudyRefused(f"endpoint {endpoint!r} is not ae:<TERM>[>=G] with TERM one of "
+                           f"{', '.join(AE_TERMS)}")
+    return canon[m.group(1).lower()], int(m.group(2) or 1)
+
+
+def _first_ae(tables: Tables, ids: pd.Index, t0: np.ndarray, term: str,
+              min_grade: int) -> np.ndarray:
+    ae = get_table(tables, "adverse_events")
+    grade = pd.to_numeric(ae["max_grade"], errors="coerce").to_numpy(dtype="float64",
+                                                                    na_value=np.nan)
+    mask = _eq(ae["term"], term) & (grade >= min_grade)
+    ae = ae.loc[mask]
+    pos = _positions(ids, ae["infusion_id"])
+    sel = pos >= 0
+    return _group_min(len(ids), pos[sel], _days(ae["onset_date"])[sel] - t0[pos[sel]])
+
+
+def competing_endpoint(tables: Tables, cohort_df: pd.DataFrame, endpoint: str, horizon: int,
+                       censor_at: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Competing-risks endpoint for each cohort infusion.
+
+    ``relapse``: cause 1 = first relapse_progression, 2 = death without prior relapse.
+    ``non_relapse_mortality``: cause 1 = death without prior relapse, 2 = relapse.
+    ``ae:<TERM>[>=G]``: cause 1 = onset of the first adverse event of TERM with max_grade >= G
+    (default 1), 2 = death without that event. A relapse (or adverse event) on the day of death
+    counts as preceding it. Cause 0 = censored (latest contact, censor_at, horizon as in the
+    module docstring).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns infusion_id, duration (int64 days), cause (int64 0/1/2), indexed like
+        ``cohort_df``.
+    """
+    ids = _cohort_index(cohort_df)
+    if endpoint in ("relapse", "non_relapse_mortality"):
+        base = _base(tables, cohort_df, ids)
+        first = _first_clinical(tables, ids, base.t0, ("relapse_progression",))
+        first_cause = 1 if endpoint == "relapse" else 2
+    elif endpoint.startswith("ae:"):
+        term, grade = parse_ae_endpoint(endpoint)
+        base = _base(tables, cohort_df, ids)
+        first = _first_ae(tables, ids, base.t0, term, grade)
+        first_cause = 1
+    else:
+        raise StudyRefused(f"endpoint {endpoint!r} is not a competing-risks endpoint")
+    # ``first`` wins ties with death: an event on the day of death precedes it.
+    first_wins = ~np.isnan(first) & ~(base.death < first)
+    event_day = np.where(first_wins, first, base.death)
+    cause_if_event = np.where(first_wins, first_cause, 3 - first_cause)
+    censor_day = _censor_day(tables, ids, base.t0, censor_at)
+    duration, event = _assemble(base, event_day, censor_day, horizon)
+    cause = np.where(event, cause_if_event, 0).astype("int64")
+    return _frame(cohort_df, ids, duration, "cause", cause)
+
+
+_MISSING = re.compile(r"^\s*$")
+
+
+def group_labels(cohort_df: pd.DataFrame, group_by: str | None, site_id: str) -> pd.Series:
+    """Group label (str) of each cohort row for ``group_by``.
+
+    ``None`` gives "all", ``"site"`` gives ``site_id``; a missing or blank value gives
+    "unknown"; ecog is labelled by its integer ("0" .. "4").
+    """
+    if group_by is None:
+        return pd.Series("all", index=cohort_df.index, dtype=object)
+    if group_by == "site":
+        return pd.Series(site_id, index=cohort_df.index, dtype=object)
+    if group_by not in GROUP_BY:
+        raise StudyRefused(f"group_by {group_by!r} is not one of {', '.join(GROUP_BY)}")
+    col = cohort_df[group_by]
+    if group_by == "ecog":
+        col = pd.to_numeric(col, errors="coerce").astype("Int64")
+    labels = col.astype("string")
+    labels = labels.mask(labels.str.match(_MISSING).fillna(True).astype(bool), "unknown")
+    return labels.fillna("unknown").astype(object)
