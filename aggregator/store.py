@@ -1,0 +1,326 @@
+"""The aggregator's durable state in one SQLite file.
+
+Three tables: the site registry (``sites``), submitted studies with their signed envelopes and
+results (``studies``), and the per-site state of every study (``study_sites``). Every state change
+is one transaction, so a crash never leaves a half-written study; reopening the file gives the
+same state. Times are Unix seconds (floats) as given by the caller's clock.
+
+The store is shared by gRPC threads and the timeout ticker: it holds one connection guarded by a
+re-entrant lock, with the database in WAL mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from aggregator.errors import StoreError
+from protocol.codec import Release, decode_release, encode_release
+from protocol.v1 import node_link_pb2
+
+__all__ = [
+    "SITE_STATES",
+    "STUDY_STATUSES",
+    "SiteRecord",
+    "Store",
+    "StudyRecord",
+    "StudySiteRecord",
+    "decode_task_result",
+    "encode_task_result",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+STUDY_STATUSES = ("running", "completed", "failed")
+SITE_STATES = ("pending", "sent", "released", "refused", "unreachable")
+OPEN_STATES = ("pending", "sent")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sites (
+    site_id TEXT PRIMARY KEY,
+    software_version TEXT NOT NULL DEFAULT '',
+    ingested_at TEXT NOT NULL DEFAULT '',
+    stored_infusions INTEGER NOT NULL DEFAULT 0,
+    last_seen REAL NOT NULL,
+    connected INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_id TEXT PRIMARY KEY,
+    canonical_study BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    public_key BLOB NOT NULL,
+    title TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    submitted_at REAL NOT NULL,
+    completed_at REAL,
+    results_json TEXT
+);
+CREATE TABLE IF NOT EXISTS study_sites (
+    study_id TEXT NOT NULL REFERENCES studies(study_id),
+    site_id TEXT NOT NULL,
+    state TEXT NOT NULL
+        CHECK (state IN ('pending', 'sent', 'released', 'refused', 'unreachable')),
+    reason TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    task_id TEXT NOT NULL UNIQUE,
+    release BLOB,
+    PRIMARY KEY (study_id, site_id)
+);
+"""
+
+
+@dataclass(frozen=True)
+class SiteRecord:
+    """A site of the registry: what it said in its last ``Hello`` and whether it is connected."""
+
+    site_id: str
+    software_version: str
+    ingested_at: str
+    stored_infusions: int
+    last_seen: float
+    connected: bool
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A submitted study: its signed envelope, status and (once finished) results JSON."""
+
+    study_id: str
+    canonical_study: bytes
+    signature: bytes
+    public_key: bytes
+    title: str
+    status: str
+    submitted_at: float
+    completed_at: float | None
+    results_json: str | None
+
+
+@dataclass(frozen=True)
+class StudySiteRecord:
+    """The state of one participant of one study; ``release`` is a serialized ``TaskResult``."""
+
+    study_id: str
+    site_id: str
+    state: str
+    reason: str
+    updated_at: float
+    task_id: str
+    release: bytes | None = None
+
+
+class Store:
+    """SQLite persistence of sites, studies and per-site study states.
+
+    Parameters
+    ----------
+    path
+        The database file; created (with its folder) when missing.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this aggregator "
+                             f"understands up to {SCHEMA_VERSION}")
+        with self._tx() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the database; later calls raise :class:`StoreError`."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any error."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"the store {self.path} is closed")
+        return self._conn
+
+    def _query(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._connection().execute(sql, tuple(params)).fetchall()
+
+    # -- sites -------------------------------------------------------------------------------
+
+    def upsert_site(self, site_id: str, software_version: str, ingested_at: str,
+                    stored_infusions: int, now: float) -> None:
+        """Record a site's ``Hello``: add it to the registry or update it; mark it connected."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO sites (site_id, software_version, ingested_at, stored_infusions,"
+                " last_seen, connected) VALUES (?, ?, ?, ?, ?, 1)"
+                " ON CONFLICT(site_id) DO UPDATE SET software_version=excluded.software_version,"
+                " ingested_at=excluded.ingested_at, stored_infusions=excluded.stored_infusions,"
+                " last_seen=excluded.last_seen, connected=1",
+                (site_id, software_version, ingested_at, int(stored_infusions), now))
+
+    def set_site_connected(self, site_id: str, connected: bool, now: float) -> None:
+        """Set a known site's connected flag and its last-seen time."""
+        with self._tx() as conn:
+            conn.execute("UPDATE sites SET connected=?, last_seen=? WHERE site_id=?",
+                         (int(connected), now, site_id))
+
+    def disconnect_all_sites(self) -> None:
+        """Mark every site disconnected (no connection survives an aggregator restart)."""
+        with self._tx() as conn:
+            conn.execute("UPDATE sites SET connected=0")
+
+    def site_ids(self) -> list[str]:
+        """Ids of every site ever seen, sorted."""
+        return [r[0] for r in self._query("SELECT site_id FROM sites ORDER BY site_id")]
+
+    def list_sites(self) -> list[SiteRecord]:
+        """The registry, sorted by site id."""
+        rows = self._query("SELECT site_id, software_version, ingested_at, stored_infusions,"
+                           " last_seen, connected FROM sites ORDER BY site_id")
+        return [SiteRecord(r[0], r[1], r[2], int(r[3]), float(r[4]), bool(r[5])) for r in rows]
+
+    # -- studies -----------------------------------------------------------------------------
+
+    def add_study(self, study: StudyRecord, tasks: Mapping[str, str]) -> None:
+        """Insert a study and its participants (``site_id -> task_id``, all ``pending``).
+
+        Raises
+        ------
+        sqlite3.IntegrityError
+            When the study id (or a task id) already exists; nothing is written then.
+        """
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO studies (study_id, canonical_study, signature, public_key, title,"
+                " status, submitted_at, completed_at, results_json)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (study.study_id, study.canonical_study, study.signature, study.public_key,
+                 study.title, study.status, study.submitted_at, study.completed_at,
+                 study.results_json))
+            conn.executemany(
+                "INSERT INTO study_sites (study_id, site_id, state, reason, updated_at, task_id)"
+                " VALUES (?, ?, 'pending', '', ?, ?)",
+                [(study.study_id, site, study.submitted_at, task) for site, task in
+                 sorted(tasks.items())])
+
+    def get_study(self, study_id: str) -> StudyRecord | None:
+        """The study with this id, or ``None``."""
+        rows = self._query(f"{_STUDY_SELECT} WHERE study_id=?", (study_id,))
+        return _study(rows[0]) if rows else None
+
+    def list_studies(self, status: str | None = None) -> list[StudyRecord]:
+        """Studies (optionally only those with ``status``), oldest first."""
+        if status is None:
+            rows = self._query(f"{_STUDY_SELECT} ORDER BY submitted_at, study_id")
+        else:
+            rows = self._query(f"{_STUDY_SELECT} WHERE status=? ORDER BY submitted_at, study_id",
+                               (status,))
+        return [_study(r) for r in rows]
+
+    def finish_study(self, study_id: str, status: str, results_json: str, now: float) -> None:
+        """Set a running study's final status and results."""
+        if status not in STUDY_STATUSES or status == "running":
+            raise ValueError(f"not a final study status: {status!r}")
+        with self._tx() as conn:
+            conn.execute("UPDATE studies SET status=?, results_json=?, completed_at=?"
+                         " WHERE study_id=? AND status='running'",
+                         (status, results_json, now, study_id))
+
+    # -- per-site study states ---------------------------------------------------------------
+
+    def study_sites(self, study_id: str) -> list[StudySiteRecord]:
+        """The participants of a study with their states and release blobs, by site id."""
+        rows = self._query(f"{_SITE_STATE_SELECT} WHERE study_id=? ORDER BY site_id",
+                           (study_id,))
+        return [StudySiteRecord(*r) for r in rows]
+
+    def open_tasks(self, site_id: str) -> list[StudySiteRecord]:
+        """Pending or sent tasks of running studies for one site, oldest study first."""
+        rows = self._query(
+            "SELECT s.study_id, s.site_id, s.state, s.reason, s.updated_at, s.task_id, s.release"
+            " FROM study_sites s JOIN studies t ON t.study_id = s.study_id"
+            " WHERE s.site_id=? AND t.status='running' AND s.state IN ('pending', 'sent')"
+            " ORDER BY t.submitted_at, s.study_id", (site_id,))
+        return [StudySiteRecord(*r) for r in rows]
+
+    def set_site_state(self, study_id: str, site_id: str, state: str, now: float, *,
+                       reason: str = "", release: bytes | None = None,
+                       only_from: Iterable[str] = OPEN_STATES) -> bool:
+        """Move one participant to ``state`` if it is now in one of ``only_from``.
+
+        Returns
+        -------
+        bool
+            Whether a row changed (``False`` for an unknown participant or a final state).
+        """
+        if state not in SITE_STATES:
+            raise ValueError(f"not a site state: {state!r}")
+        allowed = tuple(only_from)
+        marks = ", ".join("?" for _ in allowed)
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE study_sites SET state=?, reason=?, release=?, updated_at=?"
+                f" WHERE study_id=? AND site_id=? AND state IN ({marks})",
+                (state, reason, release, now, study_id, site_id, *allowed))
+            return cur.rowcount > 0
+
+    def reset_sent_tasks(self, now: float) -> int:
+        """Turn ``sent`` tasks of running studies back into ``pending``; return how many."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE study_sites SET state='pending', updated_at=? WHERE state='sent'"
+                " AND study_id IN (SELECT study_id FROM studies WHERE status='running')",
+                (now,))
+            return cur.rowcount
+
+
+_STUDY_SELECT = ("SELECT study_id, canonical_study, signature, public_key, title, status,"
+                 " submitted_at, completed_at, results_json FROM studies")
+_SITE_STATE_SELECT = ("SELECT study_id, site_id, state, reason, updated_at, task_id, release"
+                      " FROM study_sites")
+
+
+def _study(row: tuple) -> StudyRecord:
+    return StudyRecord(row[0], bytes(row[1]), bytes(row[2]), bytes(row[3]), row[4], row[5],
+                       float(row[6]), None if row[7] is None else float(row[7]), row[8])
+
+
+def encode_task_result(task_id: str, study_id: str, releases: Sequence[Release]) -> bytes:
+    """Serialize a site's releases as a ``TaskResult`` protobuf (the stored release blob)."""
+    msg = node_link_pb2.TaskResult(task_id=task_id, study_id=study_id,
+                                   releases=[encode_release(r) for r in releases])
+    return msg.SerializeToString()
+
+
+def decode_task_result(blob: bytes) -> tuple[Release, ...]:
+    """Read back the releases of :func:`encode_task_result`."""
+    msg = node_link_pb2.TaskResult.FromString(blob)
+    return tuple(decode_release(r) for r in msg.releases)

@@ -1,0 +1,287 @@
+"""The study engine over LocalTransport with a real SQLite file, a fake clock and a fake pool."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aggregator.engine import StudyEngine
+from aggregator.errors import DuplicateStudy, Rejected, UnknownStudy
+from aggregator.store import Store
+from aggregator.transport import HelloInfo, LocalTransport, StudyTask, TaskReply
+from tests.test_aggregator_support import (
+    FakeClock,
+    fake_pool,
+    make_study,
+    refusing_node,
+    releasing_node,
+    signed,
+    silent_node,
+    site_releases,
+    wait_until,
+)
+
+KEY = Ed25519PrivateKey.generate()
+TIMEOUT_S = 60.0
+
+
+class Rig:
+    """An engine on a real SQLite file with an in-process transport."""
+
+    def __init__(self, db: Path, clock: FakeClock, pool: Any = fake_pool) -> None:
+        self.clock = clock
+        self.store = Store(db)
+        self.transport = LocalTransport()
+        self.pooled: list[dict[str, Any]] = []
+
+        def recording_pool(study: Any, releases: Any) -> Any:  # wraps the FAKE pool
+            self.pooled.append(dict(releases))
+            return pool(study, releases)
+
+        self.engine = StudyEngine(self.store, self.transport, recording_pool,
+                                  [KEY.public_key()], clock=clock, site_timeout_s=TIMEOUT_S)
+
+    def finished(self, study_id: str) -> Any:
+        return self.engine.status(study_id).status != "running"
+
+    def close(self) -> None:
+        self.transport.close()
+        self.store.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, clock: FakeClock) -> Iterator[Rig]:
+    r = Rig(tmp_path / "agg.sqlite", clock)
+    yield r
+    r.close()
+
+
+def test_all_sites_release_and_study_completes(rig: Rig) -> None:
+    for i, site in enumerate(["site-a", "site-b", "site-c"], start=1):
+        rig.transport.connect(site, releasing_node(i), HelloInfo(site, "node/1", "", 10 * i))
+    study = make_study(min_sites=3)
+    assert rig.engine.submit(signed(study, KEY)) == study.id
+    wait_until(lambda: rig.finished(study.id))
+    results = rig.engine.results(study.id)
+    assert results is not None
+    assert results["heron"] == 1 and results["study_id"] == study.id
+    assert results["status"] == "completed"
+    assert results["sites"] == {"participated": ["site-a", "site-b", "site-c"], "refused": {},
+                                "unreachable": []}
+    assert results["privacy"] == {"secure_aggregation": False, "min_sites": 3,
+                                  "pooled_by": "fake"}
+    assert results["analyses"]["os"] == {"kind": "kaplan_meier",
+                                         "sites": ["site-a", "site-b", "site-c"],
+                                         "total": 3 * (1 + 2 + 3)}
+    (pooled,) = rig.pooled
+    assert pooled["site-b"] == site_releases(study, 2)
+    status = rig.engine.status(study.id)
+    assert [s.state for s in status.sites] == ["released"] * 3
+    assert status.completed_at == rig.clock.now
+    assert {s.site_id: s.stored_infusions for s in rig.engine.list_sites()} == {
+        "site-a": 10, "site-b": 20, "site-c": 30}
+
+
+def test_refusal_reason_reaches_results(rig: Rig) -> None:
+    rig.transport.connect("site-a", releasing_node(1))
+    rig.transport.connect("site-b", releasing_node(1))
+    rig.transport.connect("mt-valletta", refusing_node("cohort below 10 patients"))
+    study = make_study(min_sites=2)
+    rig.engine.submit(signed(study, KEY))
+    wait_until(lambda: rig.finished(study.id))
+    results = rig.engine.results(study.id)
+    assert results["sites"]["refused"] == {"mt-valletta": "cohort below 10 patients"}
+    assert results["sites"]["participated"] == ["site-a", "site-b"]
+    assert results["analyses"]["crs"]["sites"] == ["site-a", "site-b"]
+
+
+def test_silent_site_becomes_unreachable_after_timeout(rig: Rig) -> None:
+    rig.transport.connect("site-a", releasing_node(1))
+    rig.transport.connect("site-b", silent_node)
+    study = make_study(min_sites=1)
+    rig.engine.submit(signed(study, KEY))
+    wait_until(lambda: rig.engine.status(study.id).sites[0].state == "released")
+    rig.clock.advance(TIMEOUT_S - 1)
+    assert rig.engine.check_timeouts() == []
+    assert rig.engine.status(study.id).status == "running"
+    rig.clock.advance(1)
+    assert rig.engine.check_timeouts() == [study.id]
+    status = rig.engine.status(study.id)
+    assert status.status == "completed"
+    assert (status.sites[1].state, status.sites[1].reason) == ("unreachable",
+                                                               "no answer within 60 s")
+    results = rig.engine.results(study.id)
+    assert results["sites"]["unreachable"] == ["site-b"]
+    assert results["analyses"]["os"]["sites"] == ["site-a"]
+
+
+def test_fewer_than_min_sites_gives_no_pooled_release(rig: Rig) -> None:
+    rig.transport.connect("site-a", releasing_node(1))
+    rig.transport.connect("site-b", releasing_node(1))
+    rig.transport.connect("site-c", refusing_node("policy"))
+    study = make_study(min_sites=3)
+    rig.engine.submit(signed(study, KEY))
+    wait_until(lambda: rig.finished(study.id))
+    results = rig.engine.results(study.id)
+    assert results["status"] == "completed"
+    assert results["analyses"] == {
+        "os": {"kind": "kaplan_meier",
+               "error": "fewer than 3 participating sites (min_sites)"},
+        "crs": {"kind": "adverse_events",
+                "error": "fewer than 3 participating sites (min_sites)"}}
+    assert rig.pooled == []
+
+
+def test_known_but_disconnected_site_gets_task_when_it_connects(rig: Rig) -> None:
+    rig.transport.connect("site-a", silent_node)
+    rig.transport.disconnect("site-a")
+    rig.transport.connect("site-b", releasing_node(1))
+    study = make_study(min_sites=2)
+    rig.engine.submit(signed(study, KEY))
+    wait_until(lambda: rig.engine.status(study.id).sites[1].state == "released")
+    assert rig.engine.status(study.id).sites[0].state == "pending"
+    rig.transport.connect("site-a", releasing_node(5))
+    wait_until(lambda: rig.finished(study.id))
+    assert rig.engine.results(study.id)["analyses"]["os"]["total"] == 3 * (1 + 5)
+
+
+def test_reconnecting_site_gets_its_outstanding_task_again(rig: Rig) -> None:
+    seen: list[StudyTask] = []
+
+    def forgetful(task: StudyTask) -> None:
+        seen.append(task)
+
+    rig.transport.connect("site-a", forgetful)
+    study = make_study(min_sites=1)
+    rig.engine.submit(signed(study, KEY))
+    wait_until(lambda: seen)
+    assert rig.engine.status(study.id).sites[0].state == "sent"
+    rig.transport.disconnect("site-a")
+    again: list[StudyTask] = []
+    answer = releasing_node(1)
+
+    def node(task: StudyTask) -> TaskReply:
+        again.append(task)
+        return answer(task)
+
+    rig.transport.connect("site-a", node)
+    wait_until(lambda: rig.finished(study.id))
+    assert again == seen  # the same task id: node answers are idempotent
+
+
+def test_unknown_and_repeated_replies_are_ignored(rig: Rig) -> None:
+    rig.transport.connect("site-a", silent_node)
+    rig.transport.connect("site-b", silent_node)
+    study = make_study(min_sites=1)
+    rig.engine.submit(signed(study, KEY))
+    task_a = rig.store.study_sites(study.id)[0].task_id
+    rig.engine.on_reply("site-a", TaskReply("bogus", study.id, refusal="x"))
+    rig.engine.on_reply("site-a", TaskReply(task_a, "no-such-study", refusal="x"))
+    rig.engine.on_reply("site-b", TaskReply(task_a, study.id, refusal="not your task"))
+    assert [s.state for s in rig.engine.status(study.id).sites] == ["sent", "sent"]
+    rig.engine.on_reply("site-a", TaskReply(task_a, study.id, refusal="first answer"))
+    rig.engine.on_reply("site-a", TaskReply(task_a, study.id, releases=site_releases(study)))
+    site_a = rig.engine.status(study.id).sites[0]
+    assert (site_a.state, site_a.reason) == ("refused", "first answer")
+
+
+def test_submit_rejects_bad_studies(rig: Rig) -> None:
+    study = make_study()
+    good = signed(study, KEY)
+    tampered = dataclasses.replace(good, canonical_study=good.canonical_study.replace(
+        b"Study", b"Ztudy"))
+    with pytest.raises(Rejected, match="does not verify"):
+        rig.engine.submit(tampered)
+    with pytest.raises(Rejected, match="untrusted"):
+        rig.engine.submit(signed(study, Ed25519PrivateKey.generate()))
+    with pytest.raises(Rejected, match="expired"):
+        rig.engine.submit(signed(make_study("old-study", expires="2020-01-01"), KEY))
+    rig.engine.submit(good)
+    with pytest.raises(DuplicateStudy):
+        rig.engine.submit(good)
+    with pytest.raises(UnknownStudy):
+        rig.engine.status("nope")
+    with pytest.raises(UnknownStudy):
+        rig.engine.results("nope")
+    assert [s.study_id for s in rig.engine.list_studies()] == [study.id]
+
+
+def test_study_without_any_site_completes_at_once(rig: Rig) -> None:
+    study = make_study(min_sites=1)
+    rig.engine.submit(signed(study, KEY))
+    results = rig.engine.results(study.id)
+    assert results["sites"] == {"participated": [], "refused": {}, "unreachable": []}
+    assert results["analyses"]["os"]["error"].startswith("fewer than 1 participating")
+
+
+def test_failing_pool_fails_the_study(tmp_path: Path, clock: FakeClock) -> None:
+    def broken_pool(study: Any, releases: Any) -> Any:  # a FAKE pool that breaks
+        raise ValueError("vectors of unequal length")
+
+    rig = Rig(tmp_path / "agg.sqlite", clock, pool=broken_pool)
+    try:
+        rig.transport.connect("site-a", releasing_node(1))
+        study = make_study(min_sites=1)
+        rig.engine.submit(signed(study, KEY))
+        wait_until(lambda: rig.finished(study.id))
+        results = rig.engine.results(study.id)
+        assert results["status"] == "failed" == rig.engine.status(study.id).status
+        assert results["analyses"]["os"] == {
+            "kind": "kaplan_meier", "error": "pooling failed: vectors of unequal length"}
+    finally:
+        rig.close()
+
+
+def test_restarted_aggregator_finishes_the_study(tmp_path: Path, clock: FakeClock) -> None:
+    db = tmp_path / "agg.sqlite"
+    first = Rig(db, clock)
+    for site in ("site-a", "site-b", "site-c"):
+        first.transport.connect(site, silent_node)
+    study = make_study(min_sites=3)
+    first.engine.submit(signed(study, KEY))
+    first.transport.connect("site-a", releasing_node(1))  # reconnects and answers at once
+    wait_until(lambda: first.engine.status(study.id).sites[0].state == "released")
+    first.store.close()  # the aggregator dies; no disconnects are recorded
+    clock.advance(10 * TIMEOUT_S)  # down for a long time
+
+    second = Rig(db, clock)
+    try:
+        assert second.engine.resume() == [study.id]
+        assert [s.state for s in second.engine.status(study.id).sites] == [
+            "released", "pending", "pending"]
+        assert not any(s.connected for s in second.engine.list_sites())
+        clock.advance(TIMEOUT_S - 1)  # sites get a full timeout from the restart
+        assert second.engine.check_timeouts() == []
+        second.transport.connect("site-b", releasing_node(2))
+        second.transport.connect("site-c", releasing_node(3))
+        wait_until(lambda: second.finished(study.id))
+        results = second.engine.results(study.id)
+        assert results["sites"]["participated"] == ["site-a", "site-b", "site-c"]
+        assert results["analyses"]["os"]["total"] == 3 * (1 + 2 + 3)
+    finally:
+        second.close()
+        first.transport.set_listener(_Deaf())  # the first engine is gone with its store
+        first.transport.close()
+
+
+class _Deaf:
+    """A transport listener that ignores everything."""
+
+    def on_connect(self, site_id: str, hello: HelloInfo) -> None:
+        pass
+
+    def on_disconnect(self, site_id: str) -> None:
+        pass
+
+    def on_reply(self, site_id: str, reply: TaskReply) -> None:
+        pass
