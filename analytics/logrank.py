@@ -118,7 +118,12 @@ def logrank(strata: Sequence[Mapping[str, SurvivalCounts]]) -> LogRankResult:
         If fewer than two groups have subjects or there is no event at all.
     ValueError
         If the groups of one stratum have different horizons.
+    TypeError
+        If ``strata`` is a single mapping rather than a sequence of them.
     """
+    if isinstance(strata, Mapping):
+        raise TypeError("strata must be a sequence of mappings; wrap one mapping in a list")
+    strata = list(strata)
     labels: set[str] = set()
     for stratum in strata:
         labels.update(g for g, c in stratum.items() if c.n > 0)
