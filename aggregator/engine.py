@@ -168,7 +168,8 @@ class StudyEngine:
     pool
         ``pool(study, {site_id: releases}) -> {"analyses": {...}, "privacy": {...}}``.
     trusted_keys
-        Coordinator public keys whose signatures are accepted (as :func:`verify_study` takes).
+        Coordinator public keys whose signatures are accepted (as :func:`verify_study` takes);
+        when empty, studies are only parsed here and the nodes alone check signatures.
     clock
         Unix time in seconds.
     site_timeout_s
@@ -182,7 +183,7 @@ class StudyEngine:
         self._store = store
         self._transport = transport
         self._pool = pool
-        self._trusted_keys = trusted_keys
+        self._trusted_keys = list(trusted_keys)
         self._clock = clock
         self._timeout = float(site_timeout_s)
         self._lock = threading.RLock()
@@ -198,12 +199,16 @@ class StudyEngine:
         Raises
         ------
         Rejected
-            When the signature is invalid or untrusted, the study malformed or expired.
+            When the signature is invalid or untrusted (with trusted keys configured), or the
+            study malformed or expired.
         DuplicateStudy
             When a study with this id was submitted before.
         """
         try:
-            study = verify_study(signed, self._trusted_keys)
+            if self._trusted_keys:
+                study = verify_study(signed, self._trusted_keys)
+            else:  # no keys configured: only the nodes check signatures
+                study = study_from_dict(signed.study_document())
         except ProtocolError as exc:
             raise Rejected(f"study rejected: {exc}") from exc
         with self._lock:

@@ -285,3 +285,20 @@ class _Deaf:
 
     def on_reply(self, site_id: str, reply: TaskReply) -> None:
         pass
+
+
+def test_without_trusted_keys_only_nodes_check_signatures(tmp_path: Path,
+                                                          clock: FakeClock) -> None:
+    store = Store(tmp_path / "agg.sqlite")
+    transport = LocalTransport()
+    engine = StudyEngine(store, transport, fake_pool, [], clock=clock)  # FAKE pool
+    try:
+        study = make_study()
+        other = signed(study, Ed25519PrivateKey.generate())
+        assert engine.submit(other) == study.id  # forwarded: the nodes will verify it
+        junk = dataclasses.replace(other, canonical_study=b"not json")
+        with pytest.raises(Rejected, match="not UTF-8 JSON"):
+            engine.submit(junk)
+    finally:
+        transport.close()
+        store.close()

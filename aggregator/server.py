@@ -1,0 +1,178 @@
+"""The aggregator daemon: one mutual-TLS gRPC port with NodeLink, Coordinator and health.
+
+:func:`create_server` wires the store, the node link (the engine's transport), the study
+engine, the coordinator service and the standard gRPC health service; :class:`AggregatorServer`
+adds the ticker thread that expires silent sites. :func:`serve` runs it in the foreground until
+SIGTERM or SIGINT, then shuts down gracefully: health turns ``NOT_SERVING``, node links are
+closed, in-flight calls get a grace period, and the database is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from aggregator.config import AggregatorConfig
+from aggregator.coordinator_api import CoordinatorServicer
+from aggregator.engine import Pool, StudyEngine
+from aggregator.errors import ConfigError
+from aggregator.link import NodeLinkServicer
+from aggregator.store import Store
+from protocol.errors import ProtocolError
+from protocol.keys import load_public_key
+from protocol.pki import load_credentials
+from protocol.tls import server_credentials, server_options
+from protocol.v1 import coordinator_pb2, coordinator_pb2_grpc, node_link_pb2, node_link_pb2_grpc
+
+__all__ = ["SERVICE_NAMES", "AggregatorServer", "create_server", "serve"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    node_link_pb2.DESCRIPTOR.services_by_name["NodeLink"].full_name,
+    coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name,
+)
+TICK_S = 0.5
+
+
+class AggregatorServer:
+    """A configured, bound (not yet started) aggregator.
+
+    Attributes
+    ----------
+    port
+        The bound port (the real one when the config asked for port 0).
+    engine, store, link, health
+        The parts, for inspection and tests.
+    """
+
+    def __init__(self, config: AggregatorConfig, pool: Pool, *,
+                 clock: Callable[[], float] = time.time, max_workers: int = 64) -> None:
+        try:
+            creds = load_credentials(config.credentials_dir)
+            trusted = [load_public_key(k) for k in config.trusted_coordinators]
+        except ProtocolError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.config = config
+        if not trusted:
+            logger.warning("no trusted coordinator keys: study signatures are checked only "
+                           "by the nodes")
+        self.store = Store(config.db_path)
+        self.link = NodeLinkServicer(config.heartbeat_interval_s)
+        self.engine = StudyEngine(self.store, self.link, pool, trusted, clock=clock,
+                                  site_timeout_s=config.site_timeout_s)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=max_workers,
+                                                      thread_name_prefix="grpc"),
+                                   options=server_options())
+        node_link_pb2_grpc.add_NodeLinkServicer_to_server(self.link, self._server)
+        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+            CoordinatorServicer(self.engine), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.port = self._server.add_secure_port(config.listen, server_credentials(creds))
+        if self.port == 0:
+            self.store.close()
+            raise ConfigError(f"listen: cannot bind {config.listen}")
+        self._stop_ticker = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="aggregator-ticker",
+                                        daemon=True)
+        self._stopped = False
+        self.engine.resume()
+
+    def start(self) -> None:
+        """Start serving, mark every service SERVING and start the timeout ticker."""
+        self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._ticker.start()
+        host = self.config.listen.rpartition(":")[0]
+        logger.info("aggregator listening on %s:%d", host, self.port)
+
+    def begin_shutdown(self) -> None:
+        """Report NOT_SERVING to health checks (the first step of a graceful stop)."""
+        self.health.enter_graceful_shutdown()
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Stop gracefully: NOT_SERVING, close node links, drain calls, close the store."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.begin_shutdown()
+        self.link.close(timeout_s=grace or 0.0)
+        self._server.stop(grace).wait()
+        self._stop_ticker.set()
+        if self._ticker.is_alive():
+            self._ticker.join()
+        self.store.close()
+        logger.info("aggregator stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the gRPC server terminates; ``True`` if it did."""
+        return self._server.wait_for_termination(timeout)
+
+    def _tick(self) -> None:
+        while not self._stop_ticker.wait(TICK_S):
+            try:
+                self.engine.check_timeouts()
+            except Exception:
+                logger.exception("timeout check failed")
+
+
+def create_server(config: AggregatorConfig, pool: Pool, *,
+                  clock: Callable[[], float] = time.time,
+                  max_workers: int = 64) -> AggregatorServer:
+    """Build the aggregator and bind its port; call ``.start()`` to serve.
+
+    Parameters
+    ----------
+    config
+        Settings; ``listen`` may use port 0.
+    pool
+        ``pool(study, {site_id: releases}) -> {"analyses": {...}, "privacy": {...}}``.
+    clock
+        Unix time in seconds (for site timeouts and stored times).
+    max_workers
+        gRPC worker threads; every connected node holds one for its stream.
+
+    Raises
+    ------
+    ConfigError
+        When the credentials or coordinator keys cannot be read, or the port cannot be bound.
+    """
+    return AggregatorServer(config, pool, clock=clock, max_workers=max_workers)
+
+
+def serve(config: AggregatorConfig, pool: Pool, grace_s: float = 10.0,
+          on_started: Callable[[AggregatorServer], None] | None = None) -> int:
+    """Run the aggregator until SIGTERM or SIGINT, then stop gracefully; return exit code 0.
+
+    Must be called from the main thread (signal handlers). ``on_started`` is called once the
+    server is serving (for example to write ``server.port`` to a port file).
+    """
+    server = create_server(config, pool)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("signal %d: shutting down", signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.start()
+        if on_started is not None:
+            on_started(server)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop(grace_s)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
