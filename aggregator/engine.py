@@ -89,10 +89,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _signed(record: StudyRecord) -> SignedStudy:
-    return SignedStudy(record.canonical_study, record.signature, record.public_key)
-
-
 def _failed_analyses(study: Study, reason: str) -> dict[str, Any]:
     return {a.name: {"kind": a.kind, "error": reason} for a in study.analyses}
 
@@ -100,8 +96,7 @@ def _failed_analyses(study: Study, reason: str) -> dict[str, Any]:
 def _checked_pool_output(study: Study, pooled: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(pooled, Mapping) or not isinstance(pooled.get("analyses"), Mapping):
         raise TypeError("the pooling function must return {'analyses': {...}, 'privacy': {...}}")
-    privacy = pooled.get("privacy") or {}
-    if not isinstance(privacy, Mapping):
+    if not isinstance(privacy := pooled.get("privacy") or {}, Mapping):
         raise TypeError("the pooling function returned a 'privacy' that is not a mapping")
     analyses = dict(pooled["analyses"])
     for a in study.analyses:
@@ -213,8 +208,7 @@ class StudyEngine:
             raise Rejected(f"study rejected: {exc}") from exc
         with self._lock:
             now = self._clock()
-            today = dt.datetime.fromtimestamp(now, dt.UTC).date()
-            if study.expires < today:
+            if study.expires < dt.datetime.fromtimestamp(now, dt.UTC).date():
                 raise Rejected(f"study rejected: {study.id} expired on {study.expires}")
             if self._store.get_study(study.id) is not None:
                 raise DuplicateStudy(f"study {study.id} was already submitted")
@@ -274,7 +268,7 @@ class StudyEngine:
             for record in self._store.list_studies("running"):
                 if record.study_id in self._running:
                     continue
-                signed = _signed(record)
+                signed = SignedStudy(record.canonical_study, record.signature, record.public_key)
                 try:  # verified at submission; trusted keys may have changed since
                     study = study_from_dict(signed.study_document())
                 except ProtocolError as exc:
