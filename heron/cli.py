@@ -151,10 +151,15 @@ def _node(a: argparse.Namespace) -> int:
 
 
 def _aggregator(a: argparse.Namespace) -> int:
-    from aggregator.cli_support import run_aggregator
+    from aggregator.service import run_aggregator
 
-    run_aggregator(a)
-    return 0
+    overrides = {
+        "listen": a.listen, "db_path": a.db, "credentials_dir": a.credentials,
+        "trusted_coordinators": tuple(a.trusted_coordinator) if a.trusted_coordinator else None,
+        "site_timeout_s": a.site_timeout,
+    }
+    return run_aggregator(Path(a.config) if a.config else None, overrides,
+                          Path(a.port_file) if a.port_file else None)
 
 
 def _study(a: argparse.Namespace) -> int:

@@ -30,6 +30,19 @@ __all__ = ["NodeEngine", "TaskOutcome"]
 logger = logging.getLogger(__name__)
 
 
+class _TableCache:
+    """Reads each table of the store once per study (endpoints look at tables repeatedly)."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self._tables: dict[str, object] = {}
+
+    def table(self, name: str) -> object:
+        if name not in self._tables:
+            self._tables[name] = self._store.table(name)  # type: ignore[attr-defined]
+        return self._tables[name]
+
+
 @dataclass(frozen=True)
 class TaskOutcome:
     """What the node answers: releases, or a refusal reason (exactly one is set)."""
@@ -109,7 +122,7 @@ class NodeEngine:
             return self._refuse(study_id, checked)
         study = checked
         try:
-            tables = self.open_tables()
+            tables = _TableCache(self.open_tables())
             cohort = select_cohort(tables, study.cohort, today=self.today())
         except NodeError as exc:
             return self._refuse(study_id, f"site data unavailable: {exc}")
