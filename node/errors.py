@@ -25,3 +25,7 @@ class AuditError(NodeError):
 
 class StoreError(NodeError):
     """The node's local store is missing or damaged."""
+
+
+class SecretError(NodeError):
+    """The site secret file cannot be created or is unsafe to read (wrong permissions)."""

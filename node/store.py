@@ -1,0 +1,278 @@
+"""The node's local Parquet store, replaced atomically on every ingestion.
+
+Layout::
+
+    store_dir/
+        current -> snapshots/<id>        symlink to the active snapshot
+        snapshots/<id>/<table>.parquet   accepted rows (patient_id pseudonymised)
+        snapshots/<id>/quarantine.parquet
+        snapshots/<id>/warnings.parquet
+        snapshots/<id>/manifest.json
+
+A snapshot is written into a hidden temporary folder, fsynced, renamed into place, and only
+then made current by replacing the ``current`` symlink (new link under a temporary name,
+``os.replace``).  A crash at any point leaves the previous snapshot current and intact; left-over
+folders are removed by the next write.  Readers resolve ``current`` once when opening, so one
+:class:`Store` never mixes two snapshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from node.errors import StoreError
+from node.schema import TABLE_NAMES, all_column_names, get_table
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOTS = "snapshots"
+CURRENT = "current"
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.parquet"
+WARNINGS = "warnings.parquet"
+_LOCK = ".lock"
+
+#: Leading columns of quarantine.parquet; the raw fields of every table follow as strings.
+QUARANTINE_META: dict[str, str] = {
+    "table": "string", "file": "string", "row": "Int64", "column": "string", "rule": "string",
+    "message": "string", "rules": "string",
+}
+#: Columns of warnings.parquet.
+WARNING_COLUMNS: dict[str, str] = {
+    "table": "string", "file": "string", "row": "Int64", "column": "string", "rule": "string",
+    "message": "string", "infusion_id": "string",
+}
+
+Writer = Callable[[pd.DataFrame, Path], None]
+
+
+def quarantine_dtypes() -> dict[str, str]:
+    """Column -> dtype of quarantine.parquet (meta columns, then every data-model column)."""
+    return {**QUARANTINE_META, **{c: "string" for c in all_column_names()}}
+
+
+def _as(series: pd.Series, dtype: str, keep_arrow: bool = True) -> pd.Series:
+    """Cast to ``dtype``; an Arrow-backed string column stays Arrow-backed if ``keep_arrow``."""
+    if keep_arrow and dtype == "string" and isinstance(series.dtype, pd.StringDtype):
+        return series
+    return series.astype(dtype)
+
+
+def _conform(frame: pd.DataFrame | None, dtypes: Mapping[str, str],
+             keep_arrow: bool = True) -> pd.DataFrame:
+    """``frame`` with exactly these columns and dtypes (absent columns are all-missing)."""
+    frame = pd.DataFrame() if frame is None else frame
+    cols = {c: (_as(frame[c], t, keep_arrow) if c in frame
+                else pd.Series(index=frame.index, dtype=t)) for c, t in dtypes.items()}
+    return pd.DataFrame(cols, index=frame.index).reset_index(drop=True)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """Write one frame as Parquet and fsync it (the default writer)."""
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    _fsync_path(path)
+
+
+@contextlib.contextmanager
+def _locked(store_dir: Path) -> Iterator[None]:
+    """Exclusive writer lock (released by the OS if the process dies)."""
+    with open(store_dir / _LOCK, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _current_id(store_dir: Path) -> str | None:
+    link = store_dir / CURRENT
+    return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else None
+
+
+def _remove_except(store_dir: Path, keep: str | None) -> None:
+    """Delete every snapshot folder but ``keep`` and any stray temporary link."""
+    for entry in (store_dir / SNAPSHOTS).iterdir():
+        if entry.name != keep:
+            shutil.rmtree(entry, ignore_errors=True)
+            logger.info("removed old snapshot %s", entry.name)
+    for entry in store_dir.glob(".current-*"):
+        entry.unlink(missing_ok=True)
+
+
+def _switch_current(store_dir: Path, snapshot_id: str) -> None:
+    """Point ``current`` at a snapshot atomically."""
+    tmp = store_dir / f".current-{snapshot_id}"
+    os.symlink(f"{SNAPSHOTS}/{snapshot_id}", tmp)
+    _fsync_path(store_dir)
+    os.replace(tmp, store_dir / CURRENT)
+    _fsync_path(store_dir)
+
+
+def new_snapshot_id() -> str:
+    """Sortable unique id: UTC time plus random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
+
+
+def write_snapshot(store_dir: Path | str, tables: Mapping[str, pd.DataFrame],
+                   quarantine: pd.DataFrame, manifest: Mapping[str, Any],
+                   warnings: pd.DataFrame | None = None, *,
+                   writer: Writer | None = None) -> Path:
+    """Write a complete snapshot and make it current; return its folder.
+
+    Parameters
+    ----------
+    store_dir : path
+        Store root (created if absent).
+    tables : mapping
+        Table name -> accepted rows with the data-model columns (patient_id pseudonymised).
+        Tables left out are absent (read back as empty frames).
+    quarantine, warnings : DataFrame
+        Quarantined rows and warnings (columns of :func:`quarantine_dtypes`, ``WARNING_COLUMNS``).
+    manifest : mapping
+        Written as manifest.json, with ``snapshot_id`` and ``tables_present`` added.
+    writer : callable, optional
+        ``writer(frame, path)`` writing one Parquet file; default :func:`write_parquet`.
+    """
+    writer = writer or write_parquet
+    store_dir = Path(store_dir)
+    (store_dir / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
+    with _locked(store_dir):
+        _remove_except(store_dir, _current_id(store_dir))
+        sid = new_snapshot_id()
+        tmp = store_dir / SNAPSHOTS / f".tmp-{sid}"
+        final = store_dir / SNAPSHOTS / sid
+        tmp.mkdir(mode=0o700)
+        try:
+            for name, frame in tables.items():
+                writer(_conform(frame, get_table(name).dtypes()), tmp / f"{name}.parquet")
+            writer(_conform(quarantine, quarantine_dtypes()), tmp / QUARANTINE)
+            writer(_conform(warnings, WARNING_COLUMNS), tmp / WARNINGS)
+            body = {**manifest, "snapshot_id": sid, "tables_present": list(tables)}
+            (tmp / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n",
+                                        encoding="utf-8")
+            _fsync_path(tmp / MANIFEST)
+            _fsync_path(tmp)
+            os.rename(tmp, final)
+            _fsync_path(store_dir / SNAPSHOTS)
+            _switch_current(store_dir, sid)
+        except BaseException:
+            logger.error("snapshot %s not completed; previous snapshot stays current", sid)
+            if _current_id(store_dir) != sid:
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(final, ignore_errors=True)
+            raise
+        _remove_except(store_dir, sid)
+    logger.info("snapshot %s is current", sid)
+    return final
+
+
+class Store:
+    """Read access to one snapshot of the store (the one current when opened)."""
+
+    def __init__(self, store_dir: Path, snapshot_dir: Path, manifest: dict[str, Any]):
+        self.store_dir = store_dir
+        self.path = snapshot_dir
+        self._manifest = manifest
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The snapshot's manifest (a copy)."""
+        return json.loads(json.dumps(self._manifest))
+
+    @property
+    def snapshot_id(self) -> str:
+        """Id of the snapshot this store reads."""
+        return str(self._manifest.get("snapshot_id", self.path.name))
+
+    @property
+    def ingested_at(self) -> str:
+        """ISO 8601 UTC time of the ingestion that wrote the snapshot."""
+        return str(self._manifest.get("ingested_at", ""))
+
+    def stored_rows(self, table: str) -> int:
+        """Rows stored for ``table`` (0 for an absent optional table)."""
+        get_table(table)
+        return int(self._manifest.get("tables", {}).get(table, {}).get("stored", 0))
+
+    def _read(self, filename: str, dtypes: Mapping[str, str], required: bool) -> pd.DataFrame:
+        path = self.path / filename
+        if not path.exists():
+            if required:
+                raise StoreError(f"store snapshot {self.path} lacks {filename}; it is damaged "
+                                 "or was replaced (reopen the store)")
+            return _conform(None, dtypes, keep_arrow=False)
+        try:
+            frame = pq.read_table(path).to_pandas()
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"cannot read {path}: {type(exc).__name__}") from None
+        return _conform(frame, dtypes, keep_arrow=False)
+
+    def table(self, name: str) -> pd.DataFrame:
+        """Stored rows of table ``name`` with the data-model columns and stored dtypes.
+
+        Raises
+        ------
+        StoreError
+            If ``name`` is not a data-model table or the snapshot is damaged.
+        """
+        if name not in TABLE_NAMES:
+            raise StoreError(f"unknown table {name!r}; known: {', '.join(TABLE_NAMES)}")
+        present = name in self._manifest.get("tables_present", [])
+        return self._read(f"{name}.parquet", get_table(name).dtypes(), required=present)
+
+    def quarantine(self) -> pd.DataFrame:
+        """Quarantined rows: table, file, row, column, rule, message, rules, raw fields."""
+        return self._read(QUARANTINE, quarantine_dtypes(), required=True)
+
+    def warnings(self) -> pd.DataFrame:
+        """Warnings raised on stored rows."""
+        return self._read(WARNINGS, WARNING_COLUMNS, required=True)
+
+
+def open_store(store_dir: Path | str) -> Store:
+    """Open the current snapshot of the store at ``store_dir``.
+
+    Raises
+    ------
+    StoreError
+        If there is no store, nothing was ingested yet, or the snapshot is damaged.
+    """
+    store_dir = Path(store_dir)
+    if not store_dir.is_dir():
+        raise StoreError(f"no store at {store_dir}: run 'heron node ingest' first")
+    link = store_dir / CURRENT
+    if not link.is_symlink():
+        raise StoreError(f"store {store_dir} holds no ingested data yet: "
+                         "run 'heron node ingest' first")
+    snapshot = link.resolve()
+    try:
+        manifest = json.loads((snapshot / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"store {store_dir}: current snapshot is missing or incomplete") \
+            from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"store {store_dir}: unreadable manifest ({type(exc).__name__})") \
+            from None
+    return Store(store_dir, snapshot, manifest)

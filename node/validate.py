@@ -1,0 +1,377 @@
+"""Type parsing and the validation pipeline over all tables of a site folder.
+
+:func:`validate_tables` takes the raw frames read from a folder and returns, per table, the
+parsed values, which rows are accepted and which are quarantined, and the list of issues.
+Parsing is vectorised per column; the rules themselves live in :mod:`node.rules`.
+
+Missing values are empty strings (or nulls in Parquet); whitespace around a value is ignored.
+Enumerations match case-insensitively and are stored canonically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from node import rules as R
+from node.schema import TABLE_NAMES, Column, ColumnType, Table, get_table
+
+logger = logging.getLogger(__name__)
+
+TEXT = R.TEXT
+_TRUE = ("true", "t", "yes", "y", "1")
+_FALSE = ("false", "f", "no", "n", "0")
+_NON_FINITE = ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One broken rule on one row (or a file-level note when ``row`` is None)."""
+
+    table: str | None
+    file: str
+    row: int | None
+    column: str | None
+    rule: str
+    severity: str
+    message: str
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """A table as read from its file: column names normalised, values not yet parsed."""
+
+    name: str
+    file: str
+    frame: pd.DataFrame
+
+
+def to_text(series: pd.Series) -> pd.Series:
+    """Text form of a raw column: stripped strings, missing as NA.
+
+    Typed (Parquet) columns are rendered the way a CSV would spell them: integral floats
+    without a decimal part, booleans as true/false, midnight timestamps as ISO dates.
+    """
+    s = series
+    if pd.api.types.is_bool_dtype(s):
+        text = s.astype("boolean").map({True: "true", False: "false"}, na_action="ignore")
+    elif pd.api.types.is_datetime64_any_dtype(s):
+        midnight = bool((s.dropna() == s.dropna().dt.normalize()).all())
+        text = s.dt.strftime("%Y-%m-%d" if midnight else "%Y-%m-%dT%H:%M:%S")
+    elif pd.api.types.is_float_dtype(s):
+        finite = s.dropna()
+        integral = bool(np.isfinite(finite).all() and (finite == np.floor(finite)).all())
+        text = s.astype("Int64") if integral and finite.abs().max(skipna=True) < 2**53 else s
+    elif pd.api.types.is_string_dtype(s) and not pd.api.types.is_object_dtype(s):
+        text = s
+    elif pd.api.types.is_object_dtype(s):
+        text = s.map(lambda v: v if isinstance(v, str) else str(v), na_action="ignore")
+    else:
+        text = s
+    out = text.astype(TEXT).str.strip()
+    return out.mask(out == "")
+
+
+def _flag(f: R.Findings, rule: str, col: Column, mask: pd.Series | np.ndarray,
+          detail: str | None = None) -> np.ndarray:
+    arr = R._b(mask)
+    f.add(rule, col.name, arr, detail)
+    return arr
+
+
+def _cast(text: pd.Series, typ: pa.DataType) -> pa.Array | None:
+    """Arrow's strict cast of a whole text column, or None if any value fails to parse."""
+    try:
+        return pc.cast(R._arrow(text), typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None  # Arrow's message quotes the offending value: never surfaced
+
+
+def _choose(text: pd.Series, words: tuple[str, ...]) -> np.ndarray:
+    """Index of each value in ``words`` ignoring case (-1 if none or missing)."""
+    return R.positions_in(text.str.lower(), pd.Series([w.lower() for w in words], dtype=TEXT))
+
+
+def _numbers(text: pd.Series, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float values, unparsed mask) of a text column; nan/inf words parse as non-finite."""
+    arr = _cast(text, pa.float64())
+    if arr is not None:
+        num = arr.to_numpy(zero_copy_only=False)
+    else:
+        num = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    unparsed = ~missing & np.isnan(num)
+    if unparsed.any():
+        words = R._b(text.str.lower().isin(_NON_FINITE))
+        num = np.where(unparsed & words, np.inf, num)  # non-finite, not unparseable
+        unparsed &= ~words
+    return num, unparsed
+
+
+def _parse_date(raw: pd.Series, text: pd.Series | None) -> tuple[pd.Series, np.ndarray]:
+    """(datetime64[ns] values, bad mask); text must be strict ISO YYYY-MM-DD."""
+    if text is None:
+        try:
+            values = raw.astype("datetime64[ns]")
+            return values, R._b(values.notna() & (values != values.dt.normalize()))
+        except (OverflowError, ValueError):  # out of the datetime64[ns] range
+            text = to_text(raw)
+    days = _cast(text, pa.date32())
+    values = None
+    if days is not None:
+        try:
+            stamps = pc.cast(days, pa.timestamp("ns"))
+            values = pd.Series(stamps.to_numpy(zero_copy_only=False), dtype="datetime64[ns]")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = None
+    if values is None:
+        values = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
+    return values, R._b(text.notna()) & R._b(values.isna())
+
+
+def parse_column(raw: pd.Series, col: Column, today: date, f: R.Findings) -> pd.Series:
+    """Parse one raw column into its stored dtype, recording type and static-range findings.
+
+    Unparseable values become NA in the result and break ``bad_type``, ``unknown_enum`` or
+    ``non_finite_value``; missing required values break ``missing_required``.  Each type has
+    a fast whole-column Arrow path and a slower pandas path when some value fails.
+    """
+    t = col.type
+    native = (
+        (t is ColumnType.INT and pd.api.types.is_integer_dtype(raw))
+        or (t is ColumnType.FLOAT and pd.api.types.is_numeric_dtype(raw)
+            and not pd.api.types.is_bool_dtype(raw))
+        or (t is ColumnType.BOOL and pd.api.types.is_bool_dtype(raw))
+        or (t is ColumnType.DATE and pd.api.types.is_datetime64_any_dtype(raw))
+    )
+    text = None if native else to_text(raw)
+    missing = R._b(raw.isna()) if native else R._b(text.isna())
+    if t is ColumnType.STRING:
+        values = text
+    elif t is ColumnType.ENUM:
+        pos = _choose(text, col.enum)
+        index = pa.array(pos, mask=pos < 0)
+        values = pc.take(pa.array(col.enum, pa.large_string()), index).to_pandas(
+            types_mapper=lambda _: TEXT)
+        _flag(f, "unknown_enum", col, ~missing & (pos < 0),
+              "value is not one of " + ", ".join(col.enum))
+    elif t is ColumnType.INT:
+        ints = None if native else _cast(text, pa.int64())
+        if native or ints is not None:
+            values = raw.astype("Int64") if native else ints.to_pandas(
+                types_mapper=lambda _: pd.Int64Dtype())
+        else:
+            num, unparsed = _numbers(text, missing)
+            with np.errstate(invalid="ignore"):
+                ok = np.isfinite(num) & (num == np.floor(num)) & (np.abs(num) < 2**53)
+            _flag(f, "bad_type", col, ~missing & ~ok)
+            values = pd.Series(np.where(ok, num, np.nan)).astype("Int64")
+    elif t is ColumnType.FLOAT:
+        if native:  # a Parquet NaN is a missing value
+            num = raw.to_numpy(dtype="float64", na_value=np.nan)
+            missing, unparsed = np.isnan(num), np.zeros(len(raw), dtype=bool)
+        else:
+            num, unparsed = _numbers(text, missing)
+        infinite = ~missing & ~unparsed & ~np.isfinite(num)
+        _flag(f, "bad_type", col, unparsed)
+        _flag(f, "non_finite_value", col, infinite)
+        values = pd.Series(np.where(unparsed | infinite, np.nan, num), dtype="float64")
+    elif t is ColumnType.DATE:
+        values, bad = _parse_date(raw, text)
+        _flag(f, "bad_type", col, bad)
+        values = values.mask(bad)
+        _flag(f, "date_in_future", col, values > pd.Timestamp(today))
+    else:  # BOOL
+        if native:
+            values = raw.astype("boolean")
+        else:
+            pos = _choose(text, _TRUE + _FALSE)
+            values = pd.Series(pd.array(pos < len(_TRUE), dtype="boolean")).mask(pos < 0)
+            _flag(f, "bad_type", col, ~missing & (pos < 0))
+    if col.required:
+        _flag(f, "missing_required", col, missing)
+    if col.min_value is not None or col.max_value is not None:
+        low = col.min_value if col.min_value is not None else -np.inf
+        high = col.max_value if col.max_value is not None else np.inf
+        if col.range_rule == "birth_year_out_of_range":
+            high = min(high, today.year)
+        _flag(f, col.range_rule, col, (values < low) | (values > high))
+    if t in (ColumnType.STRING, ColumnType.ENUM):
+        return values.astype(TEXT)
+    return values.astype(col.dtype)
+
+
+@dataclass
+class TableResult:
+    """Validation state of one table: raw rows, parsed values, findings, accepted rows."""
+
+    schema: Table
+    file: str
+    raw: pd.DataFrame
+    typed: pd.DataFrame
+    findings: R.Findings
+    accepted: np.ndarray
+
+    @property
+    def name(self) -> str:
+        """Table name."""
+        return self.schema.name
+
+    @property
+    def n_input(self) -> int:
+        """Rows read from the file."""
+        return len(self.raw)
+
+    @property
+    def n_stored(self) -> int:
+        """Rows accepted."""
+        return int(self.accepted.sum())
+
+    @property
+    def n_quarantined(self) -> int:
+        """Rows quarantined."""
+        return self.n_input - self.n_stored
+
+    def accept(self) -> np.ndarray:
+        """Freeze the accepted rows from the error findings so far; return the mask."""
+        self.accepted = ~self.findings.error_mask()
+        return self.accepted
+
+    def keys(self, column: str) -> tuple[pd.Series, pd.Series]:
+        """(accepted keys, keys seen only on quarantined rows) of ``column``, unique."""
+        values = self.typed[column]
+        good = values[self.accepted].dropna().drop_duplicates()
+        rest = values[~self.accepted].dropna().drop_duplicates()
+        return good.reset_index(drop=True), rest.reset_index(drop=True)
+
+    def stored(self) -> pd.DataFrame:
+        """Accepted rows in stored dtypes (patient_id still raw), index 0..n-1.
+
+        String columns stay Arrow-backed (``string[pyarrow]``) for speed; the store reads
+        them back as ``string``.
+        """
+        out = self.typed.loc[self.accepted].reset_index(drop=True)
+        return out.astype({c.name: c.dtype for c in self.schema.columns
+                           if c.type not in (ColumnType.STRING, ColumnType.ENUM)})
+
+
+def parse_table(raw: RawTable, today: date) -> TableResult:
+    """Parse every column of a raw table (row-local rules only)."""
+    schema = get_table(raw.name)
+    frame = raw.frame.reset_index(drop=True)
+    f = R.Findings(schema.name, len(frame))
+    typed = {}
+    for col in schema.columns:
+        source = frame[col.name] if col.name in frame else pd.Series([None] * len(frame),
+                                                                     dtype=TEXT)
+        typed[col.name] = parse_column(source, col, today, f)
+    result = TableResult(schema, raw.file, frame, pd.DataFrame(typed), f,
+                         np.ones(len(frame), dtype=bool))
+    if schema.primary_key:
+        key = schema.primary_key
+        f.add("duplicate_key", key, R.first_in_file_order_conflicts(result.typed[key]))
+    return result
+
+
+def _by_key(res: TableResult, key: str, column: str) -> tuple[pd.Series, pd.Series]:
+    """(unique keys, ``column``) of the accepted rows."""
+    rows = res.typed.loc[res.accepted, [key, column]].drop_duplicates(key)
+    return rows[key].reset_index(drop=True), rows[column].reset_index(drop=True)
+
+
+def _aligned(values: pd.Series, parent: tuple[pd.Series, pd.Series]) -> pd.Series:
+    """Parent column value of each row's key (NA where the key is unknown or missing)."""
+    return R.lookup(values, *parent)
+
+
+def _reference(res: TableResult, column: str, parent: TableResult, key: str) -> None:
+    good, rest = parent.keys(key)
+    R.check_reference(res.findings, res.typed[column], good, rest, column)
+
+
+def _infusions(inf: TableResult, patients: TableResult) -> None:
+    _reference(inf, "patient_id", patients, "patient_id")
+    birth = _aligned(inf.typed["patient_id"], _by_key(patients, "patient_id", "birth_year"))
+    R.check_infusion_vs_patient(inf.findings, inf.typed["infusion_date"], birth.astype("Int64"))
+    R.check_batch_reused(inf.findings, inf.typed)
+    inf.accept()
+
+
+def _followup(fu: TableResult, inf: TableResult) -> tuple[pd.Series, pd.Series]:
+    """Follow-up rules; return (patients, death dates) of the accepted deaths."""
+    _reference(fu, "infusion_id", inf, "infusion_id")
+    t, f = fu.typed, fu.findings
+    infusion_date = _aligned(t["infusion_id"], _by_key(inf, "infusion_id", "infusion_date"))
+    patient = _aligned(t["infusion_id"], _by_key(inf, "infusion_id", "patient_id"))
+    R.check_death_fields(f, t)
+    R.check_not_before(f, t["contact_date"], infusion_date, "contact_date")
+    R.check_not_before(f, t["death_date"], infusion_date, "death_date", "death_before_infusion")
+    dead = R._b(t["vital_status"] == "dead")
+    candidates = dead & ~f.error_mask()
+    R.check_conflicting_death_dates(f, patient, t["death_date"], candidates)
+    deaths = candidates & ~f.error_mask()
+    first = pd.DataFrame({"p": patient[deaths], "d": t["death_date"][deaths]}).drop_duplicates("p")
+    death_by_patient = (first["p"].reset_index(drop=True), first["d"].reset_index(drop=True))
+    R.check_not_after_death(f, t["contact_date"], _aligned(patient, death_by_patient),
+                            "contact_date", extra=~dead)
+    fu.accept()
+    return death_by_patient
+
+
+_DATED = {"clinical_events": "event_date", "adverse_events": "onset_date",
+          "responses": "assessment_date"}
+
+
+def _child(res: TableResult, inf: TableResult, deaths: tuple[pd.Series, pd.Series]) -> None:
+    """Rules of the optional per-infusion tables."""
+    _reference(res, "infusion_id", inf, "infusion_id")
+    t, f = res.typed, res.findings
+    infusion_date = _aligned(t["infusion_id"], _by_key(inf, "infusion_id", "infusion_date"))
+    patient = _aligned(t["infusion_id"], _by_key(inf, "infusion_id", "patient_id"))
+    death = _aligned(patient, deaths)
+    dated = _DATED.get(res.name)
+    if res.name == "adverse_events":
+        R.check_onset_resolution(f, t)
+        R.check_grades(f, t, death.notna())
+    if dated:
+        R.check_not_before(f, t[dated], infusion_date, dated)
+        R.check_not_after_death(f, t[dated], death, dated)
+    if res.name == "responses":
+        R.check_multiple_best(f, t)
+    if res.name == "baseline_measurements":
+        R.check_units(f, t)
+    accepted = res.accept()
+    if res.name == "adverse_events":
+        R.warn_late_onset(f, t, infusion_date, accepted)
+
+
+def validate_tables(raw: Mapping[str, RawTable], today: date) -> dict[str, TableResult]:
+    """Run every rule of the data model; return the results of the present tables.
+
+    Tables are processed in dependency order, so references and cross-table rules see only
+    accepted parent rows and a quarantined parent quarantines its children.
+    """
+    results = {name: parse_table(raw[name], today) for name in TABLE_NAMES if name in raw}
+    patients, inf, fu = results["patients"], results["infusions"], results["followup"]
+    patients.accept()
+    _infusions(inf, patients)
+    deaths = _followup(fu, inf)
+    R.warn_stale_contacts(fu.findings, fu.typed, fu.accepted, today)
+    for name, res in results.items():
+        if name not in ("patients", "infusions", "followup"):
+            _child(res, inf, deaths)
+    for res in results.values():
+        assert res.n_input == res.n_stored + res.n_quarantined, res.name
+        logger.info("%s: %d rows, %d accepted, %d quarantined", res.file, res.n_input,
+                    res.n_stored, res.n_quarantined)
+    return results
