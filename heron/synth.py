@@ -183,7 +183,7 @@ def _cohort(rng: np.random.Generator, n: int, last: date) -> _Arrays:
     c["prod"] = np.zeros(n, np.int64)
     for k, ind in enumerate(_IND):  # product mix varies a little between sites
         members = np.flatnonzero(_P["group"] == ind["group"])
-        w = _P["share"][members] * rng.gamma(20.0, 0.05, len(members))
+        w = _P["share"][members] * rng.gamma(60.0, 1 / 60, len(members))
         idx = np.flatnonzero(c["ind"] == k)
         c["prod"][idx] = members[_choice(rng, w, len(idx))]
         idx = idx[c["inf"][idx] < since[c["prod"][idx]]]  # not yet authorised: HE or trial
@@ -350,8 +350,8 @@ def _responses(rng: np.random.Generator, c: _Arrays) -> _Rows:
     n = int(c["n"])
     days = np.array([30, 90, 180]) + rng.integers([-3, -7, -14], [4, 8, 15], (n, 3))
     seen = (days <= c["end"][:, None]) & (rng.random((n, 3)) >= 0.05)
-    probs = np.array([[0.7, 0.3, 0, 0], [0.3, 0.45, 0.2, 0.05], [0.4, 0.45, 0.15, 0]])[
-        np.where(c["nrm"], 2, c["r"] < _NEVER)]  # CR PR SD PD by durable, relapse, NRM
+    probs = np.array([[0.7, 0.3, 0], [0.3, 0.45, 0.25], [0.4, 0.45, 0.15]])[
+        np.where(c["nrm"], 2, c["r"] < _NEVER)]  # CR PR SD by durable, relapse, NRM; PD below
     resp = np.minimum.accumulate(np.stack([_choice(rng, probs, n) for _ in range(3)], axis=1),
                                  axis=1)  # responses deepen over time, until progression
     resp = np.where(c["r"][:, None] <= days, 3, resp)
