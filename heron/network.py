@@ -24,7 +24,6 @@ from protocol.signing import sign_study
 
 from heron.coordinator import CoordinatorClient
 from heron.errors import HeronError
-from heron.report import render_report
 from node.config import NodeConfig
 from node.policy import Policy, default_policy, load_policy
 from node.service import ingest_site, init_node
@@ -184,5 +183,7 @@ def simulate(
         net.stop()
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    from heron.report import render_report
+
     report_path = render_report(results, out_dir / "report.html")
     return SimulationResult(results, results_path, report_path, workspace)
