@@ -10,8 +10,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from protocol.codec import Release
-
 from analytics import (
     AnalyticsError,
     SurvivalCounts,
@@ -20,6 +18,7 @@ from analytics import (
     nelson_aalen,
     pool_counts,
 )
+from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.releases import survival_groups
 from protocol.study import Analysis, Study

@@ -56,7 +56,7 @@ def _network(work: Path, sizes: list[int], label: str) -> tuple[LocalNetwork, di
     return net, stores
 
 
-def net_config(net: LocalNetwork, site: str):  # noqa: ANN201
+def net_config(net: LocalNetwork, site: str):
     from node.config import resolve_config
 
     return resolve_config(net.workspace / "nodes" / site)

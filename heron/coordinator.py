@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from protocol.signing import SignedStudy, sign_study
 
 from heron.errors import HeronError
 from protocol.errors import ProtocolError
 from protocol.keys import load_private_key
 from protocol.pki import load_credentials
+from protocol.signing import SignedStudy, sign_study
 from protocol.study import parse_study
 from protocol.tls import channel_credentials, channel_options
 from protocol.v1 import coordinator_pb2 as pb

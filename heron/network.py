@@ -20,8 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from protocol.signing import sign_study
-
 from heron.coordinator import CoordinatorClient
 from heron.errors import HeronError
 from node.config import NodeConfig
@@ -29,6 +27,7 @@ from node.policy import Policy, default_policy, load_policy
 from node.service import ingest_site, init_node
 from protocol.keys import generate_signing_key
 from protocol.pki import init_ca, issue_aggregator, issue_coordinator, issue_site
+from protocol.signing import sign_study
 from protocol.study import Study
 
 __all__ = ["LocalNetwork", "SimulationResult", "simulate"]

@@ -11,11 +11,11 @@ import logging
 from collections.abc import Mapping
 
 import pandas as pd
-from protocol.codec import Release
 
 from analytics import DisclosureError, SurvivalCounts, coarsen_counts, survival_counts
 from node.endpoints import group_labels, survival_endpoint
 from node.policy import Policy
+from protocol.codec import Release
 from protocol.releases import survival_release
 from protocol.study import Analysis, Study
 

@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
-from protocol.codec import encode_release
-from protocol.signing import SignedStudy
 
 from heron import __version__
 from node.engine import TaskOutcome
+from protocol.codec import encode_release
+from protocol.signing import SignedStudy
 from protocol.tls import channel_credentials, channel_options
 from protocol.v1 import node_link_pb2 as pb
 from protocol.v1 import node_link_pb2_grpc as pb_grpc

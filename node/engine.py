@@ -13,16 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from protocol.codec import Release
-from protocol.signing import SignedStudy, is_expired, verify_study
 
 from node.analyses import compute_release, release_summary
 from node.audit import AuditTrail
 from node.cohort import select_cohort
 from node.errors import NodeError
 from node.policy import Policy
+from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.keys import key_id
+from protocol.signing import SignedStudy, is_expired, verify_study
 from protocol.study import Study
 
 __all__ = ["NodeEngine", "TaskOutcome"]
