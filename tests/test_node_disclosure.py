@@ -1,0 +1,95 @@
+"""Property: under the default site policy no unmasked release carries a count of 1-4.
+
+Random cohorts go through the node's real path (cohort selection, endpoint derivation, group
+labels, disclosure control, release building); every released count, every group size and
+every number at risk implied by a release must be 0 or at least min_cell (study.md defaults).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from analytics import SurvivalCounts
+from node.analyses import compute_release
+from node.cohort import select_cohort
+from node.policy import default_policy
+from protocol.releases import survival_groups
+from protocol.study import study_from_dict
+
+POLICY = default_policy()
+INFUSED = dt.date(2022, 1, 1)
+
+
+def _tables(durations: list[int], dead: list[bool], routes: list[int]) -> dict[str, pd.DataFrame]:
+    n = len(durations)
+    ids = [f"p{i}" for i in range(n)]
+    inf = [f"i{i}" for i in range(n)]
+    day0 = pd.Timestamp(INFUSED)
+    end = day0 + pd.to_timedelta(np.asarray(durations), unit="D")
+    dead_arr = np.asarray(dead)
+    patients = pd.DataFrame({"patient_id": pd.array(ids, "string"),
+                             "sex": pd.array(["F"] * n, "string"),
+                             "birth_year": pd.array([1960] * n, "Int64")})
+    infusions = pd.DataFrame({
+        "infusion_id": pd.array(inf, "string"), "patient_id": pd.array(ids, "string"),
+        "infusion_date": pd.Series([day0] * n, dtype="datetime64[ns]"),
+        "product": pd.array(["HE-CD19-01"] * n, "string"),
+        "atmp_class": pd.array(["GTMP"] * n, "string"),
+        "route": pd.array([["hospital_exemption", "centrally_authorised"][r] for r in routes],
+                          "string"),
+        "origin": pd.array(["autologous"] * n, "string"),
+        "batch_id": pd.array([None] * n, "string"),
+        "indication_icd10": pd.array(["C83.3"] * n, "string"),
+        "indication_group": pd.array(["LBCL"] * n, "string"),
+        "disease_status": pd.array([None] * n, "string"),
+        "prior_lines": pd.array([None] * n, "Int64"), "ecog": pd.array([None] * n, "Int64"),
+        "manufacturing_site": pd.array([None] * n, "string")})
+    followup = pd.DataFrame({
+        "infusion_id": pd.array(inf, "string"),
+        "contact_date": pd.Series(end, dtype="datetime64[ns]"),
+        "vital_status": pd.array(np.where(dead_arr, "dead", "alive"), "string"),
+        "death_date": pd.Series(np.where(dead_arr, end, pd.NaT), dtype="datetime64[ns]"),
+        "cause_of_death": pd.array(np.where(dead_arr, "primary_disease", None), "string")})
+    return {"patients": patients, "infusions": infusions, "followup": followup}
+
+
+def _at_risk_values(counts: SurvivalCounts) -> np.ndarray:
+    # numbers at risk a receiver can read: at the start of every day with a count
+    days = np.flatnonzero(counts.events + counts.censored)
+    return counts.at_risk[days]
+
+
+cohorts = st.integers(min_value=10, max_value=80).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(0, 500), min_size=n, max_size=n),
+    st.lists(st.booleans(), min_size=n, max_size=n),
+    st.lists(st.integers(0, 1), min_size=n, max_size=n)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cohort=cohorts, group=st.sampled_from([None, "route"]))
+def test_default_policy_never_releases_a_count_below_five(cohort, group):
+    durations, dead, routes = cohort
+    tables = _tables(durations, dead, routes)
+    analysis = {"name": "os", "kind": "kaplan_meier", "endpoint": "overall_survival"}
+    if group:
+        analysis["group_by"] = group
+    study = study_from_dict({"heron": 1, "id": "prop-study", "title": "p",
+                             "expires": "2099-01-01", "horizon_days": 365,
+                             "analyses": [analysis]})
+    cohort_df = select_cohort(tables, study.cohort, today=dt.date(2026, 1, 1))
+    assert len(cohort_df) == len(durations)
+    release = compute_release(study.analyses[0], study, tables, cohort_df, "site-x", POLICY)
+    if release.error:
+        assert release.error.startswith("disclosure rule")
+        assert release.vectors == {}
+        return
+    for counts in survival_groups(release, study.horizon_days).values():
+        released = np.concatenate([counts.events, counts.censored, [counts.n],
+                                   _at_risk_values(counts)])
+        small = released[(released > 0) & (released < POLICY.min_cell)]
+        assert small.size == 0, f"released counts below {POLICY.min_cell}: {small}"
