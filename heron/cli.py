@@ -343,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from protocol.errors import ProtocolError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    daemon = getattr(args, "node_cmd", None) == "run" or args.command == "aggregator"
+    logging.basicConfig(level=logging.INFO if args.verbose or daemon else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args.func(args)
