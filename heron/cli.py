@@ -48,10 +48,10 @@ def _parse_sites(values: Sequence[str]) -> dict[str, Path]:
 
 
 def _simulate(a: argparse.Namespace) -> int:
+    from heron.coordinator import load_study
     from heron.network import simulate
-    from protocol.study import parse_study
 
-    study = parse_study(_read(Path(a.study)))
+    study = load_study(Path(a.study))
     result = simulate(_parse_sites(a.site), study, Path(a.out),
                       policy_file=Path(a.policy) if a.policy else None, progress=_say)
     print(f"results: {result.results_path}\nreport:  {result.report_path}")
@@ -62,7 +62,8 @@ def _synth(a: argparse.Namespace) -> int:
     from heron.synth import synthesize
 
     folders = synthesize(Path(a.out), sites=a.sites, patients=a.patients, seed=a.seed,
-                         fmt=a.format, progress=_say)
+                         fmt=a.format,
+                         progress=lambda site, done, total: _say(f"[{done}/{total}] {site}"))
     _emit([{"site_id": f.site_id, "path": str(f.path), "patients": f.patients} for f in folders],
           a.json, "\n".join(f"{f.site_id}\t{f.patients}\t{f.path}" for f in folders))
     return 0

@@ -15,22 +15,27 @@ from protocol.errors import ProtocolError
 from protocol.keys import load_private_key
 from protocol.pki import load_credentials
 from protocol.signing import SignedStudy, sign_study
-from protocol.study import parse_study
+from protocol.study import Study, parse_study
 from protocol.tls import channel_credentials, channel_options
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
-__all__ = ["CoordinatorClient", "sign_study_file"]
+__all__ = ["CoordinatorClient", "load_study", "sign_study_file"]
 
 
-def sign_study_file(study_path: Path, key_path: Path, out_path: Path) -> SignedStudy:
-    """Parse a study document, sign it with a coordinator key and write the envelope."""
+def load_study(study_path: Path) -> Study:
+    """Read and validate a study document; errors name the file and the field."""
     try:
-        study = parse_study(study_path.read_bytes())
+        return parse_study(study_path.read_bytes())
     except OSError as exc:
         raise HeronError(f"{study_path}: {exc.strerror}") from None
     except ProtocolError as exc:
         raise HeronError(f"{study_path}: {exc}") from None
+
+
+def sign_study_file(study_path: Path, key_path: Path, out_path: Path) -> SignedStudy:
+    """Parse a study document, sign it with a coordinator key and write the envelope."""
+    study = load_study(study_path)
     signed = sign_study(study, load_private_key(key_path))
     signed.to_file(out_path)
     return signed
