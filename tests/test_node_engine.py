@@ -1,0 +1,96 @@
+"""The node's study engine: verification, policy decisions, releases and the audit trail."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from heron.synth import synthesize
+from node.audit import AuditTrail, verify_audit
+from node.engine import NodeEngine
+from node.ingest import ingest
+from node.policy import Policy
+from node.store import open_store
+from protocol.signing import sign_study
+from tests.network_helpers import make_study
+
+KEY = Ed25519PrivateKey.generate()
+KM = {"name": "os", "kind": "kaplan_meier", "endpoint": "overall_survival"}
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("engine")
+    folder = synthesize(tmp / "sites", sites=1, patients=150, seed=11)[0]
+    ingest(folder.path, tmp / "store", b"k" * 32)
+    return tmp / "store"
+
+
+def _engine(store_dir, tmp_path, policy=None, approved=()):
+    return NodeEngine("se-test", policy or Policy(), [KEY.public_key()],
+                      lambda: open_store(store_dir), AuditTrail(tmp_path / "audit.jsonl"),
+                      today=lambda: dt.date(2026, 11, 1),
+                      is_approved=lambda study_id: study_id in approved)
+
+
+def _events(tmp_path):
+    return [(e["event"], e["details"]) for e in AuditTrail(tmp_path / "audit.jsonl").entries()]
+
+
+def test_answers_a_valid_study_and_audits_the_release(store_dir, tmp_path):
+    study = make_study("eng-ok", [KM, {**KM, "name": "os_route", "group_by": "route"}])
+    day_resolution = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
+    outcome = _engine(store_dir, tmp_path, day_resolution).answer(study.id,
+                                                                  sign_study(study, KEY))
+    assert outcome.refusal is None
+    assert [r.analysis for r in outcome.releases] == ["os", "os_route"]
+    assert all(not r.error for r in outcome.releases)
+    events = [e for e, _ in _events(tmp_path)]
+    assert events == ["study_received", "release"]
+    assert verify_audit(tmp_path / "audit.jsonl").ok
+
+
+def test_forbidden_kind_is_an_analysis_error_and_the_rest_is_released(store_dir, tmp_path):
+    policy = Policy(allowed_kinds=("kaplan_meier",))
+    study = make_study("eng-policy", [KM, {"name": "na", "kind": "nelson_aalen",
+                                           "endpoint": "overall_survival"}])
+    outcome = _engine(store_dir, tmp_path, policy).answer(study.id, sign_study(study, KEY))
+    by_name = {r.analysis: r for r in outcome.releases}
+    assert not by_name["os"].error
+    assert "nelson_aalen" in by_name["na"].error and by_name["na"].vectors == {}
+    assert ("analysis_refused", {"analysis": "na", "reason": by_name["na"].error}) in \
+        _events(tmp_path)
+
+
+def test_cohort_below_min_cohort_is_refused(store_dir, tmp_path):
+    study = make_study("eng-small", [KM])
+    outcome = _engine(store_dir, tmp_path, Policy(min_cohort=10_000)).answer(
+        study.id, sign_study(study, KEY))
+    assert outcome.refusal == "cohort below 10000 patients"
+    assert _events(tmp_path)[-1] == ("study_refused", {"reason": outcome.refusal})
+
+
+def test_manual_approval_waits_for_the_data_steward(store_dir, tmp_path):
+    study = make_study("eng-manual", [KM])
+    signed = sign_study(study, KEY)
+    policy = Policy(approval="manual")
+    assert "approval" in _engine(store_dir, tmp_path, policy).answer(study.id, signed).refusal
+    approved = _engine(store_dir, tmp_path, policy, approved={"eng-manual"})
+    assert approved.answer(study.id, signed).refusal is None
+
+
+def test_task_naming_another_study_is_refused(store_dir, tmp_path):
+    study = make_study("eng-mismatch", [KM])
+    outcome = _engine(store_dir, tmp_path).answer("other-study", sign_study(study, KEY))
+    assert "signed study is eng-mismatch" in outcome.refusal
+
+
+def test_secure_aggregation_studies_are_refused_until_supported(store_dir, tmp_path):
+    study = make_study("eng-secure", [KM])
+    study = dataclasses.replace(study, privacy=dataclasses.replace(study.privacy,
+                                                                   secure_aggregation=True))
+    outcome = _engine(store_dir, tmp_path).answer(study.id, sign_study(study, KEY))
+    assert outcome.refusal == "secure aggregation is not supported by this node version"
