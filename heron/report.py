@@ -90,11 +90,23 @@ def _analysis(name: str, res: Any) -> str:
     if "error" in res:
         return f"{head}{error_box(res['error'])}</section>"
     try:
-        body = _RENDERERS.get(kind, _generic)(res)
+        body = _provenance(res) + _RENDERERS.get(kind, _generic)(res)
     except Exception as exc:  # a report must still be written; say what could not be drawn
         log.exception("could not render analysis %s", name)
         body = error_box(f"this result could not be rendered ({type(exc).__name__}: {exc})")
     return f"{head}{body}</section>"
+
+
+def _provenance(res: Mapping[str, Any]) -> str:
+    """Which sites an analysis pools and at what time resolution it was released."""
+    notes = []
+    if isinstance(sites := res.get("sites"), list | tuple) and sites:
+        notes.append(f"Pooled from {len(sites)} sites: {', '.join(map(str, sites))}.")
+    days = as_number(res.get("time_resolution_days"))
+    if days is not None and days > 1:
+        notes.append(f"Released in time bins up to {days:g} days wide (disclosure control): "
+                     "events and censorings sit at bin ends, so curves step there.")
+    return f'<p class="note">{esc(" ".join(notes))}</p>' if notes else ""
 
 
 def _groups(res: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -258,7 +270,8 @@ def _adverse_events(res: Mapping[str, Any]) -> str:
 
 
 def _generic(res: Mapping[str, Any]) -> str:
-    rows = [[k, plain(v)] for k, v in res.items() if k != "kind"]
+    rows = [[k, plain(v)] for k, v in res.items()
+            if k not in ("kind", "sites", "time_resolution_days")]
     return ('<p class="note">This report does not know this kind of analysis; its values '
             "follow as released.</p>" + table(["Key", "Value"], rows))
 

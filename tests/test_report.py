@@ -43,7 +43,8 @@ def results() -> dict[str, Any]:
                   "refused": {REFUSED_SITE: REFUSAL}, "unreachable": ["de-heidelberg"]},
         "privacy": {"secure_aggregation": True, "time_resolution_days": 1, "min_sites": 3},
         "analyses": {
-            "os": {"kind": "kaplan_meier", "groups": {
+            "os": {"kind": "kaplan_meier", "sites": ["se-uppsala", "pt-lisbon"],
+                   "time_resolution_days": 30, "groups": {
                 "hospital_exemption": {"n": 10, "events": 6, "table": TABLE_A,
                                        "median": 400.0, "median_ci": [200.0, None],
                                        "timepoints": {"365": {"survival": 0.7,
@@ -101,6 +102,7 @@ def test_report_contents(tmp_path: Path) -> None:
     assert "4.10" in doc and "0.043" in doc and "1.43" in doc  # O/E of hospital_exemption
     assert "400 (200–NR)" in doc and "NR (365–NR)" in doc  # medians, not reached
     assert "70.0% (33.0–89.0)" in doc and "612.5 (88.1)" in doc
+    assert "Pooled from 2 sites: se-uppsala, pt-lisbon." in doc and "up to 30 days" in doc
 
 
 def test_report_is_deterministic() -> None:
