@@ -332,8 +332,9 @@ def _report(results: Mapping[str, TableResult], today: date, ignored: tuple[str,
         n_warn = sum(f.positions.size for f in res.findings.items if f.severity == R.WARNING)
         counts[name] = TableCounts(name, res.file, res.n_input, res.n_stored,
                                    res.n_quarantined, n_warn)
-    frames = [findings_frame(res) for res in results.values()]
-    issues = pd.concat(frames, ignore_index=True)  # tables already in dependency order
+    frames = [findings_frame(res) for res in results.values() if res.findings.items]
+    issues = (pd.concat(frames, ignore_index=True) if frames  # tables in dependency order
+              else findings_frame(next(iter(results.values()))))
     return IngestReport(today.isoformat(), counts, issues[list(ISSUE_COLUMNS)], ignored,
                         snapshot, stored=snapshot is not None)
 
@@ -371,12 +372,15 @@ def ingest(source: Path | str, store_dir: Path | str, secret: bytes,
     tables = {name: res.stored() for name, res in results.items()}
     for name in ("patients", "infusions"):
         tables[name]["patient_id"] = pseudonymise_series(tables[name]["patient_id"], secret)
-    quarantine = pd.concat([quarantine_frame(r) for r in results.values()], ignore_index=True)
+    parts = [quarantine_frame(r) for r in results.values() if r.n_quarantined]
+    quarantine = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     quarantine = quarantine.astype({c: t for c, t in quarantine_dtypes().items()
                                     if c in quarantine})
     if "patient_id" in quarantine:
         quarantine["patient_id"] = pseudonymise_series(quarantine["patient_id"], secret)
-    warnings = pd.concat([warnings_frame(r) for r in results.values()], ignore_index=True)
+    parts = [warnings_frame(r) for r in results.values()
+             if any(f.severity == R.WARNING for f in r.findings.items)]
+    warnings = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     for name, res in results.items():
         n_q = int(np.sum(quarantine["table"].to_numpy() == name)) if len(quarantine) else 0
         if res.n_input != len(tables[name]) + n_q:
