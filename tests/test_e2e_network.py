@@ -174,3 +174,13 @@ def test_aggregator_restarted_mid_study_finishes_it(network):
     assert sorted(results["sites"]["participated"]) == sorted(stores)
     assert results["sites"]["unreachable"] == []
     assert results["analyses"]["pfs"]["groups"]["all"]["n"] > 0
+
+
+def test_daemons_shut_down_gracefully_on_sigterm(network):
+    net, _ = network
+    procs = [p for p in net.nodes.values() if p.poll() is None] + [net.aggregator]
+    assert len(procs) >= 4
+    net.stop(timeout_s=20)
+    assert [p.returncode for p in procs] == [0] * len(procs)
+    log = (net.workspace / "aggregator" / "aggregator.log").read_text()
+    assert "shutting down" in log
