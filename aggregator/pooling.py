@@ -59,6 +59,10 @@ def _pool_analysis(
     errors = {site: r.error for site, r in releases.items() if r.error}
     usable = {site: r for site, r in releases.items() if not r.error}
     out: dict[str, Any] = {"kind": analysis.kind}
+    if analysis.endpoint:
+        out["endpoint"] = analysis.endpoint
+    if analysis.group_by:
+        out["group_by"] = analysis.group_by
     if errors:
         out["site_errors"] = dict(sorted(errors.items()))
     if not usable:

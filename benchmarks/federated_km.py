@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from lifelines import KaplanMeierFitter  # noqa: E402
 
 from heron.network import LocalNetwork  # noqa: E402
-from heron.synth import synthesize  # noqa: E402
+from heron.synth import synthesize_site  # noqa: E402
 from tests.network_helpers import (  # noqa: E402
     DAY_RESOLUTION,
     client,
@@ -44,9 +44,13 @@ def _network(work: Path, sizes: list[int], label: str) -> tuple[LocalNetwork, di
     t0 = time.perf_counter()
     for i, n in enumerate(sizes):
         site = f"{label}-{i + 1:02d}"
-        folder = synthesize(work / "sites" / site, sites=1, patients=n, seed=100 + i,
-                            fmt="parquet")[0]
+        t1 = time.perf_counter()
+        folder = synthesize_site(work / "sites" / site, site, n, seed=100 + i, fmt="parquet",
+                                 site_index=i)
+        t2 = time.perf_counter()
         config = net.add_site(site, folder.path, DAY_RESOLUTION)
+        print(f"  {site}: synthesised {n:,} patients in {t2 - t1:.1f} s, "
+              f"ingested in {time.perf_counter() - t2:.1f} s", flush=True)
         stores[site] = config.path("store_dir")
     print(f"  synthesised and ingested {len(sizes)} sites in {time.perf_counter() - t0:.1f} s")
     for site in stores:
@@ -63,12 +67,12 @@ def net_config(net: LocalNetwork, site: str):
 
 
 def km_benchmark(work: Path, sites: int, patients: int) -> None:
-    print(f"federated Kaplan-Meier: {sites} sites x {patients:,} patients")
+    print(f"federated Kaplan-Meier: {sites} sites x {patients:,} patients", flush=True)
     net, stores = _network(work / "km", [patients] * sites, "site")
     try:
         study = make_study("bench-km", [{"name": "os", "kind": "kaplan_meier",
                                          "endpoint": "overall_survival"}],
-                           min_sites=sites)
+                           min_sites=sites, cohort={})
         t0 = time.perf_counter()
         results = run_study(net, study, timeout_s=1800)
         federated_s = time.perf_counter() - t0
@@ -94,7 +98,8 @@ def rtt_benchmark(work: Path, nodes: int, repeats: int) -> None:
         times = []
         for i in range(repeats):
             study = make_study(f"bench-rtt-{i:03d}", [{"name": "os", "kind": "kaplan_meier",
-                                                       "endpoint": "overall_survival"}])
+                                                       "endpoint": "overall_survival"}],
+                               cohort={})
             t0 = time.perf_counter()
             results = run_study(net, study)
             times.append(time.perf_counter() - t0)

@@ -25,13 +25,14 @@ DAY_RESOLUTION = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
 
 
 def make_study(study_id: str, analyses: list[dict[str, Any]], *, horizon: int = 1826,
-               min_sites: int = 2, expires: dt.date | None = None) -> Study:
+               min_sites: int = 2, expires: dt.date | None = None,
+               cohort: dict[str, Any] | None = None) -> Study:
     """A study over the synthetic LBCL cohort."""
     return study_from_dict({
         "heron": 1, "id": study_id, "title": f"test {study_id}",
         "expires": (expires or dt.date.today() + dt.timedelta(days=30)).isoformat(),
         "horizon_days": horizon,
-        "cohort": {"indication_group": ["LBCL"]},
+        "cohort": {"indication_group": ["LBCL"]} if cohort is None else cohort,
         "analyses": analyses,
         "privacy": {"secure_aggregation": False, "min_sites": min_sites},
     })
