@@ -20,24 +20,22 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from aggregator.errors import DuplicateStudy, Rejected, UnknownStudy
+from aggregator.results import Pool, json_default, results_document
+from aggregator.rounds import Driver, Rounds
 from aggregator.store import (
     OPEN_STATES,
     SiteRecord,
     Store,
     StudyRecord,
-    StudySiteRecord,
     decode_task_result,
     encode_task_result,
 )
 from aggregator.transport import HelloInfo, NodeTransport, StudyTask, TaskReply
-from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.signing import SignedStudy, verify_study
 from protocol.study import Study, study_from_dict
@@ -46,8 +44,6 @@ __all__ = ["Pool", "SiteState", "StudyEngine", "StudyStatus", "results_document"
 
 logger = logging.getLogger(__name__)
 
-Pool = Callable[[Study, Mapping[str, Sequence[Release]]], Mapping[str, Any]]
-"""Pools the released sites' releases: returns ``{"analyses": {...}, "privacy": {...}}``."""
 
 
 @dataclass(frozen=True)
@@ -79,76 +75,6 @@ class _Running:
     submitted_at: float
 
 
-# -- functional core -------------------------------------------------------------------------
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _failed_analyses(study: Study, reason: str) -> dict[str, Any]:
-    return {a.name: {"kind": a.kind, "error": reason} for a in study.analyses}
-
-
-def _checked_pool_output(study: Study, pooled: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    if not isinstance(pooled, Mapping) or not isinstance(pooled.get("analyses"), Mapping):
-        raise TypeError("the pooling function must return {'analyses': {...}, 'privacy': {...}}")
-    if not isinstance(privacy := pooled.get("privacy") or {}, Mapping):
-        raise TypeError("the pooling function returned a 'privacy' that is not a mapping")
-    analyses = dict(pooled["analyses"])
-    for a in study.analyses:
-        analyses.setdefault(a.name, {"kind": a.kind, "error": "no pooled result"})
-    return analyses, dict(privacy)
-
-
-def results_document(study: Study, states: Sequence[StudySiteRecord],
-                     pool: Pool) -> tuple[str, dict[str, Any]]:
-    """Build results.json (results-and-cli.md) for a study whose participants are all final.
-
-    Returns
-    -------
-    tuple
-        The study's final status (``completed``, or ``failed`` when pooling raised) and the
-        results document.
-    """
-    participated = sorted(s.site_id for s in states if s.state == "released")
-    refused = {s.site_id: s.reason for s in sorted(states, key=lambda s: s.site_id)
-               if s.state == "refused"}
-    unreachable = sorted(s.site_id for s in states if s.state == "unreachable")
-    privacy: dict[str, Any] = {"secure_aggregation": study.privacy.secure_aggregation,
-                               "min_sites": study.privacy.min_sites}
-    status = "completed"
-    min_sites = study.privacy.min_sites
-    if len(participated) < min_sites:
-        analyses = _failed_analyses(
-            study, f"fewer than {min_sites} participating sites (min_sites)")
-    else:
-        try:
-            releases = {s.site_id: decode_task_result(s.release or b"") for s in states
-                        if s.state == "released"}
-            analyses, pooled_privacy = _checked_pool_output(study, pool(study, releases))
-            json.dumps([analyses, pooled_privacy], default=_json_default)  # must be JSON
-            privacy.update(pooled_privacy)
-        except Exception as exc:
-            logger.exception("pooling study %s failed", study.id)
-            status = "failed"
-            analyses = _failed_analyses(study, f"pooling failed: {exc}")
-    doc = {
-        "heron": 1,
-        "study_id": study.id,
-        "title": study.title,
-        "status": status,
-        "sites": {"participated": participated, "refused": refused,
-                  "unreachable": unreachable},
-        "privacy": privacy,
-        "analyses": analyses,
-    }
-    return status, doc
-
-
 # -- imperative shell --------------------------------------------------------------------------
 
 class StudyEngine:
@@ -169,12 +95,15 @@ class StudyEngine:
         Unix time in seconds.
     site_timeout_s
         How long a participant may stay unanswered (counted from submission, or from this
-        engine's start when that is later) before it is marked unreachable.
+        engine's start when that is later) before it is marked unreachable; also the limit of
+        one round of an iterative analysis.
+    driver
+        Logic of iterative analyses (Cox); ``None`` runs first rounds only.
     """
 
     def __init__(self, store: Store, transport: NodeTransport, pool: Pool,
                  trusted_keys: Collection[Any], *, clock: Callable[[], float] = time.time,
-                 site_timeout_s: float = 60.0) -> None:
+                 site_timeout_s: float = 60.0, driver: Driver | None = None) -> None:
         self._store = store
         self._transport = transport
         self._pool = pool
@@ -184,6 +113,8 @@ class StudyEngine:
         self._lock = threading.RLock()
         self._running: dict[str, _Running] = {}
         self._started_at = clock()
+        self._rounds = Rounds(store, transport, driver, clock, self._timeout,
+                              self._started_at) if driver is not None else None
         transport.set_listener(self)
 
     # -- coordinator side ----------------------------------------------------------------------
@@ -301,6 +232,12 @@ class StudyEngine:
         with self._lock:
             now = self._clock()
             for study_id, run in list(self._running.items()):
+                if self._rounds is not None and self._rounds.started(study_id):
+                    self._rounds.expire(study_id)
+                    self._rounds.try_advance(run.study, run.signed)
+                    if self._maybe_complete(study_id):
+                        completed.append(study_id)
+                    continue
                 if now - max(run.submitted_at, self._started_at) < self._timeout:
                     continue
                 for row in self._store.study_sites(study_id):
@@ -328,6 +265,9 @@ class StudyEngine:
                         hello.software_version or "unknown version", len(tasks))
             for task in tasks:
                 self._send(task.study_id, site_id, task.task_id)
+            if self._rounds is not None:
+                self._rounds.resend(site_id, {k: (r.study, r.signed)
+                                              for k, r in self._running.items()})
 
     def on_disconnect(self, site_id: str) -> None:
         """Mark the site disconnected; its sent tasks are resent when it reconnects."""
@@ -340,6 +280,14 @@ class StudyEngine:
     def on_reply(self, site_id: str, reply: TaskReply) -> None:
         """Record a release or refusal; unknown, foreign or repeated answers are ignored."""
         with self._lock:
+            owner = self._rounds.owns(reply.task_id) if self._rounds is not None else None
+            if owner is not None and self._rounds is not None:
+                run = self._running.get(owner)
+                if run is not None and owner == reply.study_id:
+                    self._rounds.record(site_id, reply)
+                    self._rounds.try_advance(run.study, run.signed)
+                    self._maybe_complete(owner)
+                return
             if reply.study_id not in self._running:
                 logger.warning("ignoring reply of %s for study %s: not running", site_id,
                                reply.study_id)
@@ -392,8 +340,18 @@ class StudyEngine:
         states = self._store.study_sites(study_id)
         if any(s.state in OPEN_STATES for s in states):
             return False
-        status, doc = results_document(run.study, states, self._pool)
-        text = json.dumps(doc, default=_json_default)
+        iterative: dict[str, Any] = {}
+        if self._rounds is not None:
+            released = {s.site_id: decode_task_result(s.release or b"") for s in states
+                        if s.state == "released"}
+            if not self._rounds.started(study_id) and len(released) >= \
+                    run.study.privacy.min_sites:
+                self._rounds.begin(run.study, run.signed, released)
+            if self._rounds.started(study_id) and not self._rounds.finished(study_id):
+                return False
+            iterative = self._rounds.results(study_id)
+        status, doc = results_document(run.study, states, self._pool, iterative)
+        text = json.dumps(doc, default=json_default)
         self._store.finish_study(study_id, status, text, self._clock())
         del self._running[study_id]
         logger.info("study %s %s: %d participated, %d refused, %d unreachable", study_id,

@@ -29,7 +29,7 @@ from aggregator.transport import (
     TaskReply,
     TransportListener,
 )
-from protocol.codec import decode_release
+from protocol.codec import decode_release, encode_release
 from protocol.errors import ProtocolError
 from protocol.pki import ROLE_SITE
 from protocol.tls import peer_identity
@@ -196,7 +196,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
             logger.info("task %s of study %s to %s", task.task_id, task.study_id, conn.site_id)
             yield pb.AggregatorMessage(task=pb.StudyTask(
                 task_id=task.task_id, study_id=task.study_id, study=task.signed.to_proto(),
-                round=task.round))
+                round=task.round, inputs=[encode_release(r) for r in task.inputs]))
 
     def _read(self, conn: _Connection, request_iterator: Iterator[pb.NodeMessage]) -> None:
         try:

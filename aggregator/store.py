@@ -1,9 +1,11 @@
 """The aggregator's durable state in one SQLite file.
 
 Three tables: the site registry (``sites``), submitted studies with their signed envelopes and
-results (``studies``), and the per-site state of every study (``study_sites``). Every state change
-is one transaction, so a crash never leaves a half-written study; reopening the file gives the
-same state. Times are Unix seconds (floats) as given by the caller's clock.
+results (``studies``), and the per-site state of every study (``study_sites``); two more hold
+the rounds of iterative analyses (``iterations``, ``round_tasks``; see
+:mod:`aggregator.rounds`). Every state change is one transaction, so a crash never leaves a
+half-written study; reopening the file gives the same state. Times are Unix seconds (floats)
+as given by the caller's clock.
 
 The store is shared by gRPC threads and the timeout ticker: it holds one connection guarded by a
 re-entrant lock, with the database in WAL mode.
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aggregator.errors import StoreError
 from protocol.codec import Release, decode_release, encode_release
@@ -71,6 +74,23 @@ CREATE TABLE IF NOT EXISTS study_sites (
     task_id TEXT NOT NULL UNIQUE,
     release BLOB,
     PRIMARY KEY (study_id, site_id)
+);
+CREATE TABLE IF NOT EXISTS iterations (
+    study_id TEXT PRIMARY KEY REFERENCES studies(study_id),
+    round INTEGER NOT NULL,
+    round_started_at REAL NOT NULL,
+    state_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS round_tasks (
+    study_id TEXT NOT NULL REFERENCES studies(study_id),
+    round INTEGER NOT NULL,
+    site_id TEXT NOT NULL,
+    task_id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'answered', 'failed')),
+    reason TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    result BLOB,
+    PRIMARY KEY (study_id, round, site_id)
 );
 """
 
@@ -162,6 +182,14 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def transaction(self) -> Any:
+        """A write transaction (for modules that add tables, like :mod:`aggregator.rounds`)."""
+        return self._tx()
+
+    def query(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+        """Run a read query."""
+        return self._query(sql, params)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

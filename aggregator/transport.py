@@ -53,12 +53,14 @@ class HelloInfo:
 
 @dataclass(frozen=True)
 class StudyTask:
-    """A request to one site to run a signed study; ``task_id`` is unique per study and site."""
+    """A request to one site to run a signed study; ``task_id`` is unique per study, site and
+    round. Rounds after the first carry per-analysis ``inputs`` (e.g. Cox coefficients)."""
 
     task_id: str
     study_id: str
     signed: SignedStudy
     round: int = 1
+    inputs: tuple[Release, ...] = ()
 
 
 @dataclass(frozen=True)

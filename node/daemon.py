@@ -21,7 +21,7 @@ import grpc
 
 from heron import __version__
 from node.engine import TaskOutcome
-from protocol.codec import encode_release
+from protocol.codec import Release, decode_release, encode_release
 from protocol.signing import SignedStudy
 from protocol.tls import channel_credentials, channel_options
 from protocol.v1 import node_link_pb2 as pb
@@ -31,7 +31,7 @@ __all__ = ["Backoff", "NodeDaemon"]
 
 logger = logging.getLogger(__name__)
 
-Answer = Callable[[str, SignedStudy], TaskOutcome]
+Answer = Callable[[str, SignedStudy, int, tuple[Release, ...]], TaskOutcome]
 
 
 @dataclass
@@ -63,7 +63,7 @@ class NodeDaemon:
     credentials
         ``protocol.pki.Credentials`` of this site.
     answer
-        ``answer(study_id, signed_study) -> TaskOutcome`` (the node engine).
+        ``answer(study_id, signed_study, round, inputs) -> TaskOutcome`` (the node engine).
     freshness
         Returns ``(ingested_at, stored_infusions)`` for the hello message.
     """
@@ -136,7 +136,8 @@ class NodeDaemon:
     def _answer_task(self, task: pb.StudyTask, out: queue.Queue[pb.NodeMessage | None]) -> None:
         signed = SignedStudy.from_proto(task.study)
         try:
-            outcome = self.answer(task.study_id, signed)
+            inputs = tuple(decode_release(r) for r in task.inputs)
+            outcome = self.answer(task.study_id, signed, max(task.round, 1), inputs)
         except Exception:  # the node must keep running; the reason goes upstream
             logger.exception("task %s for study %s failed", task.task_id, task.study_id)
             outcome = TaskOutcome(refusal="internal error at the site node")

@@ -72,16 +72,18 @@ class Welcome(_message.Message):
     def __init__(self, aggregator_version: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ...) -> None: ...
 
 class StudyTask(_message.Message):
-    __slots__ = ("task_id", "study_id", "study", "round")
+    __slots__ = ("task_id", "study_id", "study", "round", "inputs")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]
     STUDY_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     study_id: str
     study: _common_pb2.SignedStudy
     round: int
-    def __init__(self, task_id: _Optional[str] = ..., study_id: _Optional[str] = ..., study: _Optional[_Union[_common_pb2.SignedStudy, _Mapping]] = ..., round: _Optional[int] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.AnalysisRelease]
+    def __init__(self, task_id: _Optional[str] = ..., study_id: _Optional[str] = ..., study: _Optional[_Union[_common_pb2.SignedStudy, _Mapping]] = ..., round: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.AnalysisRelease, _Mapping]]] = ...) -> None: ...
 
 class AggregatorMessage(_message.Message):
     __slots__ = ("welcome", "heartbeat", "task")
