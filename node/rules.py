@@ -150,12 +150,11 @@ def codes(series: pd.Series) -> np.ndarray:
     return encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def lookup(values: pd.Series, keys: pd.Series, mapped: pd.Series) -> pd.Series:
-    """``mapped`` of the key equal to each value, NA where there is none (keys unique)."""
-    pos = positions_in(values, keys)
-    if len(keys) == 0:
-        return pd.Series(pd.array([None] * len(values), dtype=mapped.dtype))
-    out = mapped.iloc[np.where(pos >= 0, pos, 0)].reset_index(drop=True)
+def take(values: pd.Series, pos: np.ndarray) -> pd.Series:
+    """``values[pos]`` with NA where ``pos`` is -1; index 0..len(pos)-1."""
+    if len(values) == 0:
+        return pd.Series(pd.array([None] * len(pos), dtype=values.dtype))
+    out = values.iloc[np.maximum(pos, 0)].reset_index(drop=True)
     return out.mask(pd.Series(pos < 0))
 
 
@@ -181,15 +180,12 @@ def first_in_file_order_conflicts(keys: pd.Series, values: pd.Series | None = No
     return out
 
 
-def check_reference(f: Findings, values: pd.Series, accepted: pd.Series,
-                    quarantined: pd.Series, column: str) -> None:
-    """``unknown_reference`` for ids not among the accepted parent keys."""
-    known = positions_in(values, accepted) >= 0
-    present = _b(values.notna())
-    parent_bad = (positions_in(values, quarantined) >= 0) & ~known
-    f.add("unknown_reference", column, present & parent_bad,
+def check_reference(f: Findings, column: str, unknown: np.ndarray,
+                    quarantined_parent: np.ndarray) -> None:
+    """``unknown_reference`` for ids with no accepted parent row."""
+    f.add("unknown_reference", column, unknown & quarantined_parent,
           "refers to a row that was quarantined")
-    f.add("unknown_reference", column, present & ~known & ~parent_bad,
+    f.add("unknown_reference", column, unknown & ~quarantined_parent,
           "refers to an id that does not exist")
 
 
@@ -238,10 +234,10 @@ def check_not_after_death(f: Findings, dates: pd.Series, death_date: pd.Series, 
     f.add("after_death", column, mask)
 
 
-def check_conflicting_death_dates(f: Findings, patient: pd.Series, death_date: pd.Series,
+def check_conflicting_death_dates(f: Findings, patient: np.ndarray, death_date: pd.Series,
                                   candidates: np.ndarray) -> None:
     """Dead rows whose death date differs from the first one recorded for the patient."""
-    keys = patient.where(candidates)
+    keys = pd.Series(patient, dtype="Int64").where(candidates)
     conflict = first_in_file_order_conflicts(keys, death_date.where(candidates))
     f.add("death_date_mismatch", "death_date", conflict,
           "death date differs from the one recorded for this patient in an earlier row")

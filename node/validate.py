@@ -247,13 +247,6 @@ class TableResult:
         self.accepted = ~self.findings.error_mask()
         return self.accepted
 
-    def keys(self, column: str) -> tuple[pd.Series, pd.Series]:
-        """(accepted keys, keys seen only on quarantined rows) of ``column``, unique."""
-        values = self.typed[column]
-        good = values[self.accepted].dropna().drop_duplicates()
-        rest = values[~self.accepted].dropna().drop_duplicates()
-        return good.reset_index(drop=True), rest.reset_index(drop=True)
-
     def stored(self) -> pd.DataFrame:
         """Accepted rows in stored dtypes (patient_id still raw), index 0..n-1.
 
@@ -283,69 +276,102 @@ def parse_table(raw: RawTable, today: date) -> TableResult:
     return result
 
 
-def _by_key(res: TableResult, key: str, column: str) -> tuple[pd.Series, pd.Series]:
-    """(unique keys, ``column``) of the accepted rows."""
-    rows = res.typed.loc[res.accepted, [key, column]].drop_duplicates(key)
-    return rows[key].reset_index(drop=True), rows[column].reset_index(drop=True)
+class Parent:
+    """Accepted rows of a parent table, found by their key (unique once duplicates are out)."""
+
+    def __init__(self, res: TableResult, key: str):
+        self.res = res
+        self.key = key
+        self.rows = res.typed.loc[res.accepted].reset_index(drop=True)
+        self.extra: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def locate(self, values: pd.Series) -> np.ndarray:
+        """Position of each value among the accepted keys (-1 if none)."""
+        return R.positions_in(values, self.rows[self.key])
+
+    def column(self, name: str, pos: np.ndarray) -> pd.Series:
+        """The parent's ``name`` for each position (NA where the position is -1)."""
+        return R.take(self.rows[name], pos)
+
+    def codes(self, name: str, pos: np.ndarray) -> np.ndarray:
+        """An integer ``extra`` array of the parent for each position (-1 where none)."""
+        values = self.extra[name]
+        return np.where(pos >= 0, values[np.maximum(pos, 0)] if len(values) else -1, -1)
+
+    def check_reference(self, child: TableResult, column: str) -> np.ndarray:
+        """``unknown_reference`` on the child; return each child row's parent position."""
+        values = child.typed[column]
+        pos = self.locate(values)
+        unknown = R._b(values.notna()) & (pos < 0)
+        quarantined_parent = np.zeros(len(values), dtype=bool)
+        if unknown.any():
+            rest = self.res.typed[self.key][~self.res.accepted].dropna().drop_duplicates()
+            hit = R.positions_in(values[unknown], rest.reset_index(drop=True)) >= 0
+            quarantined_parent[np.flatnonzero(unknown)[hit]] = True
+        R.check_reference(child.findings, column, unknown, quarantined_parent)
+        return pos
 
 
-def _aligned(values: pd.Series, parent: tuple[pd.Series, pd.Series]) -> pd.Series:
-    """Parent column value of each row's key (NA where the key is unknown or missing)."""
-    return R.lookup(values, *parent)
-
-
-def _reference(res: TableResult, column: str, parent: TableResult, key: str) -> None:
-    good, rest = parent.keys(key)
-    R.check_reference(res.findings, res.typed[column], good, rest, column)
-
-
-def _infusions(inf: TableResult, patients: TableResult) -> None:
-    _reference(inf, "patient_id", patients, "patient_id")
-    birth = _aligned(inf.typed["patient_id"], _by_key(patients, "patient_id", "birth_year"))
-    R.check_infusion_vs_patient(inf.findings, inf.typed["infusion_date"], birth.astype("Int64"))
+def _infusions(inf: TableResult, patients: Parent) -> np.ndarray:
+    """Infusion rules; return each infusion row's patient position."""
+    pos = patients.check_reference(inf, "patient_id")
+    birth = patients.column("birth_year", pos).astype("Int64")
+    R.check_infusion_vs_patient(inf.findings, inf.typed["infusion_date"], birth)
     R.check_batch_reused(inf.findings, inf.typed)
     inf.accept()
+    return pos
 
 
-def _followup(fu: TableResult, inf: TableResult) -> tuple[pd.Series, pd.Series]:
-    """Follow-up rules; return (patients, death dates) of the accepted deaths."""
-    _reference(fu, "infusion_id", inf, "infusion_id")
+def _followup(fu: TableResult, infs: Parent, n_patients: int) -> np.ndarray:
+    """Follow-up rules; return the accepted death date of each patient (NaT if none)."""
+    pos = infs.check_reference(fu, "infusion_id")
     t, f = fu.typed, fu.findings
-    infusion_date = _aligned(t["infusion_id"], _by_key(inf, "infusion_id", "infusion_date"))
-    patient = _aligned(t["infusion_id"], _by_key(inf, "infusion_id", "patient_id"))
+    infusion_date = infs.column("infusion_date", pos)
+    patient = infs.codes("patient", pos)
     R.check_death_fields(f, t)
     R.check_not_before(f, t["contact_date"], infusion_date, "contact_date")
     R.check_not_before(f, t["death_date"], infusion_date, "death_date", "death_before_infusion")
     dead = R._b(t["vital_status"] == "dead")
-    candidates = dead & ~f.error_mask()
+    candidates = dead & ~f.error_mask() & (patient >= 0)
     R.check_conflicting_death_dates(f, patient, t["death_date"], candidates)
     deaths = candidates & ~f.error_mask()
-    first = pd.DataFrame({"p": patient[deaths], "d": t["death_date"][deaths]}).drop_duplicates("p")
-    death_by_patient = (first["p"].reset_index(drop=True), first["d"].reset_index(drop=True))
-    R.check_not_after_death(f, t["contact_date"], _aligned(patient, death_by_patient),
-                            "contact_date", extra=~dead)
+    who, when = patient[deaths], t["death_date"].to_numpy()[deaths]
+    first = ~pd.Series(who).duplicated().to_numpy()
+    death = np.full(n_patients, np.datetime64("NaT", "ns"), dtype="datetime64[ns]")
+    death[who[first]] = when[first]
+    R.check_not_after_death(f, t["contact_date"], _death_of(patient, death), "contact_date",
+                            extra=~dead)
     fu.accept()
-    return death_by_patient
+    return death
+
+
+def _death_of(patient: np.ndarray, death: np.ndarray) -> pd.Series:
+    """Death date of each row's patient (NaT where unknown or alive)."""
+    nat = np.datetime64("NaT", "ns")
+    picked = death[np.maximum(patient, 0)] if len(death) else np.full(len(patient), nat)
+    return pd.Series(np.where(patient >= 0, picked, nat), dtype="datetime64[ns]")
 
 
 _DATED = {"clinical_events": "event_date", "adverse_events": "onset_date",
           "responses": "assessment_date"}
 
 
-def _child(res: TableResult, inf: TableResult, deaths: tuple[pd.Series, pd.Series]) -> None:
+def _child(res: TableResult, infs: Parent, death: np.ndarray) -> None:
     """Rules of the optional per-infusion tables."""
-    _reference(res, "infusion_id", inf, "infusion_id")
+    pos = infs.check_reference(res, "infusion_id")
     t, f = res.typed, res.findings
-    infusion_date = _aligned(t["infusion_id"], _by_key(inf, "infusion_id", "infusion_date"))
-    patient = _aligned(t["infusion_id"], _by_key(inf, "infusion_id", "patient_id"))
-    death = _aligned(patient, deaths)
     dated = _DATED.get(res.name)
+    infusion_date = infs.column("infusion_date", pos) if dated else None
+    died = _death_of(infs.codes("patient", pos), death) if dated else None
     if res.name == "adverse_events":
         R.check_onset_resolution(f, t)
-        R.check_grades(f, t, death.notna())
+        R.check_grades(f, t, died.notna())
     if dated:
         R.check_not_before(f, t[dated], infusion_date, dated)
-        R.check_not_after_death(f, t[dated], death, dated)
+        R.check_not_after_death(f, t[dated], died, dated)
     if res.name == "responses":
         R.check_multiple_best(f, t)
     if res.name == "baseline_measurements":
@@ -364,12 +390,15 @@ def validate_tables(raw: Mapping[str, RawTable], today: date) -> dict[str, Table
     results = {name: parse_table(raw[name], today) for name in TABLE_NAMES if name in raw}
     patients, inf, fu = results["patients"], results["infusions"], results["followup"]
     patients.accept()
-    _infusions(inf, patients)
-    deaths = _followup(fu, inf)
+    pats = Parent(patients, "patient_id")
+    patient_of_row = _infusions(inf, pats)
+    infs = Parent(inf, "infusion_id")
+    infs.extra["patient"] = patient_of_row[inf.accepted]
+    death = _followup(fu, infs, len(pats))
     R.warn_stale_contacts(fu.findings, fu.typed, fu.accepted, today)
     for name, res in results.items():
         if name not in ("patients", "infusions", "followup"):
-            _child(res, inf, deaths)
+            _child(res, infs, death)
     for res in results.values():
         assert res.n_input == res.n_stored + res.n_quarantined, res.name
         logger.info("%s: %d rows, %d accepted, %d quarantined", res.file, res.n_input,
