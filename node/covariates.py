@@ -1,0 +1,263 @@
+"""The Cox design at a site: covariate values of the cohort's complete cases (study.md, ``cox``).
+
+Covariates (in the study's order):
+
+- numeric, used as is: ``age_at_infusion``, ``ecog``, ``prior_lines`` (cohort columns) and
+  ``lab:<measurement>`` (baseline_measurements);
+- categorical, coded as indicator columns ``"<covariate>=<level>"``: ``sex``, ``route``,
+  ``origin``, ``disease_status``, ``atmp_class``, ``product``, ``indication_group``.
+
+Rules:
+
+- ``lab:<measurement>``: among the infusion's rows of that measurement (exact, case-sensitive
+  name) with ``day <= 0`` and a finite value, the row whose day is closest to day 0 counts. When
+  several rows share that day their values are averaged (arithmetic mean). No such row = missing.
+- A categorical value that is missing or blank is missing; ``unknown``, ``U`` and the
+  disease_status ``NA`` are real levels (data-model.md).
+- Complete cases only: a cohort row missing any covariate is dropped. Each dropped row is
+  counted once, under the FIRST missing covariate in the study's order (reason
+  ``"missing <covariate>"``), so the counts add up to the rows dropped. Every covariate has a
+  reason key, zero included, so the keys do not depend on the data.
+- Reference levels are chosen on the pooled levels (:func:`design_columns`): all levels but the
+  first in sorted order get an indicator; a covariate with a single pooled level gets none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from node.cohort import TableSource, get_table
+from node.errors import StudyRefused
+from node.schema import BASELINE_MEASUREMENTS
+
+__all__ = ["CATEGORICAL_COVARIATES", "LAB_PREFIX", "NUMERIC_COVARIATES", "Design",
+           "build_design", "design_columns", "is_categorical"]
+
+log = logging.getLogger(__name__)
+
+Tables = Mapping[str, pd.DataFrame] | TableSource | Any
+
+NUMERIC_COVARIATES = ("age_at_infusion", "ecog", "prior_lines")
+CATEGORICAL_COVARIATES = ("sex", "route", "origin", "disease_status", "atmp_class", "product",
+                          "indication_group")
+LAB_PREFIX = "lab:"
+
+
+def is_categorical(covariate: str) -> bool:
+    """Whether ``covariate`` is coded as indicator columns."""
+    return covariate in CATEGORICAL_COVARIATES
+
+
+def _check_covariates(covariates: Sequence[str]) -> tuple[str, ...]:
+    """The covariates as a tuple; StudyRefused for an unknown, empty or repeated name."""
+    if isinstance(covariates, str):
+        covariates = [covariates]
+    seen: set[str] = set()
+    for cov in covariates:
+        known = (cov in NUMERIC_COVARIATES or cov in CATEGORICAL_COVARIATES
+                 or (isinstance(cov, str) and cov.startswith(LAB_PREFIX)
+                     and len(cov) > len(LAB_PREFIX)))
+        if not known:
+            raise StudyRefused(
+                f"covariate {cov!r} is unknown; use one of "
+                f"{', '.join(NUMERIC_COVARIATES + CATEGORICAL_COVARIATES)} or lab:<measurement>")
+        if cov in seen:
+            raise StudyRefused(f"covariate {cov!r} is listed twice")
+        seen.add(cov)
+    return tuple(covariates)
+
+
+def design_columns(covariates: Sequence[str],
+                   pooled_levels: Mapping[str, Sequence[str]]) -> list[str]:
+    """Columns of the pooled Cox design.
+
+    Numeric covariates give one column each (their name). A categorical covariate gives
+    ``"<covariate>=<level>"`` for every pooled level except the first in sorted order, the
+    reference ("indicators against the first level present"). A categorical covariate with a
+    single pooled level (or none) gives no column; the caller reports it.
+
+    Parameters
+    ----------
+    covariates : sequence of str
+        The study's covariates, in order.
+    pooled_levels : mapping
+        Categorical covariate -> levels present at any site (duplicates allowed).
+    """
+    out: list[str] = []
+    for cov in _check_covariates(covariates):
+        if not is_categorical(cov):
+            out.append(cov)
+            continue
+        if cov not in pooled_levels:
+            raise ValueError(f"pooled_levels has no entry for categorical covariate {cov!r}")
+        levels = sorted({str(v) for v in pooled_levels[cov]})
+        out.extend(f"{cov}={level}" for level in levels[1:])
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Design:
+    """Covariate values of a site's complete cases.
+
+    Attributes
+    ----------
+    covariates : tuple of str
+        The study's covariates, in order.
+    mask : numpy.ndarray of bool
+        Over the cohort rows (in cohort order): True for a complete case.
+    dropped : dict of str to int
+        ``"missing <covariate>"`` -> rows dropped for it (first missing covariate wins).
+    levels : dict of str to list of str
+        Categorical covariate -> levels present among complete cases, sorted.
+    """
+
+    covariates: tuple[str, ...]
+    mask: np.ndarray
+    dropped: dict[str, int]
+    levels: dict[str, list[str]]
+    _numeric: dict[str, np.ndarray] = field(repr=False)
+    _codes: dict[str, np.ndarray] = field(repr=False)
+
+    @property
+    def n(self) -> int:
+        """Number of complete cases."""
+        return int(self.mask.sum())
+
+    def matrix(self, columns: Sequence[str]) -> np.ndarray:
+        """The design matrix (float64, complete cases x ``columns``).
+
+        A column is a numeric covariate's name or ``"<covariate>=<level>"`` for a categorical
+        covariate of this design; a level absent at this site gives a column of zeros.
+        """
+        out = np.empty((self.n, len(columns)), dtype="float64")
+        for j, col in enumerate(columns):
+            if col in self._numeric:
+                out[:, j] = self._numeric[col]
+                continue
+            cov, sep, level = col.partition("=")
+            if not sep or cov not in self._codes:
+                raise StudyRefused(f"design column {col!r} names no covariate of this analysis")
+            levels = self.levels[cov]
+            code = levels.index(level) if level in levels else -1
+            out[:, j] = self._codes[cov] == code
+        return out
+
+
+def _cohort_ids(cohort_df: pd.DataFrame) -> pd.Index:
+    ids = pd.Index(cohort_df["infusion_id"].astype("string"))
+    if not ids.is_unique:
+        raise ValueError("cohort_df has duplicate infusion_id values")
+    return ids
+
+
+def _numeric_values(col: pd.Series) -> np.ndarray:
+    """float64 values with NaN for missing or non-finite entries."""
+    values = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+def _categorical_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, uniques) with code -1 for a missing or blank value."""
+    codes, uniques = pd.factorize(col.astype("string"))
+    uniques = np.asarray(uniques.astype(object), dtype=object)
+    blank = np.array([str(u).strip() == "" for u in uniques], dtype=bool)
+    if blank.any():
+        codes = np.where(blank[np.maximum(codes, 0)] & (codes >= 0), -1, codes)
+    return codes, uniques
+
+
+def _baseline(tables: Tables) -> pd.DataFrame:
+    """baseline_measurements (an absent table, or one without the columns, is empty)."""
+    frame = get_table(tables, "baseline_measurements")
+    needed = ("infusion_id", "measurement", "value", "day")
+    if any(c not in frame.columns for c in needed):
+        return BASELINE_MEASUREMENTS.empty_frame()
+    return frame
+
+
+def _lab_values(bm: pd.DataFrame, ids: pd.Index, measurement: str) -> np.ndarray:
+    """Per cohort row: mean value of ``measurement`` on the latest day <= 0 (NaN if none)."""
+    out = np.full(len(ids), np.nan)
+    is_m = bm["measurement"].astype("string").eq(measurement).fillna(False).to_numpy(bool)
+    if not is_m.any():
+        return out
+    rows = bm.loc[is_m]
+    pos = ids.get_indexer(rows["infusion_id"].astype("string"))
+    day = _numeric_values(rows["day"])
+    value = _numeric_values(rows["value"])
+    ok = (pos >= 0) & ~np.isnan(value) & (day <= 0)
+    if not ok.any():
+        return out
+    pos, day, value = pos[ok], day[ok], value[ok]
+    latest = pd.Series(day).groupby(pos).transform("max").to_numpy()
+    on_latest = day == latest
+    means = pd.Series(value[on_latest]).groupby(pos[on_latest]).mean()
+    out[means.index.to_numpy()] = means.to_numpy()
+    return out
+
+
+def build_design(tables: Tables, cohort_df: pd.DataFrame,
+                 covariates: Sequence[str]) -> Design:
+    """Cox design of the cohort's complete cases (rules in the module docstring).
+
+    Parameters
+    ----------
+    tables : mapping or store
+        Table name -> DataFrame, or an object with ``.table(name)``.
+    cohort_df : DataFrame
+        Output of :func:`node.cohort.select_cohort` (one row per infusion).
+    covariates : sequence of str
+        The study's covariates, in order.
+
+    Raises
+    ------
+    StudyRefused
+        For an unknown or repeated covariate name.
+    """
+    covs = _check_covariates(covariates)
+    n_rows = len(cohort_df)
+    numeric: dict[str, np.ndarray] = {}
+    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    missing = np.zeros((n_rows, len(covs)), dtype=bool)
+    bm: pd.DataFrame | None = None
+    ids: pd.Index | None = None
+    for j, cov in enumerate(covs):
+        if is_categorical(cov):
+            codes[cov] = _categorical_codes(cohort_df[cov])
+            missing[:, j] = codes[cov][0] < 0
+            continue
+        if cov.startswith(LAB_PREFIX):
+            if bm is None:
+                bm, ids = _baseline(tables), _cohort_ids(cohort_df)
+            numeric[cov] = _lab_values(bm, ids, cov[len(LAB_PREFIX):])
+        else:
+            numeric[cov] = _numeric_values(cohort_df[cov])
+        missing[:, j] = np.isnan(numeric[cov])
+    incomplete = missing.any(axis=1)
+    first = missing.argmax(axis=1)[incomplete]
+    counts = np.bincount(first, minlength=len(covs))
+    dropped = {f"missing {cov}": int(counts[j]) for j, cov in enumerate(covs)}
+    mask = ~incomplete
+    levels: dict[str, list[str]] = {}
+    kept_codes: dict[str, np.ndarray] = {}
+    for cov, (c, uniques) in codes.items():
+        kept = c[mask]
+        present = np.flatnonzero(np.bincount(kept, minlength=len(uniques)) > 0)
+        names = [str(uniques[i]) for i in present]
+        order = sorted(range(len(names)), key=names.__getitem__)
+        levels[cov] = [names[i] for i in order]
+        remap = np.full(len(uniques), -1, dtype="int64")
+        remap[present[order]] = np.arange(len(order))
+        kept_codes[cov] = remap[kept] if len(kept) else kept.astype("int64")
+    kept_numeric = {cov: v[mask] for cov, v in numeric.items()}
+    log.debug("design: %d complete cases of %d cohort rows, %d covariates",
+              int(mask.sum()), n_rows, len(covs))
+    return Design(covariates=covs, mask=mask, dropped=dropped, levels=levels,
+                  _numeric=kept_numeric, _codes=kept_codes)
