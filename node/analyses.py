@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -73,14 +74,35 @@ def compute_release(
     cohort: pd.DataFrame,
     site_id: str,
     policy: Policy,
+    memo: dict[str, Any] | None = None,
 ) -> Release:
-    """Compute what this site releases for one analysis, or an error release with the reason."""
+    """Compute what this site releases for one analysis, or an error release with the reason.
+
+    ``memo`` keeps per-analysis state for later rounds of iterative analyses (Cox).
+    """
     reason = policy.check_analysis(analysis)
     if reason:
         return error_release(analysis, reason)
     if analysis.kind in SURVIVAL_KINDS:
         return _survival(analysis, study, tables, cohort, site_id, policy)
     return error_release(analysis, f"kind {analysis.kind} is not supported by this node version")
+
+
+def compute_round_release(
+    analysis: Analysis,
+    study: Study,
+    tables: object,
+    cohort: pd.DataFrame,
+    site_id: str,
+    policy: Policy,
+    memo: dict[str, Any],
+    inputs: Release,
+) -> Release:
+    """Answer one later round of an iterative analysis (a Cox Newton step)."""
+    reason = policy.check_analysis(analysis)
+    if reason:
+        return error_release(analysis, reason)
+    return error_release(analysis, f"kind {analysis.kind} has no later rounds")
 
 
 def release_summary(releases: Mapping[str, Release]) -> dict[str, object]:

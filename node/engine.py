@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from node.analyses import compute_release, release_summary
+from node.analyses import compute_release, compute_round_release, release_summary
 from node.audit import AuditTrail
 from node.cohort import select_cohort
 from node.errors import NodeError
@@ -41,6 +44,18 @@ class _TableCache:
         if name not in self._tables:
             self._tables[name] = self._store.table(name)  # type: ignore[attr-defined]
         return self._tables[name]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What a study needs at this site, kept between the rounds of iterative analyses."""
+
+    tables: _TableCache
+    cohort: pd.DataFrame
+    memo: dict[str, Any]
+
+
+_CACHED_STUDIES = 4
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,7 @@ class NodeEngine:
         self.audit = audit
         self.today = today
         self.is_approved = is_approved
+        self._cache: OrderedDict[tuple[str, str], _Prepared] = OrderedDict()
 
     def _refuse(self, study_id: str, reason: str) -> TaskOutcome:
         self.audit.append("study_refused", study_id, reason=reason)
@@ -111,32 +127,59 @@ class NodeEngine:
             return "awaiting approval by the site's data steward"
         return study
 
-    def answer(self, study_id: str, signed: SignedStudy) -> TaskOutcome:
-        """Verify and answer one study task."""
+    def _prepared(self, study: Study, digest: str) -> _Prepared:
+        key = (study.id, digest)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        tables = _TableCache(self.open_tables())
+        cohort = select_cohort(tables, study.cohort, today=self.today())
+        prepared = _Prepared(tables, cohort, {})
+        self._cache[key] = prepared
+        while len(self._cache) > _CACHED_STUDIES:
+            self._cache.popitem(last=False)
+        return prepared
+
+    def answer(self, study_id: str, signed: SignedStudy, round: int = 1,
+               inputs: Sequence[Release] = ()) -> TaskOutcome:
+        """Verify and answer one study task (``round`` > 1: an iterative analysis step)."""
         signer = key_id(Ed25519PublicKey.from_public_bytes(signed.public_key)) \
             if len(signed.public_key) == 32 else "none"
-        self.audit.append("study_received", study_id, signer=signer,
-                          study_sha256=_sha256(signed.canonical_study))
+        digest = _sha256(signed.canonical_study)
+        self.audit.append("study_received", study_id, signer=signer, study_sha256=digest,
+                          round=round)
         checked = self._check(study_id, signed)
         if isinstance(checked, str):
             return self._refuse(study_id, checked)
         study = checked
         try:
-            tables = _TableCache(self.open_tables())
-            cohort = select_cohort(tables, study.cohort, today=self.today())
+            prepared = self._prepared(study, digest)
         except NodeError as exc:
             return self._refuse(study_id, f"site data unavailable: {exc}")
         unmasked = not study.privacy.secure_aggregation
-        if unmasked and len(cohort) < self.policy.min_cohort:
+        if unmasked and len(prepared.cohort) < self.policy.min_cohort:
             return self._refuse(study_id, f"cohort below {self.policy.min_cohort} patients")
+        by_name = {a.name: a for a in study.analyses}
         releases = {}
-        for analysis in study.analyses:
-            release = compute_release(analysis, study, tables, cohort, self.site_id, self.policy)
+        if round == 1:
+            for analysis in study.analyses:
+                releases[analysis.name] = compute_release(
+                    analysis, study, prepared.tables, prepared.cohort, self.site_id,
+                    self.policy, prepared.memo)
+        else:
+            for inp in inputs:
+                analysis = by_name.get(inp.analysis)
+                if analysis is None:
+                    return self._refuse(study_id, f"round {round} names an unknown analysis "
+                                        f"{inp.analysis!r}")
+                releases[analysis.name] = compute_round_release(
+                    analysis, study, prepared.tables, prepared.cohort, self.site_id,
+                    self.policy, prepared.memo, inp)
+        for name, release in releases.items():
             if release.error:
-                self.audit.append("analysis_refused", study_id, analysis=analysis.name,
+                self.audit.append("analysis_refused", study_id, analysis=name, round=round,
                                   reason=release.error)
-            releases[analysis.name] = release
-        self.audit.append("release", study_id, cohort_size=len(cohort),
+        self.audit.append("release", study_id, round=round, cohort_size=len(prepared.cohort),
                           thresholds={"min_cohort": self.policy.min_cohort,
                                       "min_cell": self.policy.min_cell,
                                       "min_bin_events": self.policy.min_bin_events},

@@ -61,7 +61,8 @@ def test_forbidden_kind_is_an_analysis_error_and_the_rest_is_released(store_dir,
     by_name = {r.analysis: r for r in outcome.releases}
     assert not by_name["os"].error
     assert "nelson_aalen" in by_name["na"].error and by_name["na"].vectors == {}
-    assert ("analysis_refused", {"analysis": "na", "reason": by_name["na"].error}) in \
+    assert ("analysis_refused", {"analysis": "na", "round": 1,
+                                 "reason": by_name["na"].error}) in \
         _events(tmp_path)
 
 
