@@ -173,33 +173,44 @@ def _categorical_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes, uniques
 
 
-def _baseline(tables: Tables) -> pd.DataFrame:
-    """baseline_measurements (an absent table, or one without the columns, is empty)."""
-    frame = get_table(tables, "baseline_measurements")
-    needed = ("infusion_id", "measurement", "value", "day")
-    if any(c not in frame.columns for c in needed):
-        return BASELINE_MEASUREMENTS.empty_frame()
-    return frame
+@dataclass(frozen=True)
+class _Labs:
+    """baseline_measurements rows of cohort infusions with a finite value on a day <= 0."""
+
+    pos: np.ndarray  # cohort row
+    day: np.ndarray
+    value: np.ndarray
+    code: np.ndarray  # measurement code into ``names``
+    names: pd.Index
 
 
-def _lab_values(bm: pd.DataFrame, ids: pd.Index, measurement: str) -> np.ndarray:
-    """Per cohort row: mean value of ``measurement`` on the latest day <= 0 (NaN if none)."""
-    out = np.full(len(ids), np.nan)
-    is_m = bm["measurement"].astype("string").eq(measurement).fillna(False).to_numpy(bool)
-    if not is_m.any():
-        return out
-    rows = bm.loc[is_m]
-    pos = ids.get_indexer(rows["infusion_id"].astype("string"))
-    day = _numeric_values(rows["day"])
-    value = _numeric_values(rows["value"])
+def _baseline(tables: Tables, ids: pd.Index) -> _Labs:
+    """Usable baseline_measurements rows (an absent table, or one lacking columns, is empty)."""
+    bm = get_table(tables, "baseline_measurements")
+    if any(c not in bm.columns for c in ("infusion_id", "measurement", "value", "day")):
+        bm = BASELINE_MEASUREMENTS.empty_frame()
+    pos = ids.get_indexer(bm["infusion_id"].astype("string"))
+    day = _numeric_values(bm["day"])
+    value = _numeric_values(bm["value"])
     ok = (pos >= 0) & ~np.isnan(value) & (day <= 0)
-    if not ok.any():
+    code, names = pd.factorize(bm["measurement"].astype("string").array[ok])
+    return _Labs(pos=pos[ok], day=day[ok], value=value[ok], code=code, names=pd.Index(names))
+
+
+def _lab_values(labs: _Labs, n: int, measurement: str) -> np.ndarray:
+    """Per cohort row: mean value of ``measurement`` on the latest day <= 0 (NaN if none)."""
+    out = np.full(n, np.nan)
+    if measurement not in labs.names:
         return out
-    pos, day, value = pos[ok], day[ok], value[ok]
-    latest = pd.Series(day).groupby(pos).transform("max").to_numpy()
-    on_latest = day == latest
-    means = pd.Series(value[on_latest]).groupby(pos[on_latest]).mean()
-    out[means.index.to_numpy()] = means.to_numpy()
+    sel = labs.code == labs.names.get_loc(measurement)
+    pos, day, value = labs.pos[sel], labs.day[sel], labs.value[sel]
+    latest = np.full(n, -np.inf)
+    np.maximum.at(latest, pos, day)
+    on_latest = day == latest[pos]
+    counts = np.bincount(pos[on_latest], minlength=n)
+    sums = np.bincount(pos[on_latest], weights=value[on_latest], minlength=n)
+    has = counts > 0
+    out[has] = sums[has] / counts[has]
     return out
 
 
@@ -226,17 +237,16 @@ def build_design(tables: Tables, cohort_df: pd.DataFrame,
     numeric: dict[str, np.ndarray] = {}
     codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     missing = np.zeros((n_rows, len(covs)), dtype=bool)
-    bm: pd.DataFrame | None = None
-    ids: pd.Index | None = None
+    labs: _Labs | None = None
     for j, cov in enumerate(covs):
         if is_categorical(cov):
             codes[cov] = _categorical_codes(cohort_df[cov])
             missing[:, j] = codes[cov][0] < 0
             continue
         if cov.startswith(LAB_PREFIX):
-            if bm is None:
-                bm, ids = _baseline(tables), _cohort_ids(cohort_df)
-            numeric[cov] = _lab_values(bm, ids, cov[len(LAB_PREFIX):])
+            if labs is None:
+                labs = _baseline(tables, _cohort_ids(cohort_df))
+            numeric[cov] = _lab_values(labs, n_rows, cov[len(LAB_PREFIX):])
         else:
             numeric[cov] = _numeric_values(cohort_df[cov])
         missing[:, j] = np.isnan(numeric[cov])
