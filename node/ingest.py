@@ -195,7 +195,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
                 quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, OSError):  # arrow's message may quote row content: not shown
         raise IngestError(f"{path.name}: {_csv_problem(path, len(header))}") from None
-    frame = table.to_pandas(types_mapper={pa.string(): TEXT}.get)
+    frame = table.combine_chunks().to_pandas(types_mapper={pa.string(): TEXT}.get)
     frame.columns = [h.strip().lower() for h in header]
     return frame
 
@@ -370,8 +370,11 @@ def ingest(source: Path | str, store_dir: Path | str, secret: bytes,
     results = validate_tables(raw, today)
     _say(progress, "pseudonymising patient ids")
     tables = {name: res.stored() for name, res in results.items()}
-    for name in ("patients", "infusions"):
-        tables[name]["patient_id"] = pseudonymise_series(tables[name]["patient_id"], secret)
+    raw_ids = tables["patients"]["patient_id"]
+    hashed = pseudonymise_series(raw_ids, secret)
+    tables["patients"]["patient_id"] = hashed
+    infusion_ids = tables["infusions"]["patient_id"]  # all among the stored patients
+    tables["infusions"]["patient_id"] = R.take(hashed, R.positions_in(infusion_ids, raw_ids))
     parts = [quarantine_frame(r) for r in results.values() if r.n_quarantined]
     quarantine = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     quarantine = quarantine.astype({c: t for c, t in quarantine_dtypes().items()

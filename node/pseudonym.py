@@ -113,5 +113,4 @@ def pseudonymise_series(ids: pd.Series, secret: bytes) -> pd.Series:
     distinct = pc.unique(text).drop_null()
     hashed = pa.array(pseudonym_list(distinct.to_pylist(), secret), pa.large_string())
     out = pc.take(hashed, pc.index_in(text, value_set=distinct))
-    return pd.Series(out.to_pandas(types_mapper=lambda _: pd.StringDtype("pyarrow")),
-                     index=ids.index)
+    return out.to_pandas(types_mapper=lambda _: pd.StringDtype("pyarrow")).set_axis(ids.index)

@@ -127,8 +127,11 @@ def _b(series: pd.Series | np.ndarray) -> np.ndarray:
 
 
 def _arrow(series: pd.Series) -> pa.Array:
+    """The column as one contiguous Arrow string array (no copy when already one chunk)."""
     arr = pa.array(series.astype(TEXT).array)
-    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    return arr
 
 
 def positions_in(values: pd.Series, keys: pd.Series) -> np.ndarray:

@@ -79,8 +79,9 @@ def to_text(series: pd.Series) -> pd.Series:
         text = s.map(lambda v: v if isinstance(v, str) else str(v), na_action="ignore")
     else:
         text = s
-    out = text.astype(TEXT).str.strip()
-    return out.mask(out == "")
+    arr = pc.utf8_trim_whitespace(R._arrow(text))
+    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, arr.type), arr)
+    return arr.to_pandas(types_mapper=lambda _: TEXT).set_axis(series.index)
 
 
 def _flag(f: R.Findings, rule: str, col: Column, mask: pd.Series | np.ndarray,
@@ -253,9 +254,10 @@ class TableResult:
         String columns stay Arrow-backed (``string[pyarrow]``) for speed; the store reads
         them back as ``string``.
         """
-        out = self.typed.loc[self.accepted].reset_index(drop=True)
+        out = self.typed if self.accepted.all() else self.typed.loc[self.accepted]
+        out = out.reset_index(drop=True)
         return out.astype({c.name: c.dtype for c in self.schema.columns
-                           if c.type not in (ColumnType.STRING, ColumnType.ENUM)})
+                           if c.type not in (ColumnType.STRING, ColumnType.ENUM)}, copy=False)
 
 
 def parse_table(raw: RawTable, today: date) -> TableResult:

@@ -68,3 +68,7 @@ def test_bulk_pseudonyms_equal_the_reference(secret: bytes) -> None:
     series = pseudonymise_series(pd.Series([*ids, None], dtype="string"), secret)
     assert series.tolist()[:-1] == [pseudonymise(i, secret) for i in ids]
     assert series.isna().tolist() == [False] * len(ids) + [True]
+    shifted = pd.Series(ids, index=range(10, 10 + len(ids)))
+    out = pseudonymise_series(shifted, secret)
+    assert list(out.index) == list(shifted.index)
+    assert out.tolist() == [pseudonymise(i, secret) for i in ids]
