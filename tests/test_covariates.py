@@ -8,6 +8,7 @@ import pytest
 
 from node.covariates import Design, build_design, design_columns
 from node.errors import StudyRefused
+from node.store import open_store, write_snapshot
 
 NA = None
 
@@ -178,3 +179,12 @@ def test_matrix_column_of_no_covariate_refused():
         d.matrix(["ecog"])
     with pytest.raises(StudyRefused, match="route=HE"):
         d.matrix(["route=HE"])
+
+
+def test_node_store_round_trip(tmp_path):
+    write_snapshot(tmp_path / "with", {"baseline_measurements": BASELINE}, pd.DataFrame(), {})
+    write_snapshot(tmp_path / "without", {}, pd.DataFrame(), {})
+    d = build_design(open_store(tmp_path / "with"), COHORT, ["lab:LDH"])
+    np.testing.assert_array_equal(d.matrix(["lab:LDH"]), [[250.0], [305.0], [400.0]])
+    d = build_design(open_store(tmp_path / "without"), COHORT, ["lab:LDH"])
+    assert d.n == 0 and d.dropped == {"missing lab:LDH": 6}

@@ -10,6 +10,7 @@ import pytest
 
 from node.adverse_events import GRADES, TermSummary, ae_site_summary
 from node.errors import StudyRefused
+from node.store import open_store, write_snapshot
 
 D0 = pd.Timestamp("2020-01-01")
 X0 = pd.Timestamp("2021-06-15")  # infusion P6 starts here
@@ -180,3 +181,11 @@ def test_unknown_term_refused(terms):
 def test_bad_window_refused(window):
     with pytest.raises(StudyRefused, match="window_days"):
         ae_site_summary(_tables(), COHORT, ["CRS"], True, window)
+
+
+def test_node_store_round_trip(tmp_path):
+    write_snapshot(tmp_path / "s", _tables(), pd.DataFrame(), {})
+    crs = ae_site_summary(open_store(tmp_path / "s"), COHORT, ["CRS"], True, WINDOW)["CRS"]
+    assert crs.with_event == 3 and crs.grades == _grades(g2=1, g3=1, g4=1)
+    assert crs.person_days == 84
+    assert crs.onset_histogram.tolist() == _hist(WINDOW, [0, 3, 28])
