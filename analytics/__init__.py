@@ -4,8 +4,15 @@ Sites turn individual data into :class:`SurvivalCounts`; the aggregator pools th
 estimators here, which equal the same analysis on the pooled individual-level data.
 """
 
+from analytics.competing_counts import CompetingCounts, competing_counts, pool_competing
+from analytics.cumulative_incidence import (
+    CumulativeIncidenceResult,
+    IncidenceAt,
+    cumulative_incidence,
+)
 from analytics.disclosure import CoarsenedCounts, coarsen_counts, round_up_to_bins, suppress_count
 from analytics.errors import AnalyticsError, DisclosureError, EstimationError
+from analytics.gray import GrayResult, gray_test
 from analytics.kaplan_meier import RMST, KaplanMeierResult, TimepointEstimate, kaplan_meier
 from analytics.logrank import LogRankResult, logrank
 from analytics.nelson_aalen import CumulativeHazardEstimate, NelsonAalenResult, nelson_aalen
@@ -15,18 +22,26 @@ __all__ = [
     "RMST",
     "AnalyticsError",
     "CoarsenedCounts",
+    "CompetingCounts",
     "CumulativeHazardEstimate",
+    "CumulativeIncidenceResult",
     "DisclosureError",
     "EstimationError",
+    "GrayResult",
+    "IncidenceAt",
     "KaplanMeierResult",
     "LogRankResult",
     "NelsonAalenResult",
     "SurvivalCounts",
     "TimepointEstimate",
     "coarsen_counts",
+    "competing_counts",
+    "cumulative_incidence",
+    "gray_test",
     "kaplan_meier",
     "logrank",
     "nelson_aalen",
+    "pool_competing",
     "pool_counts",
     "round_up_to_bins",
     "suppress_count",
