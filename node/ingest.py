@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -23,19 +24,20 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from heron import __version__
 from node import rules as R
 from node.errors import IngestError
 from node.pseudonym import pseudonymise_series
+from node.rules import Issue
 from node.schema import REQUIRED_TABLES, TABLE_NAMES, get_table
 from node.store import quarantine_dtypes, write_snapshot
-from node.validate import TEXT, Issue, RawTable, TableResult, to_text, validate_tables
+from node.validate import TEXT, RawTable, TableResult, to_text, validate_tables
 
 __all__ = ["IngestReport", "Issue", "TableCounts", "ingest", "read_folder", "validate_folder"]
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-_SUFFIXES = (".csv", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,11 @@ class TableCounts:
     stored: int
     quarantined: int
     warnings: int = 0
+
+
+def _counts(tables: Mapping[str, TableCounts]) -> dict[str, dict[str, Any]]:
+    return {n: {"file": c.file, "input": c.input, "stored": c.stored,
+                "quarantined": c.quarantined, "warnings": c.warnings} for n, c in tables.items()}
 
 
 ISSUE_COLUMNS = ("table", "file", "row", "column", "rule", "severity", "message")
@@ -76,8 +83,7 @@ class IngestReport:
     def _records(self, limit: int | None = None) -> list[tuple]:
         frame = self.issue_frame if limit is None else self.issue_frame.head(limit)
         rows = [None if pd.isna(r) else int(r) for r in frame["row"].tolist()]
-        cols = [frame[c].tolist() for c in ISSUE_COLUMNS]
-        cols[2] = rows
+        cols = [rows if c == "row" else frame[c].tolist() for c in ISSUE_COLUMNS]
         return list(zip(*cols, strict=True))
 
     @property
@@ -106,9 +112,7 @@ class IngestReport:
             "ok": self.ok, "stored": self.stored, "snapshot": self.snapshot,
             "today": self.today, "errors": self.errors, "warnings": self.warnings,
             "quarantined": self.quarantined, "ignored_files": list(self.ignored_files),
-            "tables": {n: {"file": c.file, "input": c.input, "stored": c.stored,
-                           "quarantined": c.quarantined, "warnings": c.warnings}
-                       for n, c in self.tables.items()},
+            "tables": _counts(self.tables),
             "issues": [dict(zip(ISSUE_COLUMNS, r, strict=True)) for r in self._records()],
         }
 
@@ -116,10 +120,8 @@ class IngestReport:
         """Human-readable text: counts per table, then the first ``max_issues`` issues."""
         lines = []
         for c in self.tables.values():
-            if c.file is None:
-                lines.append(f"{c.table}: absent")
-                continue
-            lines.append(f"{c.file}: {c.input} rows, {c.stored} stored, "
+            lines.append(f"{c.table}: absent" if c.file is None else
+                         f"{c.file}: {c.input} rows, {c.stored} stored, "
                          f"{c.quarantined} quarantined, {c.warnings} warnings")
         if self.ignored_files:
             lines.append("ignored (not a data-model table): " + ", ".join(self.ignored_files))
@@ -148,7 +150,7 @@ def discover(source: Path) -> tuple[dict[str, Path], tuple[str, ...]]:
     ignored = []
     for entry in sorted(source.iterdir()):
         stem, suffix = entry.stem.lower(), entry.suffix.lower()
-        if entry.is_file() and suffix in _SUFFIXES and stem in TABLE_NAMES:
+        if entry.is_file() and suffix in (".csv", ".parquet") and stem in TABLE_NAMES:
             if stem in found:
                 raise IngestError(f"{source}: both {found[stem].name} and {entry.name} hold "
                                   f"table {stem}; keep one")
@@ -231,6 +233,8 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     except (pa.ArrowException, OSError) as exc:
         raise IngestError(f"{path.name}: not a readable Parquet file "
                           f"({type(exc).__name__})") from None
+    index_cols = [c for c in table.column_names if re.fullmatch(r"__index_level_\d+__", c)]
+    table = table.drop_columns(index_cols).combine_chunks()  # pandas index: not data
     _check_header(path.name, table.column_names)
     frame = _arrow_to_pandas(path, table)
     frame.columns = [h.strip().lower() for h in table.column_names]
@@ -289,8 +293,6 @@ def findings_frame(res: TableResult, severity: str | None = None) -> pd.DataFram
 
 def _joined_rules(errors: pd.DataFrame) -> pd.Series:
     """``column:rule;column:rule...`` per quarantined row (indexed by pos), vectorised."""
-    if errors.empty:
-        return pd.Series([], dtype=object)
     tag = errors["column"] + ":" + errors["rule"]
     level = errors.groupby("pos").cumcount().to_numpy()
     out = pd.Series(tag[level == 0].to_numpy(), index=errors["pos"][level == 0].to_numpy())
@@ -321,8 +323,8 @@ def warnings_frame(res: TableResult) -> pd.DataFrame:
     return out
 
 
-def _report(results: Mapping[str, TableResult], today: date, ignored: tuple[str, ...],
-            snapshot: str | None = None) -> IngestReport:
+def _report(results: Mapping[str, TableResult], today: date,
+            ignored: tuple[str, ...]) -> IngestReport:
     counts = {}
     for name in TABLE_NAMES:
         res = results.get(name)
@@ -335,8 +337,7 @@ def _report(results: Mapping[str, TableResult], today: date, ignored: tuple[str,
     frames = [findings_frame(res) for res in results.values() if res.findings.items]
     issues = (pd.concat(frames, ignore_index=True) if frames  # tables in dependency order
               else findings_frame(next(iter(results.values()))))
-    return IngestReport(today.isoformat(), counts, issues[list(ISSUE_COLUMNS)], ignored,
-                        snapshot, stored=snapshot is not None)
+    return IngestReport(today.isoformat(), counts, issues[list(ISSUE_COLUMNS)], ignored)
 
 
 def validate_folder(source: Path | str, today: date | None = None,
@@ -346,14 +347,6 @@ def validate_folder(source: Path | str, today: date | None = None,
     raw, ignored = read_folder(source, progress)
     _say(progress, "validating")
     return _report(validate_tables(raw, today), today, ignored)
-
-
-def _software_version() -> str:
-    try:
-        from heron import __version__
-    except ImportError:  # pragma: no cover - heron is part of this distribution
-        return "unknown"
-    return __version__
 
 
 def ingest(source: Path | str, store_dir: Path | str, secret: bytes,
@@ -392,11 +385,9 @@ def ingest(source: Path | str, store_dir: Path | str, secret: bytes,
     manifest = {
         "format": 1,
         "ingested_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "software_version": _software_version(),
+        "software_version": __version__,
         "today": today.isoformat(),
-        "tables": {n: {"file": c.file, "input": c.input, "stored": c.stored,
-                       "quarantined": c.quarantined, "warnings": c.warnings}
-                   for n, c in report.tables.items()},
+        "tables": _counts(report.tables),
         "quarantined": report.quarantined,
         "warnings": len(warnings),
         "ignored_files": list(ignored),

@@ -24,7 +24,7 @@ Conventions where the data model leaves a choice:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 
 import numpy as np
@@ -75,6 +75,23 @@ RULE_ORDER: dict[str, int] = {name: i for i, name in enumerate(RULES)}
 def severity(rule: str) -> str:
     """Severity ('error' or 'warning') of a rule."""
     return RULES[rule][0]
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One broken rule on one row (or a file-level note when ``row`` is None)."""
+
+    table: str | None
+    file: str
+    row: int | None
+    column: str | None
+    rule: str
+    severity: str
+    message: str
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (JSON-serialisable)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date
 
 import numpy as np
@@ -29,23 +29,6 @@ TEXT = R.TEXT
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
 _NON_FINITE = ("nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity")
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One broken rule on one row (or a file-level note when ``row`` is None)."""
-
-    table: str | None
-    file: str
-    row: int | None
-    column: str | None
-    rule: str
-    severity: str
-    message: str
-
-    def to_dict(self) -> dict:
-        """Plain-dict form (JSON-serialisable)."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)

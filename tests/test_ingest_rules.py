@@ -145,15 +145,24 @@ def test_rule_quarantines_exactly_the_offending_row(tmp_path: Path, case: tuple)
     assert (rule, column) in {(i.rule, i.column) for i in errors}
 
 
-def test_age_at_infusion_above_100_quarantines_the_infusion(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("birth_year", "infusion_date", "rule"), [
+    ("1915", "2016-02-01", "age_out_of_range"),           # 2016 - 1915 = 101 years
+    ("2023", "2022-12-01", "birth_year_after_infusion"),  # born the year after
+])
+def test_birth_year_against_infusion_quarantines_the_infusion(
+        tmp_path: Path, birth_year: str, infusion_date: str, rule: str) -> None:
     folder = write_site(tmp_path / "site", add={
-        "patients": [{**PAT, "birth_year": "1915"}],
-        "infusions": [{**INF, "patient_id": "P4", "infusion_date": "2016-02-01"}]})
-    report = validate_folder(folder, today=TODAY)  # 2016 - 1915 = 101 years
+        "patients": [{**PAT, "birth_year": birth_year}],
+        "infusions": [{**INF, "patient_id": "P4", "infusion_date": infusion_date}]})
+    report = ingest(folder, tmp_path / "store", SECRET, today=TODAY)
+    assert_invariant(report)
     [issue] = report.issues
     assert (issue.table, issue.row, issue.rule, issue.column) == (
-        "infusions", 4, "age_out_of_range", "infusion_date")
+        "infusions", 4, rule, "infusion_date")
     assert report.tables["patients"].stored == 4
+    [record] = open_store(tmp_path / "store").quarantine().to_dict("records")
+    assert (record["table"], record["row"], record["rule"], record["column"]) == (
+        "infusions", 4, rule, "infusion_date")
 
 
 def test_age_exactly_100_is_accepted(tmp_path: Path) -> None:
@@ -161,17 +170,6 @@ def test_age_exactly_100_is_accepted(tmp_path: Path) -> None:
         "patients": [{**PAT, "birth_year": "1916"}],
         "infusions": [{**INF, "patient_id": "P4", "infusion_date": "2016-12-31"}]})
     assert validate_folder(folder, today=TODAY).issues == ()
-
-
-def test_birth_year_after_infusion_year(tmp_path: Path) -> None:
-    folder = write_site(tmp_path / "site", add={
-        "patients": [{**PAT, "birth_year": "2023"}],
-        "infusions": [{**INF, "patient_id": "P4", "infusion_date": "2022-12-01"}]})
-    report = validate_folder(folder, today=TODAY)
-    [issue] = report.issues
-    assert (issue.table, issue.row, issue.rule, issue.column) == (
-        "infusions", 4, "birth_year_after_infusion", "infusion_date")
-    assert_invariant(report)
 
 
 def test_quarantined_parent_cascades_to_every_child(tmp_path: Path) -> None:
