@@ -302,3 +302,15 @@ def test_progress_callback_gets_steps(tmp_path: Path) -> None:
     assert seen[0] == "reading adverse_events.csv"
     assert "validating" in seen and "writing snapshot" in seen
     assert seen[-1].startswith("done")
+
+
+def test_parquet_pandas_index_is_ignored_and_timestamps_need_midnight(tmp_path: Path) -> None:
+    folder = write_site(tmp_path / "site", fmt="parquet")
+    frames = _typed_frames()
+    frames["patients"].set_index("sex", drop=False).to_parquet(folder / "patients.parquet")
+    fu = frames["followup"]
+    fu.loc[2, "contact_date"] = pd.Timestamp("2024-01-15 13:30")
+    fu.to_parquet(folder / "followup.parquet", index=False)
+    [issue] = validate_folder(folder, today=TODAY).issues
+    assert (issue.file, issue.row, issue.column, issue.rule) == (
+        "followup.parquet", 3, "contact_date", "bad_type")
