@@ -10,7 +10,14 @@ from analytics.cumulative_incidence import (
     IncidenceAt,
     cumulative_incidence,
 )
-from analytics.disclosure import CoarsenedCounts, coarsen_counts, round_up_to_bins, suppress_count
+from analytics.disclosure import (
+    CoarsenedCompeting,
+    CoarsenedCounts,
+    coarsen_competing,
+    coarsen_counts,
+    round_up_to_bins,
+    suppress_count,
+)
 from analytics.errors import AnalyticsError, DisclosureError, EstimationError
 from analytics.gray import GrayResult, gray_test
 from analytics.kaplan_meier import RMST, KaplanMeierResult, TimepointEstimate, kaplan_meier
@@ -21,6 +28,7 @@ from analytics.survival_counts import SurvivalCounts, pool_counts, survival_coun
 __all__ = [
     "RMST",
     "AnalyticsError",
+    "CoarsenedCompeting",
     "CoarsenedCounts",
     "CompetingCounts",
     "CumulativeHazardEstimate",
@@ -34,6 +42,7 @@ __all__ = [
     "NelsonAalenResult",
     "SurvivalCounts",
     "TimepointEstimate",
+    "coarsen_competing",
     "coarsen_counts",
     "competing_counts",
     "cumulative_incidence",

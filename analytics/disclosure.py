@@ -16,6 +16,9 @@ subjects holds ``>= min_cell`` events (or is the only bin and its non-zero count
 Estimators on the coarsened counts equal the same estimators on individual times rounded up to
 the bin ends (:func:`round_up_to_bins`). With ``min_bin_events == min_cell == 1`` the counts are
 released unchanged at day resolution (a site's explicit choice).
+
+:func:`coarsen_competing` applies the same rules to competing-risks counts, counting events of
+both causes towards a bin and keeping each cause's count and the censored count safe.
 """
 
 from __future__ import annotations
@@ -25,10 +28,18 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from analytics.competing_counts import CompetingCounts
 from analytics.errors import DisclosureError
 from analytics.survival_counts import SurvivalCounts
 
-__all__ = ["CoarsenedCounts", "coarsen_counts", "round_up_to_bins", "suppress_count"]
+__all__ = [
+    "CoarsenedCompeting",
+    "CoarsenedCounts",
+    "coarsen_competing",
+    "coarsen_counts",
+    "round_up_to_bins",
+    "suppress_count",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -205,4 +216,126 @@ def coarsen_counts(counts: SurvivalCounts, min_bin_events: int, min_cell: int) -
         counts=released,
         bin_ends=tuple(int(b[1]) for b in bins),
         max_bin_width=max(widths),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class CoarsenedCompeting:
+    """Competing-risks counts released at bin resolution.
+
+    Attributes
+    ----------
+    counts : CompetingCounts
+        Released counts; non-zero only on bin ends.
+    bin_ends : tuple of int
+        Last day of each bin, as in :class:`CoarsenedCounts`.
+    max_bin_width : int
+        Widest bin, in days, among bins holding subjects (1 at day resolution or with no
+        subjects).
+    """
+
+    counts: CompetingCounts
+    bin_ends: tuple[int, ...]
+    max_bin_width: int
+
+
+def _cells_safe(cells: list[int], min_cell: int) -> bool:
+    return all(c == 0 or c >= min_cell for c in cells)
+
+
+def coarsen_competing(
+    counts: CompetingCounts, min_bin_events: int, min_cell: int
+) -> CoarsenedCompeting:
+    """Coarsen per-day competing-risks counts to bins that satisfy the disclosure rules.
+
+    Bins grow greedily from day 0 and close once they hold at least
+    ``max(min_bin_events, min_cell)`` events (cause 1 and cause 2 together) and their cause-1,
+    cause-2 and censored counts are each 0 or at least ``min_cell``; a trailing remainder that
+    misses this is merged backwards until the merged bin meets it. One bin over everything is
+    released when each of its non-zero counts is at least ``min_cell`` (as
+    :func:`coarsen_counts`). Every released non-zero count, ``n`` and number at risk is then
+    at least ``min_cell`` (checked before returning).
+
+    Parameters
+    ----------
+    counts : CompetingCounts
+        One group's per-day counts at one site.
+    min_bin_events : int
+        Fewest events (either cause) per time bin.
+    min_cell : int
+        Smallest non-zero count that may be released.
+
+    Returns
+    -------
+    CoarsenedCompeting
+
+    Raises
+    ------
+    DisclosureError
+        If the group has fewer than ``min_cell`` subjects (but at least one), or no binning can
+        satisfy the rules.
+    ValueError
+        If a threshold is not an integer >= 1.
+    """
+    min_bin_events = _check_threshold(min_bin_events, "min_bin_events")
+    min_cell = _check_threshold(min_cell, "min_cell")
+    horizon = counts.horizon
+    n = counts.n
+    if min_bin_events == 1 and min_cell == 1:
+        return CoarsenedCompeting(
+            counts=counts, bin_ends=tuple(range(horizon + 1)), max_bin_width=1
+        )
+    if n == 0:
+        return CoarsenedCompeting(counts=counts, bin_ends=(horizon,), max_bin_width=1)
+    if n < min_cell:
+        raise DisclosureError(f"group has {n} subjects, fewer than min_cell={min_cell}")
+    min_events = max(min_bin_events, min_cell)
+
+    def closes(b: list[int]) -> bool:
+        return b[2] + b[3] >= min_events and _cells_safe(b[2:], min_cell)
+
+    # Greedy forward bins [start, end, cause1, cause2, censored].
+    bins: list[list[int]] = []
+    current = [0, 0, 0, 0, 0]
+    for day in range(horizon + 1):
+        current[1] = day
+        current[2] += int(counts.cause1[day])
+        current[3] += int(counts.cause2[day])
+        current[4] += int(counts.censored[day])
+        if closes(current):
+            bins.append(current)
+            current = [day + 1, day + 1, 0, 0, 0]
+    if current[0] <= horizon:
+        current[1] = horizon
+        if sum(current[2:]) == 0 and bins:
+            bins.append(current)  # trailing days without subjects: an empty bin
+        else:
+            while bins and not closes(current):
+                prev = bins.pop()
+                current = [prev[0], current[1]] + [
+                    p + c for p, c in zip(prev[2:], current[2:], strict=True)
+                ]
+            if not bins and not _cells_safe(current[2:], min_cell):
+                raise DisclosureError(
+                    f"cannot coarsen {n} subjects ({current[2]} events, {current[3]} "
+                    f"competing, {current[4]} censored) into bins with at least "
+                    f"{min_events} events and no count below {min_cell}"
+                )
+            bins.append(current)
+
+    arrays = {name: np.zeros(horizon + 1, dtype=np.int64) for name in ("c1", "c2", "ce")}
+    for _, end, c1, c2, ce in bins:
+        arrays["c1"][end], arrays["c2"][end], arrays["ce"][end] = c1, c2, ce
+    released = CompetingCounts(cause1=arrays["c1"], cause2=arrays["c2"], censored=arrays["ce"])
+    for name, values in (
+        ("cause1", released.cause1),
+        ("cause2", released.cause2),
+        ("censored", released.censored),
+        ("at_risk", released.at_risk),
+    ):
+        if np.any((values > 0) & (values < min_cell)):
+            raise DisclosureError(f"coarsened {name} would hold a count below {min_cell}")
+    widths = [end - start + 1 for start, end, *cells in bins if sum(cells) > 0]
+    return CoarsenedCompeting(
+        counts=released, bin_ends=tuple(int(b[1]) for b in bins), max_bin_width=max(widths)
     )
