@@ -4,6 +4,14 @@ Sites turn individual data into :class:`SurvivalCounts`; the aggregator pools th
 estimators here, which equal the same analysis on the pooled individual-level data.
 """
 
+from analytics.adverse_events import (
+    AdverseEventStats,
+    adverse_event_stats,
+    ae_term_result,
+    median_from_histogram,
+    poisson_rate_ci,
+    proportion_ci,
+)
 from analytics.competing_counts import CompetingCounts, competing_counts, pool_competing
 from analytics.cumulative_incidence import (
     CumulativeIncidenceResult,
@@ -27,6 +35,7 @@ from analytics.survival_counts import SurvivalCounts, pool_counts, survival_coun
 
 __all__ = [
     "RMST",
+    "AdverseEventStats",
     "AnalyticsError",
     "CoarsenedCompeting",
     "CoarsenedCounts",
@@ -42,6 +51,8 @@ __all__ = [
     "NelsonAalenResult",
     "SurvivalCounts",
     "TimepointEstimate",
+    "adverse_event_stats",
+    "ae_term_result",
     "coarsen_competing",
     "coarsen_counts",
     "competing_counts",
@@ -49,9 +60,12 @@ __all__ = [
     "gray_test",
     "kaplan_meier",
     "logrank",
+    "median_from_histogram",
     "nelson_aalen",
+    "poisson_rate_ci",
     "pool_competing",
     "pool_counts",
+    "proportion_ci",
     "round_up_to_bins",
     "suppress_count",
     "survival_counts",
