@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aggregator.pooling_incidence import pool_adverse_events, pool_cumulative_incidence
 from analytics import (
     AnalyticsError,
     SurvivalCounts,
@@ -23,7 +24,9 @@ from protocol.errors import ProtocolError
 from protocol.releases import survival_groups
 from protocol.study import Analysis, Study
 
-__all__ = ["pool_study"]
+__all__ = ["ITERATIVE_KINDS", "pool_study"]
+
+ITERATIVE_KINDS = ("cox",)
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +79,14 @@ def _pool_analysis(
         return out, 1
     resolution = max(int(r.metadata.get("time_resolution_days", 1)) for r in usable.values())
     try:
-        per_site = {site: survival_groups(r, study.horizon_days) for site, r in usable.items()}
-        out.update(_pool_survival(analysis, study.horizon_days, per_site))
+        if analysis.kind == "cumulative_incidence":
+            out.update(pool_cumulative_incidence(analysis, study, usable))
+        elif analysis.kind == "adverse_events":
+            out.update(pool_adverse_events(analysis, study, usable))
+        else:
+            per_site = {site: survival_groups(r, study.horizon_days)
+                        for site, r in usable.items()}
+            out.update(_pool_survival(analysis, study.horizon_days, per_site))
     except (AnalyticsError, ProtocolError, ValueError) as exc:
         out["error"] = str(exc)
         return out, resolution
@@ -109,6 +118,8 @@ def pool_study(study: Study, releases: Mapping[str, Sequence[Release]]) -> dict[
     analyses: dict[str, Any] = {}
     resolution = 1
     for analysis in study.analyses:
+        if analysis.kind in ITERATIVE_KINDS:
+            continue  # pooled round by round by the iteration driver
         result, res = _pool_analysis(analysis, study, by_analysis[analysis.name])
         analyses[analysis.name] = result
         resolution = max(resolution, res)

@@ -15,6 +15,8 @@ import pandas as pd
 
 from analytics import DisclosureError, SurvivalCounts, coarsen_counts, survival_counts
 from node.endpoints import group_labels, survival_endpoint
+from node.errors import StudyRefused
+from node.incidence import adverse_events_release, cumulative_incidence_release
 from node.policy import Policy
 from protocol.codec import Release
 from protocol.releases import survival_release
@@ -83,8 +85,20 @@ def compute_release(
     reason = policy.check_analysis(analysis)
     if reason:
         return error_release(analysis, reason)
+    try:
+        return _dispatch(analysis, study, tables, cohort, site_id, policy, memo)
+    except StudyRefused as exc:
+        return error_release(analysis, str(exc))
+
+
+def _dispatch(analysis: Analysis, study: Study, tables: object, cohort: pd.DataFrame,
+              site_id: str, policy: Policy, memo: dict[str, Any] | None) -> Release:
     if analysis.kind in SURVIVAL_KINDS:
         return _survival(analysis, study, tables, cohort, site_id, policy)
+    if analysis.kind == "cumulative_incidence":
+        return cumulative_incidence_release(analysis, study, tables, cohort, site_id, policy)
+    if analysis.kind == "adverse_events":
+        return adverse_events_release(analysis, study, tables, cohort, policy)
     return error_release(analysis, f"kind {analysis.kind} is not supported by this node version")
 
 

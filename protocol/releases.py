@@ -1,4 +1,8 @@
-"""Wire convention for survival releases: per-group day-count vectors in a :class:`Release`.
+"""Wire conventions of releases: named vectors in a :class:`Release` for each analysis kind.
+
+Survival and competing-risks releases carry per-group day-count vectors; adverse-event releases
+per-term counts. Cox rounds use :mod:`analytics.cox`'s own vector names.
+
 
 A survival release (kinds ``kaplan_meier``, ``nelson_aalen``, ``logrank``) carries, for group
 number ``i`` of ``metadata["groups"]``, the vectors ``g{i}.events`` and ``g{i}.censored`` of
@@ -13,11 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from analytics import SurvivalCounts
+from analytics import CompetingCounts, SurvivalCounts
 from protocol.codec import Release
 from protocol.errors import ProtocolError
 
-__all__ = ["survival_groups", "survival_release"]
+__all__ = [
+    "SUPPRESSED",
+    "adverse_event_release",
+    "adverse_event_terms",
+    "competing_groups",
+    "competing_release",
+    "survival_groups",
+    "survival_release",
+]
 
 
 def survival_release(
@@ -60,3 +72,86 @@ def survival_groups(release: Release, horizon: int) -> dict[str, SurvivalCounts]
                 f"release {release.analysis}: group vectors must have length {horizon + 1}")
         out[name] = SurvivalCounts(events=events, censored=censored)
     return out
+
+
+def competing_release(
+    analysis: str,
+    groups: Mapping[str, CompetingCounts],
+    metadata: Mapping[str, Any] | None = None,
+) -> Release:
+    """Pack per-group competing-risks counts (``g{i}.cause1``, ``.cause2``, ``.censored``)."""
+    names = sorted(groups)
+    vectors: dict[str, np.ndarray] = {}
+    for i, name in enumerate(names):
+        for part in ("cause1", "cause2", "censored"):
+            vectors[f"g{i}.{part}"] = np.asarray(getattr(groups[name], part), dtype=np.int64)
+    meta = dict(metadata or {})
+    meta["groups"] = names
+    return Release(analysis=analysis, kind="cumulative_incidence", vectors=vectors,
+                   metadata=meta)
+
+
+def competing_groups(release: Release, horizon: int) -> dict[str, CompetingCounts]:
+    """Unpack :func:`competing_release`; checks the study's vector length."""
+    names = _names(release, "groups")
+    out: dict[str, CompetingCounts] = {}
+    for i, name in enumerate(names):
+        parts = [_vector(release, f"g{i}.{p}", horizon + 1) for p in
+                 ("cause1", "cause2", "censored")]
+        out[name] = CompetingCounts(*parts)
+    return out
+
+
+SUPPRESSED = -1
+"""Marks a count a site withheld under its disclosure rules (unmasked releases only)."""
+
+
+def adverse_event_release(
+    analysis: str,
+    terms: Mapping[str, tuple[int, int, int, np.ndarray, np.ndarray]],
+    metadata: Mapping[str, Any] | None = None,
+) -> Release:
+    """Pack per-term adverse-event statistics.
+
+    ``terms`` maps a term to ``(at_risk, with_event, person_days, grades[5], onset[w+1])``;
+    a withheld count is :data:`SUPPRESSED`. Vectors: ``t{i}.counts`` (at_risk, with_event,
+    person_days), ``t{i}.grades`` and ``t{i}.onset``.
+    """
+    names = list(terms)
+    vectors: dict[str, np.ndarray] = {}
+    for i, name in enumerate(names):
+        at_risk, with_event, person_days, grades, onset = terms[name]
+        vectors[f"t{i}.counts"] = np.array([at_risk, with_event, person_days], dtype=np.int64)
+        vectors[f"t{i}.grades"] = np.asarray(grades, dtype=np.int64)
+        vectors[f"t{i}.onset"] = np.asarray(onset, dtype=np.int64)
+    meta = dict(metadata or {})
+    meta["terms"] = names
+    return Release(analysis=analysis, kind="adverse_events", vectors=vectors, metadata=meta)
+
+
+def adverse_event_terms(
+    release: Release, window_days: int
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Unpack :func:`adverse_event_release`: term -> (counts[3], grades[5], onset[w+1])."""
+    out = {}
+    for i, name in enumerate(_names(release, "terms")):
+        out[name] = (_vector(release, f"t{i}.counts", 3), _vector(release, f"t{i}.grades", 5),
+                     _vector(release, f"t{i}.onset", window_days + 1))
+    return out
+
+
+def _names(release: Release, key: str) -> list[str]:
+    names = release.metadata.get(key)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ProtocolError(f"release {release.analysis}: metadata.{key} must list names")
+    return names
+
+
+def _vector(release: Release, key: str, length: int) -> np.ndarray:
+    try:
+        vec = np.asarray(release.vectors[key], dtype=np.int64)
+    except KeyError:
+        raise ProtocolError(f"release {release.analysis}: missing vector {key!r}") from None
+    if vec.shape != (length,):
+        raise ProtocolError(f"release {release.analysis}: {key} must have length {length}")
+    return vec
