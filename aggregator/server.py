@@ -25,6 +25,7 @@ from aggregator.coordinator_api import CoordinatorServicer
 from aggregator.engine import Pool, StudyEngine
 from aggregator.errors import ConfigError
 from aggregator.link import NodeLinkServicer
+from aggregator.rounds import Driver
 from aggregator.store import Store
 from protocol.errors import ProtocolError
 from protocol.keys import load_public_key
@@ -55,7 +56,8 @@ class AggregatorServer:
     """
 
     def __init__(self, config: AggregatorConfig, pool: Pool, *,
-                 clock: Callable[[], float] = time.time, max_workers: int = 64) -> None:
+                 clock: Callable[[], float] = time.time, max_workers: int = 64,
+                 driver: Driver | None = None) -> None:
         try:
             creds = load_credentials(config.credentials_dir)
             trusted = [load_public_key(k) for k in config.trusted_coordinators]
@@ -68,7 +70,7 @@ class AggregatorServer:
         self.store = Store(config.db_path)
         self.link = NodeLinkServicer(config.heartbeat_interval_s)
         self.engine = StudyEngine(self.store, self.link, pool, trusted, clock=clock,
-                                  site_timeout_s=config.site_timeout_s)
+                                  site_timeout_s=config.site_timeout_s, driver=driver)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._server = grpc.server(ThreadPoolExecutor(max_workers=max_workers,
                                                       thread_name_prefix="grpc"),
@@ -128,7 +130,7 @@ class AggregatorServer:
 
 def create_server(config: AggregatorConfig, pool: Pool, *,
                   clock: Callable[[], float] = time.time,
-                  max_workers: int = 64) -> AggregatorServer:
+                  max_workers: int = 64, driver: Driver | None = None) -> AggregatorServer:
     """Build the aggregator and bind its port; call ``.start()`` to serve.
 
     Parameters
@@ -141,23 +143,26 @@ def create_server(config: AggregatorConfig, pool: Pool, *,
         Unix time in seconds (for site timeouts and stored times).
     max_workers
         gRPC worker threads; every connected node holds one for its stream.
+    driver
+        Logic of iterative analyses (``aggregator.cox_driver.CoxDriver``); ``None``: none.
 
     Raises
     ------
     ConfigError
         When the credentials or coordinator keys cannot be read, or the port cannot be bound.
     """
-    return AggregatorServer(config, pool, clock=clock, max_workers=max_workers)
+    return AggregatorServer(config, pool, clock=clock, max_workers=max_workers, driver=driver)
 
 
 def serve(config: AggregatorConfig, pool: Pool, grace_s: float = 10.0,
-          on_started: Callable[[AggregatorServer], None] | None = None) -> int:
+          on_started: Callable[[AggregatorServer], None] | None = None,
+          driver: Driver | None = None) -> int:
     """Run the aggregator until SIGTERM or SIGINT, then stop gracefully; return exit code 0.
 
     Must be called from the main thread (signal handlers). ``on_started`` is called once the
     server is serving (for example to write ``server.port`` to a port file).
     """
-    server = create_server(config, pool)
+    server = create_server(config, pool, driver=driver)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

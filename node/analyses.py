@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from analytics import DisclosureError, SurvivalCounts, coarsen_counts, survival_counts
+from node.cox_site import cox_round_release, cox_setup_release
 from node.endpoints import group_labels, survival_endpoint
 from node.errors import StudyRefused
 from node.incidence import adverse_events_release, cumulative_incidence_release
@@ -99,6 +100,9 @@ def _dispatch(analysis: Analysis, study: Study, tables: object, cohort: pd.DataF
         return cumulative_incidence_release(analysis, study, tables, cohort, site_id, policy)
     if analysis.kind == "adverse_events":
         return adverse_events_release(analysis, study, tables, cohort, policy)
+    if analysis.kind == "cox":
+        return cox_setup_release(analysis, study, tables, cohort, policy,
+                                 memo if memo is not None else {})
     return error_release(analysis, f"kind {analysis.kind} is not supported by this node version")
 
 
@@ -116,7 +120,12 @@ def compute_round_release(
     reason = policy.check_analysis(analysis)
     if reason:
         return error_release(analysis, reason)
-    return error_release(analysis, f"kind {analysis.kind} has no later rounds")
+    if analysis.kind != "cox":
+        return error_release(analysis, f"kind {analysis.kind} has no later rounds")
+    try:
+        return cox_round_release(analysis, study, tables, cohort, policy, memo, inputs)
+    except (StudyRefused, DisclosureError) as exc:
+        return error_release(analysis, str(exc))
 
 
 def release_summary(releases: Mapping[str, Release]) -> dict[str, object]:
