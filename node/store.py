@@ -58,6 +58,8 @@ WARNING_COLUMNS: dict[str, str] = {
 }
 
 Writer = Callable[[pd.DataFrame, Path], None]
+_ARROW_STRINGS = {pa.string(): pd.StringDtype("pyarrow"),
+                  pa.large_string(): pd.StringDtype("pyarrow")}
 
 
 def quarantine_dtypes() -> dict[str, str]:
@@ -224,10 +226,11 @@ class Store:
                                  "or was replaced (reopen the store)")
             return _conform(None, dtypes, keep_arrow=False)
         try:
-            frame = pq.read_table(path).to_pandas()
+            # Arrow-backed strings: several times faster to read than Python objects
+            frame = pq.read_table(path).to_pandas(types_mapper=_ARROW_STRINGS.get)
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(f"cannot read {path}: {type(exc).__name__}") from None
-        return _conform(frame, dtypes, keep_arrow=False)
+        return _conform(frame, dtypes, keep_arrow=True)
 
     def table(self, name: str) -> pd.DataFrame:
         """Stored rows of table ``name`` with the data-model columns and stored dtypes.

@@ -24,7 +24,7 @@ from node.store import open_store, write_snapshot
 from tests.test_ingest_sitedata import BASE, TODAY, write_site
 
 SECRET = bytes(range(32))
-EXPECTED_DTYPES = {"string": pd.StringDtype(), "Int64": pd.Int64Dtype(),
+EXPECTED_DTYPES = {"string": pd.StringDtype("pyarrow"), "Int64": pd.Int64Dtype(),
                    "float64": "float64", "datetime64[ns]": "datetime64[ns]",
                    "boolean": pd.BooleanDtype()}
 
