@@ -72,6 +72,7 @@ def results_document(study: Study, states: Sequence[StudySiteRecord], pool: Pool
                         if s.state == "released"}
             analyses, pooled_privacy = _checked_pool_output(study, pool(study, releases))
             analyses.update(iterative or {})
+            analyses = {a.name: analyses[a.name] for a in study.analyses}  # study order
             json.dumps([analyses, pooled_privacy], default=json_default)  # must be JSON
             privacy.update(pooled_privacy)
         except Exception as exc:
