@@ -13,3 +13,7 @@ class DisclosureError(AnalyticsError):
 
 class EstimationError(AnalyticsError):
     """An estimator cannot be computed from the given statistics (e.g. no events)."""
+
+
+class NumericalOverflowError(EstimationError):
+    """Weights ``exp(x'beta)`` or their sums overflow float64 at the given coefficients."""
