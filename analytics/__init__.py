@@ -13,6 +13,8 @@ from analytics.adverse_events import (
     proportion_ci,
 )
 from analytics.competing_counts import CompetingCounts, competing_counts, pool_competing
+from analytics.cox import CoxResult, cox_result
+from analytics.cox_stats import CoxDayStats, cox_day_stats
 from analytics.cumulative_incidence import (
     CumulativeIncidenceResult,
     IncidenceAt,
@@ -26,11 +28,18 @@ from analytics.disclosure import (
     round_up_to_bins,
     suppress_count,
 )
-from analytics.errors import AnalyticsError, DisclosureError, EstimationError
+from analytics.efron import CoxDerivatives, efron_derivatives, site_derivatives
+from analytics.errors import (
+    AnalyticsError,
+    DisclosureError,
+    EstimationError,
+    NumericalOverflowError,
+)
 from analytics.gray import GrayResult, gray_test
 from analytics.kaplan_meier import RMST, KaplanMeierResult, TimepointEstimate, kaplan_meier
 from analytics.logrank import LogRankResult, logrank
 from analytics.nelson_aalen import CumulativeHazardEstimate, NelsonAalenResult, nelson_aalen
+from analytics.newton import NewtonState, fit_cox, newton_start, newton_update
 from analytics.survival_counts import SurvivalCounts, pool_counts, survival_counts
 
 __all__ = [
@@ -40,6 +49,9 @@ __all__ = [
     "CoarsenedCompeting",
     "CoarsenedCounts",
     "CompetingCounts",
+    "CoxDayStats",
+    "CoxDerivatives",
+    "CoxResult",
     "CumulativeHazardEstimate",
     "CumulativeIncidenceResult",
     "DisclosureError",
@@ -49,6 +61,8 @@ __all__ = [
     "KaplanMeierResult",
     "LogRankResult",
     "NelsonAalenResult",
+    "NewtonState",
+    "NumericalOverflowError",
     "SurvivalCounts",
     "TimepointEstimate",
     "adverse_event_stats",
@@ -56,17 +70,24 @@ __all__ = [
     "coarsen_competing",
     "coarsen_counts",
     "competing_counts",
+    "cox_day_stats",
+    "cox_result",
     "cumulative_incidence",
+    "efron_derivatives",
+    "fit_cox",
     "gray_test",
     "kaplan_meier",
     "logrank",
     "median_from_histogram",
     "nelson_aalen",
+    "newton_start",
+    "newton_update",
     "poisson_rate_ci",
     "pool_competing",
     "pool_counts",
     "proportion_ci",
     "round_up_to_bins",
+    "site_derivatives",
     "suppress_count",
     "survival_counts",
 ]
