@@ -93,6 +93,30 @@ def test_pooled_results_equal_lifelines_on_pooled_individual_data(network):
     assert results["analyses"]["lr_site"]["p_value"] == pytest.approx(p, rel=1e-9)
 
 
+def test_cox_and_incidence_kinds_over_the_network_equal_the_references(network):
+    from tests.test_cox_federated import lifelines_reference, pooled_frame
+
+    net, stores = network
+    covariates = ["age_at_infusion", "sex", "ecog", "lab:LDH"]
+    study = make_study("e2e-cox", [
+        {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+         "covariates": covariates},
+        {"name": "relapse", "kind": "cumulative_incidence", "endpoint": "relapse",
+         "timepoints": [365]},
+        {"name": "tox", "kind": "adverse_events", "terms": ["CRS"], "window_days": 28}])
+    results = run_study(net, study)
+    got = results["analyses"]["cox"]
+    assert "error" not in got, got
+    ref = lifelines_reference(pooled_frame(stores, study, covariates), ["sex"])
+    for name, row in ref.summary.iterrows():
+        assert got["coefficients"][name]["coef"] == pytest.approx(row["coef"], abs=1e-6)
+        assert got["coefficients"][name]["se"] == pytest.approx(row["se(coef)"], abs=1e-6)
+    assert got["log_likelihood"] == pytest.approx(ref.log_likelihood_, abs=1e-6)
+    assert "error" not in results["analyses"]["relapse"]
+    assert results["analyses"]["tox"]["terms"]["CRS"]["at_risk"] == \
+        results["analyses"]["relapse"]["groups"]["all"]["n"]
+
+
 def _refusals(results):
     refused = results["sites"]["refused"]
     assert results["sites"]["participated"] == []
