@@ -80,7 +80,9 @@ class CoxDriver:
         """The coefficients to evaluate, for each running analysis this site is part of."""
         return tuple(
             Release(analysis=name, kind="cox",
-                    vectors={"beta": np.asarray(e["newton"]["beta"], dtype=np.float64)},
+                    vectors={"beta": np.asarray(e["newton"]["beta"], dtype=np.float64),
+                             **({"centre": np.asarray(e["centre"], dtype=np.float64)}
+                                if e.get("centre") else {})},
                     metadata={"columns": e["columns"]})
             for name, e in sorted(state["analyses"].items())
             if e["status"] in ("running", "finalizing") and site_id in e["sites"])
@@ -171,6 +173,7 @@ class CoxDriver:
                    f"fewer than min_sites {study.privacy.min_sites}")
             return
         entry["restarts"] += 1
+        entry["centre"] = None
         entry["status"] = "running"
         entry["newton"] = newton_start(len(entry["columns"])).to_dict()
         self._count(entry)
@@ -184,6 +187,11 @@ class CoxDriver:
             return _sum([CoxDerivatives.from_vectors(r.vectors, p) for r in got.values()])
         stats = _sum([CoxDayStats.from_vectors(r.vectors, study.horizon_days, p)
                       for r in got.values()])
+        if not entry.get("centre") and stats.s0[0] > 0:
+            # pooled covariate means (the first round is at beta = 0, where s0[0] = n): every
+            # later round is centred on them, which keeps exp(x'beta) in range and leaves the
+            # derivatives unchanged
+            entry["centre"] = [float(v) for v in stats.s1[0] / stats.s0[0]]
         return efron_derivatives(stats)
 
     def _step(self, study: Study, analysis: Analysis, entry: dict[str, Any],

@@ -112,8 +112,10 @@ def cox_round_release(analysis: Analysis, study: Study, tables: object, cohort: 
             vectors = site_derivatives(site.durations, site.events, X, beta,
                                        study.horizon_days).to_vectors()
         else:
-            vectors = cox_day_stats(site.durations, site.events, X, beta,
-                                    study.horizon_days).to_vectors()
+            centre = inputs.vectors.get("centre")
+            vectors = cox_day_stats(site.durations, site.events, X, beta, study.horizon_days,
+                                    centre=None if centre is None else np.asarray(
+                                        centre, dtype=np.float64)).to_vectors()
     except NumericalOverflowError:
         return Release(analysis=analysis.name, kind="cox", vectors={},
                        metadata={"overflow": True})

@@ -107,10 +107,15 @@ def lifelines_reference(data, categorical, strata=None):
                              fit_options={"precision": 1e-14, "max_steps": 200})
 
 
-@pytest.mark.parametrize("strata", ["none", "site"])
-def test_federated_cox_equals_lifelines(tmp_path, stores, strata):
-    covariates = ["age_at_infusion", "sex", "ecog", "route", "lab:LDH"]
-    study = make_study(f"cox-{strata}", [{"name": "cox", "kind": "cox",
+@pytest.mark.parametrize(("strata", "covariates"), [
+    ("none", ["age_at_infusion", "sex", "ecog", "route", "lab:LDH"]),
+    ("site", ["age_at_infusion", "sex", "ecog", "route", "lab:LDH"]),
+    # large raw values (ferritin in the thousands): the fit is centred on the pooled means
+    ("none", ["lab:ferritin", "lab:platelets", "prior_lines", "origin"]),
+])
+def test_federated_cox_equals_lifelines(tmp_path, stores, strata, covariates):
+    categorical = [c for c in covariates if c in ("sex", "route", "origin")]
+    study = make_study(f"cox-{strata}-{len(covariates)}", [{"name": "cox", "kind": "cox",
                                           "endpoint": "overall_survival",
                                           "covariates": covariates, "strata": strata}],
                        cohort={}, min_sites=3)
@@ -118,7 +123,7 @@ def test_federated_cox_equals_lifelines(tmp_path, stores, strata):
     got = results["analyses"]["cox"]
     assert "error" not in got, got
     data = pooled_frame(stores, study, covariates)
-    ref = lifelines_reference(data, ["sex", "route"], ["site"] if strata == "site" else None)
+    ref = lifelines_reference(data, categorical, ["site"] if strata == "site" else None)
     assert got["n"] == len(data) and got["events"] == int(data["event"].sum())
     for name, row in ref.summary.iterrows():
         coef = got["coefficients"][name]
