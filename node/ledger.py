@@ -1,0 +1,247 @@
+"""The disclosure ledger: a site's defence against differencing attacks.
+
+Two releases over cohorts that differ by a few patients let their receiver subtract one from the
+other and read off those patients' values. For every cohort it has released, a node therefore
+keeps salted digests of the cohort's patient pseudonyms, and refuses a new study whose cohort
+differs from an earlier released one by 1 to ``k - 1`` patients (size of the symmetric
+difference). Identical cohorts (difference 0, e.g. the next round of an iterative analysis or a
+re-run of the same study) and differences of ``k`` or more patients are allowed.
+
+A digest is the first 8 bytes (big-endian uint64) of HMAC-SHA256(salt, pseudonym), with a
+32-byte site salt kept in a 0600 file. Without the salt nobody can tell from the ledger whether
+a given pseudonym is in a cohort; pseudonyms and patient ids are never stored. Two of a million
+patients share a 64-bit digest with probability about 3e-8; a collision merges them and can only
+make a difference look one patient smaller.
+
+On disk, in ``directory`` (mode 0700):
+
+- ``<study_id>.npy``: the sorted unique uint64 digests of the released cohort (mode 0600);
+  ``<study_id>~<n>.npy`` for a later release of the same study over a different cohort
+  (re-ingested data), so every cohort that ever left the site stays in the ledger;
+- ``index.json``: ``{"version": 1, "studies": {study_id: [{"file", "patients", "sha256"}]}}``
+  (mode 0600); ``sha256`` is the digest of the file's bytes, checked on every load.
+
+Every file is written to a temporary file and moved into place with ``os.replace``; the
+``.npy`` files are written before the index that names them. Writers take an exclusive
+``fcntl`` lock on ``.lock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node.errors import NodeError
+from node.pseudonym import SECRET_BYTES, load_or_create_secret
+
+__all__ = ["INDEX_FILE", "DisclosureLedger", "LedgerError", "digests", "load_or_create_salt"]
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+_LOCK_FILE = ".lock"
+_VERSION = 1
+_STUDY_ID = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
+
+
+class LedgerError(NodeError):
+    """The ledger is unreadable, tampered with, or asked to record a bad study id."""
+
+
+def load_or_create_salt(path: Path | str) -> bytes:
+    """Return the 32-byte ledger salt stored at ``path``, creating it (mode 0600) if absent.
+
+    Raises
+    ------
+    SecretError
+        If the file is group/world accessible, not a regular file, or not 32 bytes.
+    """
+    return load_or_create_secret(path)
+
+
+def digests(pseudonyms: Iterable[str], salt: bytes) -> np.ndarray:
+    """Sorted unique uint64 digests: first 8 bytes of HMAC-SHA256(salt, pseudonym).
+
+    HMAC (RFC 2104) with pre-keyed inner and outer SHA-256 states: about 1.5 s for a million
+    pseudonyms.
+    """
+    block = hashlib.sha256().block_size
+    key = hashlib.sha256(salt).digest() if len(salt) > block else salt
+    key = key.ljust(block, b"\0")
+    inner_copy = hashlib.sha256(bytes(b ^ 0x36 for b in key)).copy
+    outer_copy = hashlib.sha256(bytes(b ^ 0x5C for b in key)).copy
+    out: list[bytes] = []
+    append = out.append
+    for p in pseudonyms:
+        inner = inner_copy()
+        inner.update(str(p).encode("utf-8"))
+        outer = outer_copy()
+        outer.update(inner.digest())
+        append(outer.digest()[:8])
+    raw = np.frombuffer(b"".join(out), dtype=">u8")
+    return _sorted_unique(raw.astype(np.uint64))
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted unique uint64 values (sort and mask: faster than ``np.unique``'s hashing)."""
+    arr = np.asarray(values, dtype=np.uint64)
+    if arr.size > 1 and not bool(np.all(arr[1:] > arr[:-1])):
+        arr = np.sort(arr)
+        arr = arr[np.concatenate(([True], arr[1:] != arr[:-1]))]
+    return arr
+
+
+def difference_size(a: np.ndarray, b: np.ndarray) -> int:
+    """Size of the symmetric difference of two sorted unique digest arrays."""
+    common = np.intersect1d(a, b, assume_unique=True).size
+    return int(a.size + b.size - 2 * common)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr, dtype="<u8"), allow_pickle=False)
+    return buf.getvalue()
+
+
+class DisclosureLedger:
+    """Salted digests of every cohort a site has released, and the differencing check.
+
+    Parameters
+    ----------
+    directory
+        Folder of the ledger files; created (mode 0700) if absent.
+    salt
+        The site's 32-byte ledger salt (:func:`load_or_create_salt`).
+    """
+
+    def __init__(self, directory: Path | str, salt: bytes) -> None:
+        if len(salt) != SECRET_BYTES:
+            raise LedgerError(f"ledger salt must be {SECRET_BYTES} bytes, not {len(salt)}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._salt = salt
+        self._thread_lock = threading.Lock()
+
+    # -- storage ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            fd = os.open(self.directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def _index(self) -> dict[str, list[dict[str, Any]]]:
+        path = self.directory / INDEX_FILE
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise LedgerError(f"{path}: unreadable ledger index: {exc}") from exc
+        if (not isinstance(obj, dict) or obj.get("version") != _VERSION
+                or not isinstance(obj.get("studies"), dict)):
+            raise LedgerError(f"{path}: malformed ledger index")
+        return obj["studies"]
+
+    def _load(self, entry: dict[str, Any]) -> np.ndarray:
+        path = self.directory / str(entry.get("file", ""))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise LedgerError(f"{path}: ledger file missing or unreadable: {exc}") from exc
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise LedgerError(f"{path}: ledger file does not match its index (tampered?)")
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+        return arr.astype(np.uint64, copy=False)
+
+    def _released(self) -> Iterator[tuple[str, np.ndarray]]:
+        for study_id, versions in sorted(self._index().items()):
+            for entry in versions:
+                yield study_id, self._load(entry)
+
+    # -- public API ------------------------------------------------------------------------
+
+    def digests(self, pseudonyms: Iterable[str]) -> np.ndarray:
+        """Sorted unique uint64 digests of ``pseudonyms`` under this ledger's salt."""
+        return digests(pseudonyms, self._salt)
+
+    def entries(self) -> list[str]:
+        """Ids of the studies whose cohorts were recorded, sorted."""
+        return sorted(self._index())
+
+    def check(self, study_id: str, pseudonyms: Iterable[str] | np.ndarray, k: int) -> str | None:
+        """The reason to refuse releasing this cohort, or None when it is allowed.
+
+        Refused when the cohort differs from any recorded cohort (of any study, this one
+        included) by 1 to ``k - 1`` patients. ``pseudonyms`` may also be the output of
+        :meth:`digests` (a uint64 array), to hash a large cohort once for check and record.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, not {k}")
+        cohort = self._as_digests(pseudonyms)
+        for earlier, released in self._released():
+            if abs(int(released.size) - int(cohort.size)) >= k:
+                continue  # the difference is at least the difference in sizes
+            d = difference_size(cohort, released)
+            if 0 < d < k:
+                logger.info("ledger: study %s refused (differencing risk against study %s)",
+                            study_id, earlier)
+                return (f"cohort differs from the cohort released for study {earlier} by fewer "
+                        f"than {k} patients (differencing risk)")
+        return None
+
+    def record(self, study_id: str, pseudonyms: Iterable[str] | np.ndarray) -> None:
+        """Record the cohort released for ``study_id`` (no-op if already recorded as is)."""
+        if not _STUDY_ID.fullmatch(study_id):
+            raise LedgerError(f"bad study id {study_id!r} for the ledger")
+        cohort = self._as_digests(pseudonyms)
+        with self._locked():
+            studies = self._index()
+            versions = studies.setdefault(study_id, [])
+            for entry in versions:
+                if np.array_equal(self._load(entry), cohort):
+                    return
+            name = study_id if not versions else f"{study_id}~{len(versions) + 1}"
+            data = _npy_bytes(cohort)
+            _write_atomic(self.directory / f"{name}.npy", data)
+            versions.append({"file": f"{name}.npy", "patients": int(cohort.size),
+                             "sha256": hashlib.sha256(data).hexdigest()})
+            doc = {"version": _VERSION, "studies": studies}
+            _write_atomic(self.directory / INDEX_FILE,
+                          (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode("ascii"))
+        logger.info("ledger: recorded the cohort released for study %s (%d patients)",
+                    study_id, cohort.size)
+
+    def _as_digests(self, pseudonyms: Iterable[str] | np.ndarray) -> np.ndarray:
+        if isinstance(pseudonyms, np.ndarray) and pseudonyms.dtype == np.uint64:
+            return _sorted_unique(pseudonyms)
+        return self.digests(pseudonyms)
