@@ -25,3 +25,12 @@ class KeyFormatError(ProtocolError):
 
 class ReleaseFormatError(ProtocolError):
     """An analysis release cannot be encoded or a received one is malformed."""
+
+
+class SecureAggregationError(ProtocolError):
+    """A secure-aggregation key announcement, mask or masked release is invalid.
+
+    The message names the reason: an untrusted or mismatched certificate, a forged signature, a
+    replayed announcement, a value outside the fixed-point range, or masked releases that do not
+    match.
+    """
