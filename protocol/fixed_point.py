@@ -30,7 +30,14 @@ import numpy as np
 
 from protocol.errors import SecureAggregationError
 
-__all__ = ["FIXED_POINT_BITS", "LIMB_BITS", "decode_reals", "encode_reals", "max_abs_real"]
+__all__ = [
+    "FIXED_POINT_BITS",
+    "LIMB_BITS",
+    "decode_reals",
+    "encode_reals",
+    "error_bound",
+    "max_abs_real",
+]
 
 FIXED_POINT_BITS = 40
 LIMB_BITS = 32
@@ -43,6 +50,16 @@ def max_abs_real(n_sites: int) -> float:
     if isinstance(n_sites, bool) or not isinstance(n_sites, int) or not 1 <= n_sites <= _MAX_SITES:
         raise SecureAggregationError(f"n_sites must be in 1..2^31, got {n_sites!r}")
     return float(2**_SUM_BITS) / n_sites
+
+
+def error_bound(n_sites: int, total: float | np.ndarray) -> float | np.ndarray:
+    """Return the documented bound on ``|decoded - exact sum|`` for a decoded ``total``.
+
+    ``n_sites * 2^-41`` (one fixed-point rounding per site) plus half an ulp of ``total`` (the
+    final float64 rounding).
+    """
+    max_abs_real(n_sites)
+    return n_sites * 2.0 ** -(FIXED_POINT_BITS + 1) + np.spacing(np.abs(total)) / 2
 
 
 def encode_reals(values: np.ndarray, n_sites: int) -> tuple[np.ndarray, np.ndarray]:
