@@ -55,10 +55,14 @@ def results_document(study: Study, states: Sequence[StudySiteRecord], pool: Pool
         results document. ``iterative`` holds the results of iterative analyses (Cox), which
         replace what pooling the first round gave for them.
     """
-    participated = sorted(s.site_id for s in states if s.state == "released")
+    iterative = dict(iterative or {})
+    later = iterative.pop("__sites__", {})
+    dropped = later.get("dropped", {})
+    participated = sorted(s.site_id for s in states if s.state == "released"
+                          and s.site_id not in dropped)
     refused = {s.site_id: s.reason for s in sorted(states, key=lambda s: s.site_id)
                if s.state == "refused"}
-    unreachable = sorted(s.site_id for s in states if s.state == "unreachable")
+    unreachable = sorted({s.site_id for s in states if s.state == "unreachable"} | set(dropped))
     privacy: dict[str, Any] = {"secure_aggregation": study.privacy.secure_aggregation,
                                "min_sites": study.privacy.min_sites}
     status = "completed"
@@ -71,7 +75,7 @@ def results_document(study: Study, states: Sequence[StudySiteRecord], pool: Pool
             releases = {s.site_id: decode_task_result(s.release or b"") for s in states
                         if s.state == "released"}
             analyses, pooled_privacy = _checked_pool_output(study, pool(study, releases))
-            analyses.update(iterative or {})
+            analyses.update(iterative)
             analyses = {a.name: analyses[a.name] for a in study.analyses}  # study order
             json.dumps([analyses, pooled_privacy], default=json_default)  # must be JSON
             privacy.update(pooled_privacy)
@@ -85,7 +89,9 @@ def results_document(study: Study, states: Sequence[StudySiteRecord], pool: Pool
         "title": study.title,
         "status": status,
         "sites": {"participated": participated, "refused": refused,
-                  "unreachable": unreachable},
+                  "unreachable": unreachable,
+                  **({"dropped_during_study": dict(sorted(dropped.items()))} if dropped
+                     else {})},
         "privacy": privacy,
         "analyses": analyses,
     }

@@ -105,9 +105,10 @@ class Rounds:
 
     def begin(self, study: Study, signed: SignedStudy,
               first_round: Mapping[str, Sequence[Release]]) -> None:
-        """Start iterating after the first round (a no-op state when nothing iterates)."""
-        state = self._driver.start(study, first_round) or {"analyses": {}}
-        self._next_round(study, signed, 1, state)
+        """Start the rounds after the first (nothing is stored when nothing follows)."""
+        state = self._driver.start(study, first_round)
+        if state is not None:
+            self._next_round(study, signed, 1, state)
 
     def _next_round(self, study: Study, signed: SignedStudy, last: int, state: State) -> None:
         rnd = last + 1

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.config import resolve_config
-from aggregator.cox_driver import CoxDriver
 from aggregator.pooling import pool_study
+from aggregator.secure_driver import NetworkDriver
 from aggregator.server import AggregatorServer, serve
 
 __all__ = ["run_aggregator"]
@@ -42,4 +42,4 @@ def run_aggregator(config_file: Path | None, overrides: dict[str, Any],
         if port_file is not None:
             _write_port(port_file, server.port)
 
-    return serve(config, pool_study, on_started=_started, driver=CoxDriver())
+    return serve(config, pool_study, on_started=_started, driver=NetworkDriver())

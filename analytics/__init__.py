@@ -37,7 +37,7 @@ from analytics.errors import (
 )
 from analytics.gray import GrayResult, gray_test
 from analytics.kaplan_meier import RMST, KaplanMeierResult, TimepointEstimate, kaplan_meier
-from analytics.logrank import LogRankResult, logrank
+from analytics.logrank import LogRankResult, logrank, logrank_from_terms, stratum_terms
 from analytics.nelson_aalen import CumulativeHazardEstimate, NelsonAalenResult, nelson_aalen
 from analytics.newton import NewtonState, fit_cox, newton_start, newton_update
 from analytics.survival_counts import SurvivalCounts, pool_counts, survival_counts
@@ -78,6 +78,7 @@ __all__ = [
     "gray_test",
     "kaplan_meier",
     "logrank",
+    "logrank_from_terms",
     "median_from_histogram",
     "nelson_aalen",
     "newton_start",
@@ -88,6 +89,7 @@ __all__ = [
     "proportion_ci",
     "round_up_to_bins",
     "site_derivatives",
+    "stratum_terms",
     "suppress_count",
     "survival_counts",
 ]

@@ -141,6 +141,32 @@ def logrank(strata: Sequence[Mapping[str, SurvivalCounts]]) -> LogRankResult:
         observed += o
         expected += e
         covariance += v
+    return logrank_from_terms(groups, observed, expected, covariance)
+
+
+def stratum_terms(
+    stratum: Mapping[str, SurvivalCounts], groups: list[str]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Observed and expected events per group and their covariance, for one stratum.
+
+    Sums of these over strata (e.g. over sites, masked) give the stratified test through
+    :func:`logrank_from_terms`.
+    """
+    return _stratum_terms(stratum, groups)
+
+
+def logrank_from_terms(groups: Sequence[str], observed: NDArray[np.float64],
+                       expected: NDArray[np.float64],
+                       covariance: NDArray[np.float64]) -> LogRankResult:
+    """The k-group test from observed, expected and covariance summed over strata.
+
+    ``groups`` must hold only groups with subjects (drop empty ones first), in order.
+    """
+    groups = list(groups)
+    k = len(groups)
+    if k < 2:
+        raise EstimationError(
+            f"the log-rank test needs at least two groups with subjects, got {k}")
     if observed.sum() == 0:
         raise EstimationError("the log-rank test needs at least one event")
 

@@ -20,11 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from node.analyses import compute_release, compute_round_release, release_summary
 from node.audit import AuditTrail
 from node.cohort import select_cohort
-from node.errors import NodeError
+from node.errors import NodeError, StudyRefused
+from node.ledger import DisclosureLedger
 from node.policy import Policy
+from node.secure_answer import secure_round
+from node.secure_session import SecureSessions
 from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.keys import key_id
+from protocol.pki import Credentials
 from protocol.signing import SignedStudy, is_expired, verify_study
 from protocol.study import Study
 
@@ -86,6 +90,10 @@ class NodeEngine:
         Clock for expiry checks.
     is_approved
         For ``approval = "manual"``: whether the data steward approved a study id.
+    credentials
+        The site's certificate, key and network CA (needed for secure aggregation).
+    ledger
+        The disclosure ledger of released cohorts (differencing protection).
     """
 
     def __init__(
@@ -97,8 +105,12 @@ class NodeEngine:
         audit: AuditTrail,
         today: Callable[[], dt.date] = dt.date.today,
         is_approved: Callable[[str], bool] = lambda study_id: False,
+        credentials: Credentials | None = None,
+        ledger: DisclosureLedger | None = None,
     ) -> None:
         self.site_id = site_id
+        self.secure = SecureSessions(site_id, credentials) if credentials is not None else None
+        self.ledger = ledger
         self.policy = policy
         self.trusted_keys = tuple(trusted_keys)
         self.open_tables = open_tables
@@ -121,8 +133,8 @@ class NodeEngine:
             return f"task names study {study_id} but the signed study is {study.id}"
         if is_expired(study, self.today()):
             return f"study expired on {study.expires.isoformat()}"
-        if study.privacy.secure_aggregation:
-            return "secure aggregation is not supported by this node version"
+        if study.privacy.secure_aggregation and self.secure is None:
+            return "secure aggregation needs this site's credentials, which the node lacks"
         if self.policy.approval == "manual" and not self.is_approved(study.id):
             return "awaiting approval by the site's data steward"
         return study
@@ -139,6 +151,14 @@ class NodeEngine:
         while len(self._cache) > _CACHED_STUDIES:
             self._cache.popitem(last=False)
         return prepared
+
+    def _record(self, study: Study, prepared: _Prepared) -> None:
+        if self.ledger is not None:
+            self.ledger.record(study.id, prepared.cohort["patient_id"].tolist())
+
+    def _answer_secure(self, study: Study, prepared: _Prepared, round: int,
+                       inputs: Sequence[Release]) -> TaskOutcome:
+        return _answer_secure_impl(self, study, prepared, round, inputs)
 
     def answer(self, study_id: str, signed: SignedStudy, round: int = 1,
                inputs: Sequence[Release] = ()) -> TaskOutcome:
@@ -159,6 +179,13 @@ class NodeEngine:
         unmasked = not study.privacy.secure_aggregation
         if unmasked and len(prepared.cohort) < self.policy.min_cohort:
             return self._refuse(study_id, f"cohort below {self.policy.min_cohort} patients")
+        if round == 1 and self.ledger is not None:
+            reason = self.ledger.check(study.id, prepared.cohort["patient_id"].tolist(),
+                                       self.policy.min_cohort_difference)
+            if reason:
+                return self._refuse(study_id, reason)
+        if not unmasked:
+            return self._answer_secure(study, prepared, round, inputs)
         by_name = {a.name: a for a in study.analyses}
         releases = {}
         if round == 1:
@@ -175,6 +202,8 @@ class NodeEngine:
                 releases[analysis.name] = compute_round_release(
                     analysis, study, prepared.tables, prepared.cohort, self.site_id,
                     self.policy, prepared.memo, inp)
+        if round == 1:
+            self._record(study, prepared)
         for name, release in releases.items():
             if release.error:
                 self.audit.append("analysis_refused", study_id, analysis=name, round=round,
@@ -185,6 +214,22 @@ class NodeEngine:
                                       "min_bin_events": self.policy.min_bin_events},
                           analyses=release_summary(releases))
         return TaskOutcome(releases=tuple(releases.values()))
+
+
+def _answer_secure_impl(engine: NodeEngine, study: Study, prepared: _Prepared, round: int,
+                        inputs: Sequence[Release]) -> TaskOutcome:
+    assert engine.secure is not None
+    try:
+        releases = secure_round(study, round, inputs, engine.secure, prepared.tables,
+                                prepared.cohort, engine.site_id, engine.policy, prepared.memo,
+                                lambda: engine._record(study, prepared))
+    except StudyRefused as exc:
+        return engine._refuse(study.id, str(exc))
+    engine.audit.append("release", study.id, round=round, masked=True,
+                        analyses={r.analysis: ({"error": r.error} if r.error else
+                                               {"kind": r.kind, "vectors": len(r.vectors)})
+                                  for r in releases})
+    return TaskOutcome(releases=tuple(releases))
 
 
 def _sha256(data: bytes) -> str:

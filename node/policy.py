@@ -49,7 +49,7 @@ DEFAULT_COVARIATES = (
     "origin",
     "lab:*",
 )
-_THRESHOLDS = ("min_cohort", "min_cell", "min_bin_events")
+_THRESHOLDS = ("min_cohort", "min_cell", "min_bin_events", "min_cohort_difference")
 _ED25519_KEY_BYTES = 32
 
 
@@ -78,6 +78,7 @@ class Policy:
     min_cohort: int = 10
     min_cell: int = 5
     min_bin_events: int = 5
+    min_cohort_difference: int = 5
     base_dir: Path | None = field(default=None, compare=False)
 
     def with_trusted(self, *keys: str) -> Policy:
@@ -136,6 +137,7 @@ class Policy:
             "min_cohort": self.min_cohort,
             "min_cell": self.min_cell,
             "min_bin_events": self.min_bin_events,
+            "min_cohort_difference": self.min_cohort_difference,
         }
 
 
@@ -263,6 +265,10 @@ def policy_to_toml(policy: Policy) -> str:
         f"min_cell = {policy.min_cell}",
         "# Events per time bin in unmasked event tables.",
         f"min_bin_events = {policy.min_bin_events}",
+        "",
+        "# Disclosure ledger: refuse a cohort that differs from one released before by 1 to",
+        "# min_cohort_difference - 1 patients (differencing attack); applies to every study.",
+        f"min_cohort_difference = {policy.min_cohort_difference}",
         "",
     ])
 

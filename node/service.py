@@ -17,6 +17,7 @@ from node.daemon import NodeDaemon
 from node.engine import NodeEngine
 from node.errors import NodeError, StoreError
 from node.ingest import IngestReport, ingest
+from node.ledger import DisclosureLedger, load_or_create_salt
 from node.policy import Policy, default_policy, load_policy, write_policy
 from node.pseudonym import load_or_create_secret
 from node.store import open_store
@@ -80,6 +81,7 @@ def build_engine(config: NodeConfig, today: Any = dt.date.today) -> NodeEngine:
     audit = AuditTrail(config.path("audit_file"))
     audit.append("policy_loaded", None, policy=policy.to_dict())
     approvals = config.path("approvals_dir")
+    credentials_dir = config.path("credentials_dir")
     return NodeEngine(
         site_id=config.site_id,
         policy=policy,
@@ -88,6 +90,9 @@ def build_engine(config: NodeConfig, today: Any = dt.date.today) -> NodeEngine:
         audit=audit,
         today=today,
         is_approved=lambda study_id: (approvals / study_id).exists(),
+        credentials=load_credentials(credentials_dir) if credentials_dir.exists() else None,
+        ledger=DisclosureLedger(config.node_dir / "ledger",
+                                load_or_create_salt(config.node_dir / "ledger.salt")),
     )
 
 

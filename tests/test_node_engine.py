@@ -89,9 +89,10 @@ def test_task_naming_another_study_is_refused(store_dir, tmp_path):
     assert "signed study is eng-mismatch" in outcome.refusal
 
 
-def test_secure_aggregation_studies_are_refused_until_supported(store_dir, tmp_path):
+def test_secure_aggregation_needs_the_site_credentials(store_dir, tmp_path):
     study = make_study("eng-secure", [KM])
     study = dataclasses.replace(study, privacy=dataclasses.replace(study.privacy,
                                                                    secure_aggregation=True))
     outcome = _engine(store_dir, tmp_path).answer(study.id, sign_study(study, KEY))
-    assert outcome.refusal == "secure aggregation is not supported by this node version"
+    assert outcome.refusal == ("secure aggregation needs this site's credentials, which the "
+                               "node lacks")

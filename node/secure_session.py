@@ -1,0 +1,90 @@
+"""The site's side of secure aggregation: ephemeral keys and masked releases.
+
+Round 1 of a study with ``secure_aggregation: true`` only announces an ephemeral X25519 key,
+signed with the site's certificate key. The next round brings every participant's signed
+announcement: the node verifies them against the network CA, derives the pairwise masks and
+releases every vector masked. A ``__rekey__`` input (after a site dropped out) asks for a new
+key for the next attempt. Private keys live only in this process; a node restarted between
+rounds cannot mask, answers nothing for the round, and the aggregator restarts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from node.errors import StudyRefused
+from protocol.codec import Release
+from protocol.errors import ProtocolError
+from protocol.key_exchange import KeyAnnouncement, announce, verify_announcement
+from protocol.masking import PairwiseMasker
+from protocol.pki import Credentials
+from protocol.secure_agg import mask_release
+
+__all__ = ["KEYS", "REKEY", "SecureSessions"]
+
+logger = logging.getLogger(__name__)
+
+KEYS = "__keys__"
+REKEY = "__rekey__"
+_KEPT = 8
+
+
+class SecureSessions:
+    """Ephemeral keys of this site's running secure studies."""
+
+    def __init__(self, site_id: str, credentials: Credentials) -> None:
+        self.site_id = site_id
+        self._identity = load_pem_private_key(credentials.key.read_bytes(), password=None)
+        self._certificate = credentials.cert.read_bytes()
+        self._ca = credentials.ca.read_bytes()
+        self._keys: dict[tuple[str, int], X25519PrivateKey] = {}
+
+    def announce(self, study_id: str, attempt: int) -> Release:
+        """A fresh signed ephemeral key for ``attempt`` of a study."""
+        private, announcement = announce(self.site_id, study_id, attempt, self._identity,
+                                         self._certificate)
+        self._keys[(study_id, attempt)] = private
+        while len(self._keys) > _KEPT:
+            self._keys.pop(next(iter(self._keys)))
+        return Release(analysis=KEYS, kind="keys", vectors={},
+                       metadata={"announcement": announcement.to_dict()})
+
+    def masker(self, study_id: str, keys: Release) -> tuple[PairwiseMasker, list[str]]:
+        """Verify every participant's announcement and build this site's masker.
+
+        Raises
+        ------
+        StudyRefused
+            When an announcement is forged, replayed or not from this network, or this
+            site's own key for the attempt is not known here.
+        """
+        attempt = int(keys.metadata.get("attempt", 0))
+        private = self._keys.get((study_id, attempt))
+        if private is None:
+            raise StudyRefused(f"no ephemeral key for attempt {attempt} (node restarted?)")
+        announcements: dict[str, KeyAnnouncement] = {}
+        try:
+            for raw in keys.metadata.get("announcements", []):
+                a = KeyAnnouncement.from_dict(raw)
+                verify_announcement(a, self._ca, study_id, attempt)
+                announcements[a.site_id] = a
+        except ProtocolError as exc:
+            raise StudyRefused(f"secure aggregation: {exc}") from None
+        mine = announcements.get(self.site_id)
+        own = private.public_key().public_bytes_raw()
+        if mine is None or mine.public_key != own:
+            raise StudyRefused("secure aggregation: this site's own key is missing or replaced")
+        masker = PairwiseMasker(self.site_id, private, announcements, study_id, attempt)
+        return masker, sorted(announcements)
+
+    @staticmethod
+    def mask(releases: Sequence[Release], masker: PairwiseMasker, round: int) -> list[Release]:
+        """Mask every release (error releases stay as they are: they carry no vectors).
+
+        The mask of each vector is bound to the study, attempt, round, analysis and key.
+        """
+        return [r if r.error else mask_release(r, masker, round) for r in releases]
