@@ -53,7 +53,9 @@ def _pool_groups(sites: Any) -> dict[str, SurvivalCounts]:
     for groups in sites:
         for name, counts in groups.items():
             merged.setdefault(name, []).append(counts)
-    return {name: pool_counts(parts) for name, parts in merged.items()}
+    pooled = {name: pool_counts(parts) for name, parts in merged.items()}
+    # fixed-shape (secure) releases carry every level; a group nobody is in is no group
+    return {name: c for name, c in pooled.items() if c.n > 0}
 
 
 def _pool_analysis(

@@ -37,6 +37,7 @@ def pool_cumulative_incidence(analysis: Analysis, study: Study,
         for name, counts in competing_groups(release, study.horizon_days).items():
             merged.setdefault(name, []).append(counts)
     pooled = {name: pool_competing(parts) for name, parts in sorted(merged.items())}
+    pooled = {name: c for name, c in pooled.items() if c.n > 0}  # levels nobody is in
     out: dict[str, Any] = {"groups": {
         name: cumulative_incidence(c, analysis.timepoints).to_dict()
         for name, c in pooled.items()}}

@@ -22,8 +22,8 @@ from aggregator.cox_driver import CoxDriver
 from aggregator.pooling import pool_study
 from analytics import EstimationError, logrank_from_terms, suppress_count
 from protocol.codec import Release
-from protocol.errors import ProtocolError
-from protocol.secure_agg import unmask_sum
+from protocol.errors import ProtocolError, SecureAggregationError
+from protocol.secure_agg import KeyAnnouncement, unmask_sum, verify_announcement
 from protocol.study import Study
 
 __all__ = ["NetworkDriver", "SecureDriver"]
@@ -55,8 +55,9 @@ def _cox_setup(summed: Release) -> Release:
 class SecureDriver:
     """Implements :class:`aggregator.rounds.Driver` for studies with secure aggregation."""
 
-    def __init__(self) -> None:
+    def __init__(self, ca_pem: bytes | None = None) -> None:
         self.cox = CoxDriver()
+        self.ca_pem = ca_pem
 
     def start(self, study: Study, first_round: Mapping[str, Sequence[Release]]) -> State:
         """Collect the announced keys of round 1."""
@@ -126,6 +127,16 @@ class SecureDriver:
             if keys is None or "announcement" not in keys.metadata:
                 state["dropped"][site] = "no key announcement"
                 continue
+            if self.ca_pem is not None:  # the nodes check again; a bad key is dropped here
+                try:
+                    a = KeyAnnouncement.from_dict(keys.metadata["announcement"])
+                    if a.site_id != site:
+                        raise SecureAggregationError(f"announcement names site {a.site_id}")
+                    verify_announcement(a, self.ca_pem, study.id, state["attempt"])
+                except ProtocolError as exc:
+                    state["dropped"][site] = f"rejected key announcement: {exc}"
+                    logger.warning("study %s: key of %s rejected: %s", study.id, site, exc)
+                    continue
             announcements[site] = keys.metadata["announcement"]
         state["announcements"] = announcements
         state["sites"] = sorted(announcements)
@@ -171,7 +182,9 @@ class SecureDriver:
             elif analysis.kind == "cox":
                 cox_setups.append(_cox_setup(summed))
             elif analysis.kind == "logrank" and analysis.stratify_by_site:
-                results[analysis.name] = _stratified_logrank(summed)
+                results[analysis.name] = {
+                    **_stratified_logrank(summed), "endpoint": analysis.endpoint,
+                    "group_by": analysis.group_by, "sites": list(state["sites"])}
             else:
                 pooled.append(summed)
         if pooled:
@@ -207,8 +220,8 @@ def _stratified_logrank(summed: Release) -> dict[str, Any]:
 class NetworkDriver:
     """Dispatches each study to the secure driver or, unmasked, to the Cox driver."""
 
-    def __init__(self) -> None:
-        self.secure = SecureDriver()
+    def __init__(self, ca_pem: bytes | None = None) -> None:
+        self.secure = SecureDriver(ca_pem)
         self.cox = CoxDriver()
 
     def _pick(self, study: Study) -> Any:

@@ -23,6 +23,11 @@ def _write_port(port_file: Path, port: int) -> None:
     os.replace(tmp, port_file)
 
 
+def _ca(config: Any) -> bytes | None:
+    ca = Path(config.credentials_dir) / "ca.pem"
+    return ca.read_bytes() if ca.exists() else None
+
+
 def run_aggregator(config_file: Path | None, overrides: dict[str, Any],
                    port_file: Path | None = None) -> int:
     """Resolve the configuration (flag > environment > file > default) and serve until SIGTERM.
@@ -42,4 +47,4 @@ def run_aggregator(config_file: Path | None, overrides: dict[str, Any],
         if port_file is not None:
             _write_port(port_file, server.port)
 
-    return serve(config, pool_study, on_started=_started, driver=NetworkDriver())
+    return serve(config, pool_study, on_started=_started, driver=NetworkDriver(_ca(config)))

@@ -1,0 +1,301 @@
+"""Secure aggregation end to end in process: real node engines with real site certificates,
+the real study engine, rounds, store and drivers; an in-process transport (LocalTransport)
+stands in for gRPC, which tests/test_e2e_network.py covers.
+
+References: the unmasked run at day resolution on the same sites (itself tested against
+lifelines, scikit-survival and statsmodels elsewhere), and lifelines for Cox.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from scipy.stats import chisquare
+
+from aggregator.engine import StudyEngine
+from aggregator.pooling import pool_study
+from aggregator.secure_driver import NetworkDriver
+from aggregator.store import Store, decode_task_result
+from aggregator.transport import HelloInfo, LocalTransport, TaskReply
+from heron.synth import synthesize
+from node.audit import AuditTrail
+from node.engine import NodeEngine
+from node.ingest import ingest
+from node.ledger import DisclosureLedger
+from node.policy import Policy
+from node.store import open_store
+from protocol.pki import init_ca, issue_site, load_credentials
+from protocol.signing import sign_study
+from tests.network_helpers import make_study
+
+KEY = Ed25519PrivateKey.generate()
+TODAY = dt.date(2026, 11, 1)
+DAY = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
+ANALYSES = [
+    {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival", "group_by": "route",
+     "timepoints": [365]},
+    {"name": "na", "kind": "nelson_aalen", "endpoint": "progression_free_survival"},
+    {"name": "lr", "kind": "logrank", "endpoint": "overall_survival", "group_by": "sex"},
+    {"name": "lr_site", "kind": "logrank", "endpoint": "overall_survival", "group_by": "route",
+     "stratify_by_site": True},
+    {"name": "cif", "kind": "cumulative_incidence", "endpoint": "relapse",
+     "group_by": "origin"},
+    {"name": "ae", "kind": "adverse_events", "terms": ["CRS", "ICANS"], "by_grade": True,
+     "window_days": 28},
+    {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+     "covariates": ["age_at_infusion", "sex", "ecog", "lab:LDH"]},
+    {"name": "cox_site", "kind": "cox", "endpoint": "overall_survival",
+     "covariates": ["age_at_infusion", "ecog"], "strata": "site"},
+]
+
+
+@pytest.fixture(scope="module")
+def network_parts(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("secure")
+    init_ca(tmp / "ca")
+    sites = {}
+    for f in synthesize(tmp / "sites", sites=4, patients=120, seed=8):
+        if f.patients < 10:
+            continue
+        ingest(f.path, tmp / f.site_id / "store", b"z" * 32)
+        issue_site(tmp / "ca", f.site_id, tmp / f.site_id / "credentials")
+        sites[f.site_id] = tmp / f.site_id
+    return tmp, sites
+
+
+class Network:
+    """Study engine and site engines wired by the in-process transport."""
+
+    def __init__(self, tmp: Path, sites: dict[str, Path], policy: Policy = DAY,
+                 silent_after_keys: set[str] = frozenset(), ledger: bool = False,
+                 clock=None):
+        self.transport = LocalTransport()
+        kwargs = {"clock": clock} if clock else {}
+        ca = (tmp / "ca" / "ca.pem").read_bytes()
+        self.store = Store(tmp / f"agg-{id(self)}.db")
+        self.engine = StudyEngine(self.store, self.transport, pool_study, [KEY.public_key()],
+                                  driver=NetworkDriver(ca), site_timeout_s=5, **kwargs)
+        self.nodes = {}
+        for site, folder in sites.items():
+            node = NodeEngine(
+                site, policy, [KEY.public_key()], lambda f=folder: open_store(f / "store"),
+                AuditTrail(folder / f"audit-{id(self)}.jsonl"), today=lambda: TODAY,
+                credentials=load_credentials(folder / "credentials"),
+                ledger=DisclosureLedger(folder / f"ledger-{id(self)}", b"l" * 32)
+                if ledger else None)
+            self.nodes[site] = node
+            silent = site in silent_after_keys
+            self.transport.connect(site, lambda task, n=node, s=silent: _answer(n, task, s),
+                                   HelloInfo(site))
+
+    def run(self, study, tick=None):
+        self.engine.submit(sign_study(study, KEY))
+        for _ in range(1200):
+            if self.engine.results(study.id) is not None:
+                return self.engine.results(study.id)
+            if tick:
+                tick()
+            threading.Event().wait(0.02)
+        raise AssertionError(self.engine.status(study.id))
+
+    def close(self):
+        self.transport.close()
+
+
+def _answer(node, task, silent):
+    if silent and task.round > 1:
+        return None  # announced its key, then went silent
+    out = node.answer(task.study_id, task.signed, task.round, task.inputs)
+    return TaskReply(task.task_id, task.study_id, out.releases, out.refusal)
+
+
+def _secure(study):
+    return dataclasses.replace(study, privacy=dataclasses.replace(study.privacy,
+                                                                  secure_aggregation=True))
+
+
+def _close(a, b, path=""):
+    """Recursive comparison: integers exactly, reals to 1e-9 (Cox to 1e-6 separately)."""
+    if isinstance(a, dict):
+        for key in b:
+            if key in ("sites", "time_resolution_days"):
+                continue
+            _close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+def test_every_kind_under_secure_aggregation_equals_the_unmasked_result(tmp_path,
+                                                                        network_parts):
+    tmp, sites = network_parts
+    plain_study = make_study("sa-plain", ANALYSES, cohort={}, min_sites=3)
+    plain = Network(tmp, sites)
+    reference = plain.run(plain_study)
+    plain.close()
+    secure_net = Network(tmp, sites)
+    secure = secure_net.run(_secure(dataclasses.replace(plain_study, id="sa-secure")))
+    secure_net.close()
+    assert secure["status"] == "completed" and secure["privacy"]["secure_aggregation"]
+    assert secure["sites"]["participated"] == sorted(sites)
+    for name in ("km", "na", "lr", "lr_site", "cif"):
+        assert "error" not in secure["analyses"][name], secure["analyses"][name]
+        _close(secure["analyses"][name], reference["analyses"][name], name)
+    for term, ref in reference["analyses"]["ae"]["terms"].items():
+        got = secure["analyses"]["ae"]["terms"][term]
+        assert got["at_risk"] == ref["at_risk"] and got["with_event"] == ref["with_event"]
+        for grade, count in ref["grades"].items():  # pooled counts below 5 shown as "<5"
+            assert got["grades"][grade] == (count if count == 0 or count >= 5 else "<5")
+    for name in ("cox", "cox_site"):
+        for cov, ref in reference["analyses"][name]["coefficients"].items():
+            got = secure["analyses"][name]["coefficients"][cov]
+            assert got["coef"] == pytest.approx(ref["coef"], abs=1e-6)
+            assert got["se"] == pytest.approx(ref["se"], abs=1e-6)
+        assert secure["analyses"][name]["log_likelihood"] == pytest.approx(
+            reference["analyses"][name]["log_likelihood"], abs=1e-6)
+
+
+def _stored_masked_vectors(store, study_id):
+    blobs = [r[0] for r in store.query(
+        "SELECT result FROM round_tasks WHERE study_id=? AND result IS NOT NULL", (study_id,))]
+    out = {}
+    for blob in blobs:
+        for release in decode_task_result(blob):
+            for key, vec in release.vectors.items():
+                out[(release.analysis, key, len(out))] = np.asarray(vec)
+    return out
+
+
+def test_the_aggregator_stores_only_uniform_looking_masked_vectors(tmp_path, network_parts):
+    tmp, sites = network_parts
+    study = _secure(make_study("sa-leak", ANALYSES[:1], cohort={}, min_sites=3))
+    runs = []
+    for _ in range(2):
+        net = Network(tmp, sites)
+        results = net.run(study)
+        runs.append(_stored_masked_vectors(net.store, study.id))
+        net.close()
+    first, second = runs
+    assert first and len(first) == len(second)
+    masked = np.concatenate([v.view(np.uint8) for v in first.values()])
+    # small counts in the clear would pile up on a few byte values; masked bytes are uniform
+    counts = np.bincount(masked, minlength=256)
+    assert chisquare(counts).pvalue > 1e-6
+    assert all(not np.array_equal(a, b) for a, b in zip(first.values(), second.values(),
+                                                         strict=True))
+    # no plaintext count vector is among the stored vectors
+    stored_text = {v.tobytes() for v in first.values()}
+    km = results["analyses"]["km"]["groups"]
+    assert all(np.asarray(g["table"]["events"]).tobytes() not in stored_text
+               for g in km.values())
+    assert results["analyses"]["km"]["groups"]["hospital_exemption"]["n"] > 0
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_site_silent_after_the_key_exchange_makes_the_round_restart_without_it(
+        tmp_path, network_parts):
+    tmp, sites = network_parts
+    silent = sorted(sites)[0]
+    clock = _Clock()
+    net = Network(tmp, sites, silent_after_keys={silent}, clock=clock)
+
+    def tick():
+        clock.now += 1.0
+        net.engine.check_timeouts()
+
+    study = _secure(make_study("sa-dropout", ANALYSES[:1], cohort={}, min_sites=2))
+    results = net.run(study, tick)
+    net.close()
+    assert results["status"] == "completed"
+    assert silent in results["sites"]["unreachable"]
+    assert silent in results["sites"]["dropped_during_study"]
+    assert sorted(results["sites"]["participated"]) == sorted(set(sites) - {silent})
+    assert "error" not in results["analyses"]["km"]
+    attempts = net.store.query("SELECT COUNT(DISTINCT round) FROM round_tasks WHERE "
+                               "study_id=?", (study.id,))[0][0]
+    assert attempts >= 3  # data round, key exchange again, data round
+
+
+def test_fewer_than_min_sites_means_no_release(tmp_path, network_parts):
+    tmp, sites = network_parts
+    silent = set(sorted(sites)[:2])
+    clock = _Clock()
+    net = Network(tmp, sites, silent_after_keys=silent, clock=clock)
+
+    def tick():
+        clock.now += 1.0
+        net.engine.check_timeouts()
+
+    study = _secure(make_study("sa-too-few", ANALYSES[:1], cohort={}, min_sites=2))
+    results = net.run(study, tick)
+    net.close()
+    assert "fewer than 2 participating sites" in results["analyses"]["km"]["error"]
+
+
+def test_forged_key_is_dropped_and_replayed_key_is_rejected(tmp_path, network_parts):
+    tmp, sites = network_parts
+    forger = sorted(sites)[0]
+    net = Network(tmp, sites)
+    real = net.nodes[forger].secure.announce
+
+    def forged(study_id, attempt):
+        release = real(study_id, attempt)
+        ann = dict(release.metadata["announcement"])
+        ann["public_key"] = ann["public_key"][::-1]  # a key the signature does not cover
+        return dataclasses.replace(release, metadata={"announcement": ann})
+
+    net.nodes[forger].secure.announce = forged
+    results = net.run(_secure(make_study("sa-forged", ANALYSES[:1], cohort={}, min_sites=2)))
+    assert forger in results["sites"]["unreachable"]
+    assert "rejected key announcement" in results["sites"]["dropped_during_study"][forger]
+    assert "error" not in results["analyses"]["km"]
+
+    replayed = real("sa-other-study", 1)  # a valid announcement of another study
+
+    def replay(study_id, attempt):
+        return replayed
+
+    net.nodes[forger].secure.announce = replay
+    results = net.run(_secure(make_study("sa-replay", ANALYSES[:1], cohort={}, min_sites=2)))
+    net.close()
+    assert "replayed" in results["sites"]["dropped_during_study"][forger]
+
+
+def test_a_differencing_pair_of_studies_is_refused(tmp_path, network_parts):
+    tmp, sites = network_parts
+    net = Network(tmp, sites, ledger=True)
+    first = _secure(make_study("sa-ledger-a", ANALYSES[:1], cohort={}, min_sites=2))
+    assert net.run(first)["status"] == "completed"
+    # the same cohort without patients aged exactly the oldest: a few patients fewer
+    ages = Counter()
+    for folder in sites.values():
+        store = open_store(folder / "store")
+        births = store.table("patients").set_index("patient_id")["birth_year"]
+        ages.update(births.to_numpy().tolist())
+    youngest_year = max(ages)
+    study = _secure(make_study("sa-ledger-b", ANALYSES[:1], min_sites=2,
+                               cohort={"age_at_infusion": {"min": 2026 - youngest_year + 1}}))
+    results = net.run(study)
+    net.close()
+    refused = results["sites"]["refused"]
+    assert refused, results["sites"]
+    assert all("differencing risk" in reason for reason in refused.values())
