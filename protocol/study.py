@@ -106,7 +106,7 @@ class Analysis:
 class Privacy:
     """Privacy settings of a study."""
 
-    secure_aggregation: bool = False
+    secure_aggregation: bool = True
     min_sites: int = 3
 
 
@@ -314,7 +314,7 @@ def study_from_dict(obj: Any) -> Study:
     if "privacy" in obj:
         p = _check_keys(obj["privacy"], {"secure_aggregation", "min_sites"}, set(), "privacy")
         privacy = Privacy(
-            secure_aggregation=_bool(p.get("secure_aggregation", False),
+            secure_aggregation=_bool(p.get("secure_aggregation", True),
                                      "privacy.secure_aggregation"),
             min_sites=_int(p.get("min_sites", 3), "privacy.min_sites", 1),
         )

@@ -80,7 +80,8 @@ def test_default_policy_never_releases_a_count_below_five(cohort, group):
         analysis["group_by"] = group
     study = study_from_dict({"heron": 1, "id": "prop-study", "title": "p",
                              "expires": "2099-01-01", "horizon_days": 365,
-                             "analyses": [analysis]})
+                             "analyses": [analysis],
+                             "privacy": {"secure_aggregation": False}})
     cohort_df = select_cohort(tables, study.cohort, today=dt.date(2026, 1, 1))
     assert len(cohort_df) == len(durations)
     release = compute_release(study.analyses[0], study, tables, cohort_df, "site-x", POLICY)

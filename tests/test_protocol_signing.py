@@ -31,7 +31,7 @@ analyses:
 STUDY_CANONICAL = (
     b'{"analyses":[{"endpoint":"overall_survival","kind":"kaplan_meier","name":"os"}],'
     b'"cohort":{"first_infusion_only":true},"expires":"2030-01-01","heron":1,'
-    b'"horizon_days":100,"id":"abc-study","privacy":{"min_sites":3,"secure_aggregation":false},'
+    b'"horizon_days":100,"id":"abc-study","privacy":{"min_sites":3,"secure_aggregation":true},'
     b'"title":"T"}'
 )
 

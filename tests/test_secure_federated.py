@@ -203,6 +203,17 @@ def test_the_aggregator_stores_only_uniform_looking_masked_vectors(tmp_path, net
     assert results["analyses"]["km"]["groups"]["hospital_exemption"]["n"] > 0
 
 
+def _ticker(net, clock, silent):
+    """Let the timeout pass only once every other site has answered (no race with load)."""
+    def tick():
+        waiting = net.store.query(
+            "SELECT site_id FROM round_tasks WHERE state IN ('pending', 'sent')")
+        if waiting and all(site in silent for (site,) in waiting):
+            clock.now += 10.0
+            net.engine.check_timeouts()
+    return tick
+
+
 class _Clock:
     def __init__(self):
         self.now = 1_000_000.0
@@ -217,10 +228,7 @@ def test_a_site_silent_after_the_key_exchange_makes_the_round_restart_without_it
     silent = sorted(sites)[0]
     clock = _Clock()
     net = Network(tmp, sites, silent_after_keys={silent}, clock=clock)
-
-    def tick():
-        clock.now += 1.0
-        net.engine.check_timeouts()
+    tick = _ticker(net, clock, {silent})
 
     study = _secure(make_study("sa-dropout", ANALYSES[:1], cohort={}, min_sites=2))
     results = net.run(study, tick)
@@ -240,10 +248,7 @@ def test_fewer_than_min_sites_means_no_release(tmp_path, network_parts):
     silent = set(sorted(sites)[:2])
     clock = _Clock()
     net = Network(tmp, sites, silent_after_keys=silent, clock=clock)
-
-    def tick():
-        clock.now += 1.0
-        net.engine.check_timeouts()
+    tick = _ticker(net, clock, silent)
 
     study = _secure(make_study("sa-too-few", ANALYSES[:1], cohort={}, min_sites=2))
     results = net.run(study, tick)
