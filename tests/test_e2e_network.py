@@ -117,6 +117,37 @@ def test_cox_and_incidence_kinds_over_the_network_equal_the_references(network):
         results["analyses"]["relapse"]["groups"]["all"]["n"]
 
 
+def test_secure_aggregation_over_the_network_equals_the_unmasked_study(network):
+    import dataclasses as dc
+
+    net, stores = network
+    plain = make_study("e2e-plain-all", ANALYSES)
+    masked = dc.replace(plain, id="e2e-masked-all",
+                        privacy=dc.replace(plain.privacy, secure_aggregation=True))
+    expected, got = run_study(net, plain), run_study(net, masked)
+    assert got["privacy"]["secure_aggregation"] is True
+    assert sorted(got["sites"]["participated"]) == sorted(stores)
+    for name in ("os", "pfs", "na"):
+        for group, ref in expected["analyses"][name]["groups"].items():
+            table = got["analyses"][name]["groups"][group]["table"]
+            for key, values in ref["table"].items():
+                np.testing.assert_allclose(table[key], values, rtol=1e-9, atol=1e-12)
+    for name in ("lr", "lr_site"):
+        assert got["analyses"][name]["statistic"] == pytest.approx(
+            expected["analyses"][name]["statistic"], rel=1e-9)
+    db = net.workspace / "aggregator" / "aggregator.db"
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        blobs = [r[0] for r in conn.execute(
+            "SELECT result FROM round_tasks WHERE study_id=? AND result IS NOT NULL",
+            (masked.id,))]
+    from aggregator.store import decode_task_result
+
+    keys = {k for b in blobs for r in decode_task_result(b) for k in r.vectors}
+    assert keys and all(k[:2] in ("i:", "h:", "l:") for k in keys)  # masked vectors only
+
+
 def _refusals(results):
     refused = results["sites"]["refused"]
     assert results["sites"]["participated"] == []
