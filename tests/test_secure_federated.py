@@ -145,7 +145,8 @@ def test_every_kind_under_secure_aggregation_equals_the_unmasked_result(tmp_path
     plain = Network(tmp, sites)
     reference = plain.run(plain_study)
     plain.close()
-    secure_net = Network(tmp, sites)
+    # the default site policy: under secure aggregation it needs no thresholds or bins
+    secure_net = Network(tmp, sites, policy=Policy())
     secure = secure_net.run(_secure(dataclasses.replace(plain_study, id="sa-secure")))
     secure_net.close()
     assert secure["status"] == "completed" and secure["privacy"]["secure_aggregation"]
@@ -189,6 +190,10 @@ def test_the_aggregator_stores_only_uniform_looking_masked_vectors(tmp_path, net
         net.close()
     first, second = runs
     assert first and len(first) == len(second)
+    # what the aggregator received in round 1: signed keys only, no vectors
+    round_one = net.store.query("SELECT release FROM study_sites WHERE study_id=?", (study.id,))
+    assert all(not r.vectors and r.analysis == "__keys__"
+               for (blob,) in round_one for r in decode_task_result(blob))
     masked = np.concatenate([v.view(np.uint8) for v in first.values()])
     # small counts in the clear would pile up on a few byte values; masked bytes are uniform
     counts = np.bincount(masked, minlength=256)
