@@ -23,7 +23,10 @@ from node.secure_session import KEYS, REKEY, SecureSessions
 from protocol.codec import Release
 from protocol.study import Analysis, Study
 
-__all__ = ["secure_round"]
+__all__ = ["MAX_ATTEMPTS", "secure_round"]
+
+MAX_ATTEMPTS = 3
+"""Key exchanges a site takes part in for one study (the first and two restarts)."""
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,10 @@ def secure_round(study: Study, round: int, inputs: Sequence[Release], sessions: 
     by_name = {r.analysis: r for r in inputs}
     if KEYS not in by_name:
         attempt = int(by_name[REKEY].metadata.get("attempt", 1)) if REKEY in by_name else 1
+        if attempt > MAX_ATTEMPTS:
+            # each restart without a site hands the aggregator another sum; a few restarts are
+            # dropouts, many look like an attempt to isolate sites (docs/threat-model.md)
+            raise StudyRefused(f"more than {MAX_ATTEMPTS} key exchanges for one study")
         return [sessions.announce(study.id, attempt)]
     masker, participants = sessions.masker(study.id, by_name[KEYS])
     analyses = {a.name: a for a in study.analyses}

@@ -309,3 +309,23 @@ def test_a_differencing_pair_of_studies_is_refused(tmp_path, network_parts):
     refused = results["sites"]["refused"]
     assert refused, results["sites"]
     assert all("differencing risk" in reason for reason in refused.values())
+
+
+def test_a_node_refuses_a_fourth_key_exchange(network_parts):
+    from protocol.codec import Release
+
+    tmp, sites = network_parts
+    site = sorted(sites)[0]
+    node = NodeEngine(site, Policy(), [KEY.public_key()],
+                      lambda: open_store(sites[site] / "store"),
+                      AuditTrail(tmp / "rekey-audit.jsonl"), today=lambda: TODAY,
+                      credentials=load_credentials(sites[site] / "credentials"))
+    study = _secure(make_study("sa-rekeys", ANALYSES[:1], cohort={}))
+    signed = sign_study(study, KEY)
+
+    def rekey(attempt):
+        return node.answer(study.id, signed, attempt + 1,
+                           (Release("__rekey__", "keys", {}, {"attempt": attempt}),))
+
+    assert rekey(3).releases[0].analysis == "__keys__"
+    assert rekey(4).refusal == "more than 3 key exchanges for one study"
