@@ -26,8 +26,8 @@ from analytics import (
     newton_start,
     newton_update,
 )
-from node.covariates import design_columns
 from protocol.codec import Release
+from protocol.design import design_columns
 from protocol.study import Analysis, Study
 
 __all__ = ["CoxDriver"]

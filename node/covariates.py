@@ -35,6 +35,15 @@ import pandas as pd
 from node.cohort import TableSource, get_table
 from node.errors import StudyRefused
 from node.schema import BASELINE_MEASUREMENTS
+from protocol.design import (
+    CATEGORICAL_COVARIATES,
+    LAB_PREFIX,
+    NUMERIC_COVARIATES,
+    check_covariates,
+    is_categorical,
+)
+from protocol.design import design_columns as _design_columns
+from protocol.errors import StudyFormatError
 
 __all__ = ["CATEGORICAL_COVARIATES", "LAB_PREFIX", "NUMERIC_COVARIATES", "Design",
            "build_design", "design_columns", "is_categorical"]
@@ -43,62 +52,21 @@ log = logging.getLogger(__name__)
 
 Tables = Mapping[str, pd.DataFrame] | TableSource | Any
 
-NUMERIC_COVARIATES = ("age_at_infusion", "ecog", "prior_lines")
-CATEGORICAL_COVARIATES = ("sex", "route", "origin", "disease_status", "atmp_class", "product",
-                          "indication_group")
-LAB_PREFIX = "lab:"
-
-
-def is_categorical(covariate: str) -> bool:
-    """Whether ``covariate`` is coded as indicator columns."""
-    return covariate in CATEGORICAL_COVARIATES
-
-
 def _check_covariates(covariates: Sequence[str]) -> tuple[str, ...]:
     """The covariates as a tuple; StudyRefused for an unknown, empty or repeated name."""
-    if isinstance(covariates, str):
-        covariates = [covariates]
-    seen: set[str] = set()
-    for cov in covariates:
-        known = (cov in NUMERIC_COVARIATES or cov in CATEGORICAL_COVARIATES
-                 or (isinstance(cov, str) and cov.startswith(LAB_PREFIX)
-                     and len(cov) > len(LAB_PREFIX)))
-        if not known:
-            raise StudyRefused(
-                f"covariate {cov!r} is unknown; use one of "
-                f"{', '.join(NUMERIC_COVARIATES + CATEGORICAL_COVARIATES)} or lab:<measurement>")
-        if cov in seen:
-            raise StudyRefused(f"covariate {cov!r} is listed twice")
-        seen.add(cov)
-    return tuple(covariates)
+    try:
+        return check_covariates(covariates)
+    except StudyFormatError as exc:
+        raise StudyRefused(str(exc)) from None
 
 
 def design_columns(covariates: Sequence[str],
                    pooled_levels: Mapping[str, Sequence[str]]) -> list[str]:
-    """Columns of the pooled Cox design.
-
-    Numeric covariates give one column each (their name). A categorical covariate gives
-    ``"<covariate>=<level>"`` for every pooled level except the first in sorted order, the
-    reference ("indicators against the first level present"). A categorical covariate with a
-    single pooled level (or none) gives no column; the caller reports it.
-
-    Parameters
-    ----------
-    covariates : sequence of str
-        The study's covariates, in order.
-    pooled_levels : mapping
-        Categorical covariate -> levels present at any site (duplicates allowed).
-    """
-    out: list[str] = []
-    for cov in _check_covariates(covariates):
-        if not is_categorical(cov):
-            out.append(cov)
-            continue
-        if cov not in pooled_levels:
-            raise ValueError(f"pooled_levels has no entry for categorical covariate {cov!r}")
-        levels = sorted({str(v) for v in pooled_levels[cov]})
-        out.extend(f"{cov}={level}" for level in levels[1:])
-    return out
+    """:func:`protocol.design.design_columns`, refusing unknown covariates as a node does."""
+    try:
+        return _design_columns(covariates, pooled_levels)
+    except StudyFormatError as exc:
+        raise StudyRefused(str(exc)) from None
 
 
 @dataclass(frozen=True, eq=False)
