@@ -24,7 +24,7 @@ from protocol.codec import Release
 from protocol.releases import SUPPRESSED, adverse_event_terms, competing_groups
 from protocol.study import Analysis, Study
 
-__all__ = ["pool_adverse_events", "pool_cumulative_incidence"]
+__all__ = ["complement_grades", "pool_adverse_events", "pool_cumulative_incidence"]
 
 GRADES = ("1", "2", "3", "4", "5")
 
@@ -53,6 +53,20 @@ def _cell(total: int, withheld: bool, min_cell: int) -> int | str:
     if withheld:
         return f">={total}" if total > 0 else f"<{min_cell}"
     return total
+
+
+def complement_grades(grades: dict[str, Any], with_event: Any, min_cell: int) -> None:
+    """Secondary suppression: never leave exactly one hidden grade next to a shown total.
+
+    With ``with_event`` shown, one ``"<5"`` grade could be recovered by subtracting the other
+    grades from it; then the smallest shown non-zero grade is hidden as well (``">=5"``).
+    """
+    hidden = [g for g, v in grades.items() if isinstance(v, str)]
+    if len(hidden) != 1 or isinstance(with_event, str):
+        return
+    shown = sorted((v, g) for g, v in grades.items() if isinstance(v, int) and v > 0)
+    if shown:
+        grades[shown[0][1]] = f">={min_cell}"
 
 
 def pool_adverse_events(analysis: Analysis, study: Study,
@@ -90,6 +104,7 @@ def pool_adverse_events(analysis: Analysis, study: Study,
             for i, g in enumerate(GRADES):
                 if g in result["grades"] and withheld[i + 1]:
                     result["grades"][g] = _cell(int(acc["grades"][i]), True, min_cell)
+            complement_grades(result["grades"], result["with_event"], min_cell)
         terms[term] = result
     return {"window_days": window, "terms": terms,
             "onset_disclosed": onset_everywhere,

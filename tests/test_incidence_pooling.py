@@ -136,3 +136,18 @@ def test_default_policy_withholds_small_adverse_event_counts(sites):
         assert result["median_onset_day"] is None  # onset days stay at the sites
         for value in [result["with_event"], *result["grades"].values()]:
             assert isinstance(value, str) or value == 0 or value >= 5
+
+
+def test_one_hidden_grade_is_never_left_recoverable():
+    from aggregator.pooling_incidence import complement_grades
+
+    # with_event 40 = 20 + 12 + 5 + 3: "3" alone hidden would be 40 - 37
+    grades = {"1": 20, "2": 12, "3": 5, "4": "<5"}
+    complement_grades(grades, 40, 5)
+    assert grades == {"1": 20, "2": 12, "3": ">=5", "4": "<5"}
+    untouched = {"1": 20, "2": "<5", "3": "<5", "4": 0}
+    complement_grades(untouched, 40, 5)
+    assert untouched == {"1": 20, "2": "<5", "3": "<5", "4": 0}
+    hidden_total = {"1": 20, "2": "<5"}
+    complement_grades(hidden_total, "<5", 5)
+    assert hidden_total == {"1": 20, "2": "<5"}

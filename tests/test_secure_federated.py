@@ -158,7 +158,9 @@ def test_every_kind_under_secure_aggregation_equals_the_unmasked_result(tmp_path
         got = secure["analyses"]["ae"]["terms"][term]
         assert got["at_risk"] == ref["at_risk"] and got["with_event"] == ref["with_event"]
         for grade, count in ref["grades"].items():  # pooled counts below 5 shown as "<5"
-            assert got["grades"][grade] == (count if count == 0 or count >= 5 else "<5")
+            expected = count if count == 0 or count >= 5 else "<5"
+            # a count of 5 or more may be hidden too, so one "<5" cannot be recovered
+            assert got["grades"][grade] in (expected, ">=5" if count >= 5 else expected)
     for name in ("cox", "cox_site"):
         for cov, ref in reference["analyses"][name]["coefficients"].items():
             got = secure["analyses"][name]["coefficients"][cov]
