@@ -8,6 +8,7 @@ refusal of the whole study with its reason. Every decision lands in the audit tr
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -158,7 +159,18 @@ class NodeEngine:
 
     def _answer_secure(self, study: Study, prepared: _Prepared, round: int,
                        inputs: Sequence[Release]) -> TaskOutcome:
-        return _answer_secure_impl(self, study, prepared, round, inputs)
+        assert self.secure is not None
+        try:
+            releases = secure_round(study, round, inputs, self.secure, prepared.tables,
+                                    prepared.cohort, self.site_id, self.policy, prepared.memo,
+                                    lambda: self._record(study, prepared))
+        except StudyRefused as exc:
+            return self._refuse(study.id, str(exc))
+        self.audit.append("release", study.id, round=round, masked=True,
+                          analyses={r.analysis: ({"error": r.error} if r.error else
+                                                 {"kind": r.kind, "vectors": len(r.vectors)})
+                                    for r in releases})
+        return TaskOutcome(releases=tuple(releases))
 
     def answer(self, study_id: str, signed: SignedStudy, round: int = 1,
                inputs: Sequence[Release] = ()) -> TaskOutcome:
@@ -216,23 +228,5 @@ class NodeEngine:
         return TaskOutcome(releases=tuple(releases.values()))
 
 
-def _answer_secure_impl(engine: NodeEngine, study: Study, prepared: _Prepared, round: int,
-                        inputs: Sequence[Release]) -> TaskOutcome:
-    assert engine.secure is not None
-    try:
-        releases = secure_round(study, round, inputs, engine.secure, prepared.tables,
-                                prepared.cohort, engine.site_id, engine.policy, prepared.memo,
-                                lambda: engine._record(study, prepared))
-    except StudyRefused as exc:
-        return engine._refuse(study.id, str(exc))
-    engine.audit.append("release", study.id, round=round, masked=True,
-                        analyses={r.analysis: ({"error": r.error} if r.error else
-                                               {"kind": r.kind, "vectors": len(r.vectors)})
-                                  for r in releases})
-    return TaskOutcome(releases=tuple(releases))
-
-
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
