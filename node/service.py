@@ -122,7 +122,8 @@ def build_daemon(config: NodeConfig) -> NodeDaemon:
         target=config.aggregator,
         credentials=load_credentials(config.path("credentials_dir")),
         answer=engine.answer,
-        freshness=lambda: _freshness(config),
+        # the hello says how fresh the data are, not how many patients the site has
+        freshness=lambda: (_freshness(config)[0], 0),
         heartbeat_s=config.heartbeat_s,
         backoff_max_s=config.backoff_max_s,
     )
