@@ -60,3 +60,29 @@ def test_coordinator_commands_run_a_study_end_to_end(tmp_path):
         assert len(again.stderr.strip().splitlines()) == 1
     finally:
         net.stop()
+
+
+def test_simulate_runs_a_study_on_site_folders_under_a_policy_file(tmp_path):
+    from heron.synth import synthesize
+
+    folders = synthesize(tmp_path / "sites", sites=4, patients=60, seed=12)
+    policy = tmp_path / "policy.toml"
+    policy.write_text('allowed_kinds = ["kaplan_meier"]\nmin_cohort = 1\nmin_cell = 1\n'
+                      "min_bin_events = 1\n")
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "heron": 1, "id": "sim-study", "title": "simulate", "expires": "2099-01-01",
+        "horizon_days": 730,
+        "analyses": [{"name": "os", "kind": "kaplan_meier", "endpoint": "overall_survival"},
+                     {"name": "na", "kind": "nelson_aalen", "endpoint": "overall_survival"}],
+        "privacy": {"secure_aggregation": False, "min_sites": 2}}))
+    sites = [f"--site={f.site_id}={f.path}" for f in folders]
+    out = heron("simulate", *sites, "--study", str(study), "--out", str(tmp_path / "out"),
+                "--policy", str(policy))
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(results["sites"]["participated"]) == sorted(f.site_id for f in folders)
+    assert results["privacy"]["time_resolution_days"] == 1  # the policy's thresholds of 1
+    assert "error" not in results["analyses"]["os"]
+    assert "not allowed by the site policy" in results["analyses"]["na"]["error"]
+    assert (tmp_path / "out" / "report.html").exists()
