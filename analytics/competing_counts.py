@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from analytics.survival_counts import _check_horizon, _frozen_counts
+from analytics.survival_counts import _check_horizon, _check_individuals, _frozen_counts
 
 __all__ = ["CompetingCounts", "competing_counts", "pool_competing"]
 
@@ -147,21 +147,7 @@ def competing_counts(durations: ArrayLike, causes: ArrayLike, horizon: int) -> C
         of different lengths.
     """
     horizon = _check_horizon(horizon)
-    t = np.asarray(durations)
-    c = np.asarray(causes)
-    if t.ndim != 1 or c.ndim != 1:
-        raise ValueError("durations and causes must be 1-D")
-    if t.size != c.size:
-        raise ValueError(f"durations and causes differ in length ({t.size} != {c.size})")
-    if t.size and not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
-        raise ValueError(f"durations must be numeric, got dtype {t.dtype}")
-    if t.size and np.issubdtype(t.dtype, np.floating):
-        if not np.all(np.isfinite(t)):
-            raise ValueError("durations must be finite")
-        if np.any(t != np.floor(t)):
-            raise ValueError("durations must be whole days")
-    if t.size and np.any(t < 0):
-        raise ValueError("durations must be >= 0")
+    t, c = _check_individuals(durations, causes, "causes")
     if c.size and (c.dtype == np.bool_ or not np.all((c == 0) | (c == 1) | (c == 2))):
         raise ValueError("causes must be 0 (censored), 1 (event of interest) or 2 (competing)")
     beyond = t > horizon

@@ -127,6 +127,27 @@ class SurvivalCounts:
         return hash((self.events.tobytes(), self.censored.tobytes()))
 
 
+def _check_individuals(durations: ArrayLike, outcomes: ArrayLike,
+                       name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Durations (whole, finite days >= 0) and a 1-D outcome array of the same length."""
+    t = np.asarray(durations)
+    o = np.asarray(outcomes)
+    if t.ndim != 1 or o.ndim != 1:
+        raise ValueError(f"durations and {name} must be 1-D")
+    if t.size != o.size:
+        raise ValueError(f"durations and {name} differ in length ({t.size} != {o.size})")
+    if t.size and not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
+        raise ValueError(f"durations must be numeric, got dtype {t.dtype}")
+    if t.size and np.issubdtype(t.dtype, np.floating):
+        if not np.all(np.isfinite(t)):
+            raise ValueError("durations must be finite")
+        if np.any(t != np.floor(t)):
+            raise ValueError("durations must be whole days")
+    if t.size and np.any(t < 0):
+        raise ValueError("durations must be >= 0")
+    return t, o
+
+
 def _check_horizon(horizon: int) -> int:
     if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer):
         raise ValueError(f"horizon must be an integer number of days, got {horizon!r}")
@@ -159,21 +180,7 @@ def survival_counts(durations: ArrayLike, events: ArrayLike, horizon: int) -> Su
         different lengths.
     """
     horizon = _check_horizon(horizon)
-    t = np.asarray(durations)
-    e = np.asarray(events)
-    if t.ndim != 1 or e.ndim != 1:
-        raise ValueError("durations and events must be 1-D")
-    if t.size != e.size:
-        raise ValueError(f"durations and events differ in length ({t.size} != {e.size})")
-    if t.size and not (np.issubdtype(t.dtype, np.integer) or np.issubdtype(t.dtype, np.floating)):
-        raise ValueError(f"durations must be numeric, got dtype {t.dtype}")
-    if t.size and np.issubdtype(t.dtype, np.floating):
-        if not np.all(np.isfinite(t)):
-            raise ValueError("durations must be finite")
-        if np.any(t != np.floor(t)):
-            raise ValueError("durations must be whole days")
-    if t.size and np.any(t < 0):
-        raise ValueError("durations must be >= 0")
+    t, e = _check_individuals(durations, events, "events")
     if e.size and not np.all((e == 0) | (e == 1)):
         raise ValueError("events must be 0/1 or boolean")
     beyond = t > horizon
