@@ -13,12 +13,13 @@ from typing import Any
 
 import pandas as pd
 
-from analytics import DisclosureError, SurvivalCounts, coarsen_counts, survival_counts
+from analytics import DisclosureError, coarsen_counts, survival_counts
 from node.cox_site import cox_round_release, cox_setup_release
 from node.endpoints import group_labels, survival_endpoint
 from node.errors import StudyRefused
 from node.incidence import adverse_events_release, cumulative_incidence_release
 from node.policy import Policy
+from node.unmasked import coarsen_by_group
 from protocol.codec import Release
 from protocol.releases import survival_release
 from protocol.study import Analysis, Study
@@ -32,42 +33,25 @@ SURVIVAL_KINDS = ("kaplan_meier", "nelson_aalen", "logrank")
 
 def error_release(analysis: Analysis, reason: str) -> Release:
     """A release that carries only the reason this site does not answer an analysis."""
-    return Release(analysis=analysis.name, kind=analysis.kind, vectors={}, metadata={},
-                   error=reason)
+    return Release.failure(analysis.name, analysis.kind, reason)
 
 
-def _survival(
-    analysis: Analysis, study: Study, tables: object, cohort: pd.DataFrame, site_id: str,
-    policy: Policy,
-) -> Release:
+def _survival(analysis: Analysis, study: Study, tables: object, cohort: pd.DataFrame,
+              site_id: str, policy: Policy) -> Release:
+    """Unmasked per-group day counts (secure studies go through node.secure_releases)."""
     assert analysis.endpoint is not None
     outcome = survival_endpoint(tables, cohort, analysis.endpoint, study.horizon_days,
                                 study.censor_at)
-    labels = group_labels(cohort, analysis.group_by, site_id)
-    groups: dict[str, SurvivalCounts] = {}
-    widest = 1
-    coarsened = False
-    for label in sorted(pd.unique(labels)):
-        mask = (labels == label).to_numpy()
-        counts = survival_counts(outcome["duration"].to_numpy()[mask],
-                                 outcome["event"].to_numpy()[mask], study.horizon_days)
-        if study.privacy.secure_aggregation:
-            groups[str(label)] = counts
-            continue
-        try:
-            safe = coarsen_counts(counts, policy.min_bin_events, policy.min_cell)
-        except DisclosureError as exc:
-            return error_release(analysis, f"disclosure rule: group {label}: {exc}")
-        groups[str(label)] = safe.counts
-        widest = max(widest, safe.max_bin_width)
-        coarsened = coarsened or len(safe.bin_ends) < counts.horizon + 1
-    metadata = {
-        "time_resolution_days": widest,
-        "coarsened": coarsened,
-        "min_cell": policy.min_cell,
-        "min_bin_events": policy.min_bin_events,
-    }
-    return survival_release(analysis.name, analysis.kind, groups, metadata)
+    durations = outcome["duration"].to_numpy()
+    events = outcome["event"].to_numpy()
+    try:
+        safe = coarsen_by_group(
+            group_labels(cohort, analysis.group_by, site_id),
+            lambda mask: survival_counts(durations[mask], events[mask], study.horizon_days),
+            coarsen_counts, policy)
+    except DisclosureError as exc:
+        return error_release(analysis, f"disclosure rule: {exc}")
+    return survival_release(analysis.name, analysis.kind, safe.groups, safe.metadata)
 
 
 def compute_release(

@@ -69,17 +69,13 @@ def prepare_cox(analysis: Analysis, study: Study, tables: object, cohort: pd.Dat
     return CoxSite(design, durations, events, resolution, coarsened)
 
 
-def _error(analysis: Analysis, reason: str) -> Release:
-    return Release(analysis=analysis.name, kind="cox", vectors={}, metadata={}, error=reason)
-
-
 def cox_setup_release(analysis: Analysis, study: Study, tables: object, cohort: pd.DataFrame,
                       policy: Policy, memo: dict[str, Any]) -> Release:
     """Round 1: describe the site's part of the model; keep the data for later rounds."""
     try:
         site = prepare_cox(analysis, study, tables, cohort, policy)
     except DisclosureError as exc:
-        return _error(analysis, f"disclosure rule: {exc}")
+        return Release.failure(analysis.name, analysis.kind, f"disclosure rule: {exc}")
     memo[analysis.name] = site
     masked = study.privacy.secure_aggregation
     min_cell = 1 if masked else policy.min_cell
@@ -105,7 +101,8 @@ def cox_round_release(analysis: Analysis, study: Study, tables: object, cohort: 
     columns = inputs.metadata.get("columns")
     beta = np.asarray(inputs.vectors.get("beta", ()), dtype=np.float64)
     if not isinstance(columns, list) or len(columns) != beta.size or beta.size == 0:
-        return _error(analysis, "round inputs must give columns and one coefficient each")
+        return Release.failure(analysis.name, analysis.kind,
+                               "round inputs must give columns and one coefficient each")
     X = site.design.matrix(columns)
     try:
         if analysis.strata == "site":

@@ -13,10 +13,11 @@ import logging
 import numpy as np
 import pandas as pd
 
-from analytics import CompetingCounts, DisclosureError, coarsen_competing, competing_counts
+from analytics import DisclosureError, coarsen_competing, competing_counts
 from node.adverse_events import ae_site_summary
 from node.endpoints import competing_endpoint, group_labels
 from node.policy import Policy
+from node.unmasked import coarsen_by_group
 from protocol.codec import Release
 from protocol.releases import SUPPRESSED, adverse_event_release, competing_release
 from protocol.study import Analysis, Study
@@ -27,37 +28,21 @@ logger = logging.getLogger(__name__)
 GRADE_KEYS = ("1", "2", "3", "4", "5")
 
 
-def _error(analysis: Analysis, reason: str) -> Release:
-    return Release(analysis=analysis.name, kind=analysis.kind, vectors={}, metadata={},
-                   error=reason)
-
-
 def cumulative_incidence_release(analysis: Analysis, study: Study, tables: object,
                                  cohort: pd.DataFrame, site_id: str, policy: Policy) -> Release:
     """Per-group daily counts of the event of interest, competing events and censorings."""
     assert analysis.endpoint is not None
     outcome = competing_endpoint(tables, cohort, analysis.endpoint, study.horizon_days,
                                  study.censor_at)
-    labels = group_labels(cohort, analysis.group_by, site_id).to_numpy()
-    groups: dict[str, CompetingCounts] = {}
-    widest, coarsened = 1, False
-    for label in sorted(pd.unique(labels)):
-        mask = labels == label
-        counts = competing_counts(outcome["duration"].to_numpy()[mask],
-                                  outcome["cause"].to_numpy()[mask], study.horizon_days)
-        if study.privacy.secure_aggregation:
-            groups[str(label)] = counts
-            continue
-        try:
-            safe = coarsen_competing(counts, policy.min_bin_events, policy.min_cell)
-        except DisclosureError as exc:
-            return _error(analysis, f"disclosure rule: group {label}: {exc}")
-        groups[str(label)] = safe.counts
-        widest = max(widest, safe.max_bin_width)
-        coarsened = coarsened or len(safe.bin_ends) < counts.horizon + 1
-    return competing_release(analysis.name, groups, {
-        "time_resolution_days": widest, "coarsened": coarsened,
-        "min_cell": policy.min_cell, "min_bin_events": policy.min_bin_events})
+    durations, causes = outcome["duration"].to_numpy(), outcome["cause"].to_numpy()
+    try:
+        safe = coarsen_by_group(
+            group_labels(cohort, analysis.group_by, site_id),
+            lambda mask: competing_counts(durations[mask], causes[mask], study.horizon_days),
+            coarsen_competing, policy)
+    except DisclosureError as exc:
+        return Release.failure(analysis.name, analysis.kind, f"disclosure rule: {exc}")
+    return competing_release(analysis.name, safe.groups, safe.metadata)
 
 
 def window_days(analysis: Analysis, study: Study) -> int:
@@ -65,24 +50,26 @@ def window_days(analysis: Analysis, study: Study) -> int:
     return analysis.window_days if analysis.window_days is not None else study.horizon_days
 
 
-def _withhold(value: int, min_cell: int, masked: bool) -> int:
-    return SUPPRESSED if not masked and 0 < value < min_cell else int(value)
+def _withhold(value: int, min_cell: int) -> int:
+    return SUPPRESSED if 0 < value < min_cell else int(value)
 
 
 def adverse_events_release(analysis: Analysis, study: Study, tables: object,
                            cohort: pd.DataFrame, policy: Policy) -> Release:
-    """Per-term patients at risk, with the event, person-days, worst grades and onset days."""
+    """Per-term patients at risk, with the event, person-days, worst grades and onset days.
+
+    Unmasked release (secure studies go through :mod:`node.secure_releases`).
+    """
     window = window_days(analysis, study)
     summary = ae_site_summary(tables, cohort, analysis.terms, analysis.by_grade, window)
-    masked = study.privacy.secure_aggregation
-    onset_released = masked or policy.min_cell == 1
+    onset_released = policy.min_cell == 1
     terms = {}
     for term, s in summary.items():
-        grades = np.array([_withhold(s.grades.get(g, 0), policy.min_cell, masked)
+        grades = np.array([_withhold(s.grades.get(g, 0), policy.min_cell)
                            for g in GRADE_KEYS], dtype=np.int64)
         onset = np.asarray(s.onset_histogram, dtype=np.int64) if onset_released else \
             np.zeros(window + 1, dtype=np.int64)
-        terms[term] = (int(s.at_risk), _withhold(s.with_event, policy.min_cell, masked),
+        terms[term] = (int(s.at_risk), _withhold(s.with_event, policy.min_cell),
                        int(s.person_days), grades, onset)
     return adverse_event_release(analysis.name, terms, {
         "window_days": window, "by_grade": analysis.by_grade, "onset_released": onset_released,

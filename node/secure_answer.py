@@ -21,7 +21,7 @@ from node.policy import Policy
 from node.secure_releases import cox_setup_vectors, secure_release
 from node.secure_session import KEYS, REKEY, SecureSessions
 from protocol.codec import Release
-from protocol.study import Analysis, Study
+from protocol.study import Study
 
 __all__ = ["MAX_ATTEMPTS", "secure_round"]
 
@@ -31,11 +31,6 @@ MAX_ATTEMPTS = 3
 logger = logging.getLogger(__name__)
 
 
-def _error(analysis: Analysis, reason: str) -> Release:
-    return Release(analysis=analysis.name, kind=analysis.kind, vectors={}, metadata={},
-                   error=reason)
-
-
 def _first_data_round(study: Study, tables: object, cohort: Any, site_id: str,
                       policy: Policy, memo: dict[str, Any],
                       participants: Sequence[str]) -> list[Release]:
@@ -43,7 +38,7 @@ def _first_data_round(study: Study, tables: object, cohort: Any, site_id: str,
     for analysis in study.analyses:
         reason = policy.check_analysis(analysis)
         if reason:
-            out.append(_error(analysis, reason))
+            out.append(Release.failure(analysis.name, analysis.kind, reason))
             continue
         try:
             if analysis.kind == "cox":
@@ -54,7 +49,7 @@ def _first_data_round(study: Study, tables: object, cohort: Any, site_id: str,
                 out.append(secure_release(analysis, study, tables, cohort, site_id,
                                           participants))
         except StudyRefused as exc:
-            out.append(_error(analysis, str(exc)))
+            out.append(Release.failure(analysis.name, analysis.kind, str(exc)))
     return out
 
 

@@ -19,6 +19,7 @@ from analytics import SurvivalCounts, competing_counts, stratum_terms, survival_
 from node.adverse_events import ae_site_summary
 from node.endpoints import competing_endpoint, group_labels, survival_endpoint
 from node.errors import StudyRefused
+from node.incidence import window_days
 from node.schema import ATMP_CLASS, DISEASE_STATUS, ORIGIN, ROUTE, SEX
 from protocol.codec import Release
 from protocol.releases import adverse_event_release, competing_release, survival_release
@@ -93,7 +94,7 @@ def _cumulative_incidence(analysis: Analysis, study: Study, tables: object,
 
 def _adverse_events(analysis: Analysis, study: Study, tables: object,
                     cohort: pd.DataFrame) -> Release:
-    window = analysis.window_days if analysis.window_days is not None else study.horizon_days
+    window = window_days(analysis, study)
     summary = ae_site_summary(tables, cohort, analysis.terms, analysis.by_grade, window)
     terms = {term: (int(s.at_risk), int(s.with_event), int(s.person_days),
                     np.array([s.grades.get(g, 0) for g in "12345"], dtype=np.int64),
