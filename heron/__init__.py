@@ -1,3 +1,5 @@
 """heron: Hospital-Exemption Outcomes Research Network."""
 
-__version__ = "0.1.0"
+from protocol.version import __version__
+
+__all__ = ["__version__"]

@@ -166,6 +166,21 @@ def _aggregator(a: argparse.Namespace) -> int:
 def _study(a: argparse.Namespace) -> int:
     from heron.coordinator import CoordinatorClient, sign_study_file
 
+    if a.study_cmd == "new":
+        from heron.study_tools import write_study_template
+
+        text = write_study_template(Path(a.out) if a.out else None)
+        if a.out:
+            print(f"study template written to {a.out}")
+        else:
+            sys.stdout.write(text)
+        return 0
+    if a.study_cmd == "check":
+        from heron.study_tools import check_study_file
+
+        check = check_study_file(Path(a.study))
+        _emit(check.to_dict(), a.json, check.summary())
+        return 0 if check.ok else 1
     if a.study_cmd == "sign":
         signed = sign_study_file(Path(a.study), Path(a.key), Path(a.out))
         print(f"signed study written to {a.out} ({len(signed.signature)}-byte Ed25519 signature)")
@@ -311,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = sub.add_parser("study", help="coordinator and researcher side")
     study_sub = study.add_subparsers(dest="study_cmd", required=True, metavar="COMMAND")
+    p = study_sub.add_parser("new", help="print (or write) a commented study template")
+    p.add_argument("--out", help="write the template to this file (never overwritten)")
+    p = study_sub.add_parser("check", help="validate a study file and list every problem "
+                             "(no site data or keys needed)")
+    p.add_argument("study", help="study YAML or JSON")
+    p.add_argument("--json", action="store_true")
     p = study_sub.add_parser("sign", help="sign a study with a coordinator key")
     p.add_argument("study")
     p.add_argument("--key", required=True, help="coordinator signing key (PEM)")

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from heron import __version__
 from node.engine import TaskOutcome
 from protocol.codec import Release, decode_release, encode_release
 from protocol.signing import SignedStudy
 from protocol.tls import channel_credentials, channel_options
 from protocol.v1 import node_link_pb2 as pb
 from protocol.v1 import node_link_pb2_grpc as pb_grpc
+from protocol.version import __version__
 
 __all__ = ["Backoff", "NodeDaemon"]
 

@@ -1,4 +1,4 @@
-"""The study specification (study.md) as frozen dataclasses.
+"""The study format (docs/study-format.md) as frozen dataclasses.
 
 A study is parsed from a YAML or JSON document into :class:`Study`. Unknown keys are errors
 (a typo must never widen a cohort); every error names the offending field.
@@ -7,7 +7,6 @@ A study is parsed from a YAML or JSON document into :class:`Study`. Unknown keys
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,8 +24,10 @@ __all__ = [
     "Cohort",
     "Privacy",
     "Study",
+    "load_study_document",
     "parse_study",
     "study_from_dict",
+    "study_problems",
     "study_to_dict",
 ]
 
@@ -64,6 +65,7 @@ COHORT_LIST_KEYS = (
     "sex",
     "disease_status",
 )
+MAX_HORIZON_DAYS = 36525  # 100 years
 AE_ENDPOINT = re.compile(r"^ae:([A-Za-z_]+)(?:>=([1-5]))?$")
 
 
@@ -125,43 +127,62 @@ class Study:
     heron: int = FORMAT_VERSION
 
 
-def _fail(path: str, message: str) -> StudyFormatError:
-    return StudyFormatError(f"{path}: {message}")
+class _Problems:
+    """Collects every problem of a study document, each as ``"<field path>: <message>"``."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path}: {message}")
 
 
-def _check_keys(obj: Any, allowed: set[str], required: set[str], path: str) -> Mapping[str, Any]:
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _check_keys(obj: Any, allowed: set[str], required: set[str], path: str,
+                pr: _Problems) -> Mapping[str, Any] | None:
+    """``obj`` when it is a mapping (its unknown and missing keys recorded), else None."""
     if not isinstance(obj, Mapping):
-        raise _fail(path, "must be a mapping")
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise _fail(f"{path}.{unknown[0]}" if path else unknown[0], "unknown key")
-    missing = sorted(required - set(obj))
-    if missing:
-        raise _fail(f"{path}.{missing[0]}" if path else missing[0], "required key missing")
+        pr.add(path or "study", "must be a mapping")
+        return None
+    for key in sorted(set(obj) - allowed, key=str):
+        pr.add(_join(path, key), "unknown key")
+    for key in sorted(required - set(obj)):
+        pr.add(_join(path, key), "required key missing")
     return obj
 
 
-def _str(value: Any, path: str) -> str:
+def _str(value: Any, path: str, pr: _Problems) -> str | None:
     if not isinstance(value, str) or not value:
-        raise _fail(path, "must be a non-empty string")
+        pr.add(path, "must be a non-empty string")
+        return None
     return value
 
 
-def _int(value: Any, path: str, minimum: int | None = None) -> int:
+def _int(value: Any, path: str, pr: _Problems, minimum: int | None = None,
+         maximum: int | None = None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, "must be an integer")
+        pr.add(path, "must be an integer")
+        return None
     if minimum is not None and value < minimum:
-        raise _fail(path, f"must be >= {minimum}")
+        pr.add(path, f"must be >= {minimum}")
+        return None
+    if maximum is not None and value > maximum:
+        pr.add(path, f"must be at most {maximum}")
+        return None
     return value
 
 
-def _bool(value: Any, path: str) -> bool:
+def _bool(value: Any, path: str, pr: _Problems) -> bool | None:
     if not isinstance(value, bool):
-        raise _fail(path, "must be true or false")
+        pr.add(path, "must be true or false")
+        return None
     return value
 
 
-def _date(value: Any, path: str) -> dt.date:
+def _date(value: Any, path: str, pr: _Problems) -> dt.date | None:
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
@@ -171,54 +192,70 @@ def _date(value: Any, path: str) -> dt.date:
             return dt.date.fromisoformat(value)
         except ValueError:
             pass
-    raise _fail(path, "must be an ISO 8601 date (YYYY-MM-DD)")
+    pr.add(path, "must be an ISO 8601 date (YYYY-MM-DD)")
+    return None
 
 
-def _str_list(value: Any, path: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
+def _str_list(value: Any, path: str, pr: _Problems,
+              choices: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
+    """A non-empty list of strings (a single string counts as a list of one; ints as text)."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
-        raise _fail(path, "must be a non-empty list")
-    out = []
+        pr.add(path, "must be a non-empty list")
+        return None
+    out: list[str] = []
     for i, item in enumerate(value):
-        s = _str(str(item) if isinstance(item, int) and not isinstance(item, bool) else item,
-                 f"{path}[{i}]")
+        if isinstance(item, int) and not isinstance(item, bool):
+            item = str(item)
+        s = _str(item, f"{path}[{i}]", pr)
+        if s is None:
+            continue
         if choices is not None and s not in choices:
-            raise _fail(f"{path}[{i}]", f"{s!r} is not one of {', '.join(choices)}")
+            pr.add(f"{path}[{i}]", f"{s!r} is not one of {', '.join(choices)}")
+            continue
         out.append(s)
-    return tuple(out)
+    return tuple(out) if len(out) == len(value) else None
 
 
-def _cohort(obj: Any) -> Cohort:
+def _cohort(obj: Any, pr: _Problems) -> Cohort:
     allowed = {*COHORT_LIST_KEYS, "infusion_date", "age_at_infusion", "first_infusion_only"}
-    obj = _check_keys(obj, allowed, set(), "cohort")
-    kwargs: dict[str, Any] = {k: _str_list(obj[k], f"cohort.{k}") for k in COHORT_LIST_KEYS
-                              if k in obj}
-    if "infusion_date" in obj:
-        rng = _check_keys(obj["infusion_date"], {"from", "to"}, set(), "cohort.infusion_date")
-        if "from" in rng:
-            kwargs["infusion_date_from"] = _date(rng["from"], "cohort.infusion_date.from")
-        if "to" in rng:
-            kwargs["infusion_date_to"] = _date(rng["to"], "cohort.infusion_date.to")
-    if "age_at_infusion" in obj:
-        rng = _check_keys(obj["age_at_infusion"], {"min", "max"}, set(), "cohort.age_at_infusion")
-        if "min" in rng:
-            kwargs["age_min"] = _int(rng["min"], "cohort.age_at_infusion.min", 0)
-        if "max" in rng:
-            kwargs["age_max"] = _int(rng["max"], "cohort.age_at_infusion.max", 0)
+    obj = _check_keys(obj, allowed, set(), "cohort", pr)
+    if obj is None:
+        return Cohort()
+    kwargs: dict[str, Any] = {}
+    for key in COHORT_LIST_KEYS:
+        if key in obj:
+            kwargs[key] = _str_list(obj[key], f"cohort.{key}", pr)
+    for key, path, lower, upper, parse in (
+        ("infusion_date", "cohort.infusion_date", "from", "to", _date),
+        ("age_at_infusion", "cohort.age_at_infusion", "min", "max",
+         lambda v, p, pr: _int(v, p, pr, 0)),
+    ):
+        rng = _check_keys(obj[key], {lower, upper}, set(), path, pr) if key in obj else None
+        if rng is None:
+            continue
+        field_prefix = "infusion_date_" if key == "infusion_date" else "age_"
+        for bound in (lower, upper):
+            if bound in rng:
+                kwargs[field_prefix + bound] = parse(rng[bound], f"{path}.{bound}", pr)
     if "first_infusion_only" in obj:
-        kwargs["first_infusion_only"] = _bool(obj["first_infusion_only"],
-                                              "cohort.first_infusion_only")
+        first = _bool(obj["first_infusion_only"], "cohort.first_infusion_only", pr)
+        kwargs["first_infusion_only"] = True if first is None else first
     return Cohort(**kwargs)
 
 
-def _endpoint(value: Any, kind: str, path: str) -> str:
-    s = _str(value, path)
+def _endpoint(value: Any, kind: str, path: str, pr: _Problems) -> str | None:
+    s = _str(value, path, pr)
+    if s is None:
+        return None
     if kind in ("kaplan_meier", "nelson_aalen", "logrank", "cox"):
         if s not in SURVIVAL_ENDPOINTS:
-            raise _fail(path, f"{s!r} is not one of {', '.join(SURVIVAL_ENDPOINTS)}")
+            pr.add(path, f"{s!r} is not one of {', '.join(SURVIVAL_ENDPOINTS)}")
+            return None
     elif s not in COMPETING_ENDPOINTS and not AE_ENDPOINT.match(s):
-        raise _fail(path, f"{s!r} is not relapse, non_relapse_mortality or ae:<TERM>[>=G]")
+        pr.add(path, f"{s!r} is not relapse, non_relapse_mortality or ae:<TERM>[>=G]")
+        return None
     return s
 
 
@@ -232,54 +269,133 @@ _ANALYSIS_KEYS: dict[str, set[str]] = {
 }
 
 
-def _analysis(obj: Any, path: str, horizon: int) -> Analysis:
+def _analysis(obj: Any, path: str, horizon: int | None, pr: _Problems) -> Analysis | None:
+    """One analysis; None when it has a problem (every problem is recorded)."""
+    before = len(pr.items)
     obj = _check_keys(obj, {"name", "kind", *set().union(*_ANALYSIS_KEYS.values())},
-                      {"name", "kind"}, path)
-    kind = _str(obj["kind"], f"{path}.kind")
-    if kind not in ANALYSIS_KINDS:
-        raise _fail(f"{path}.kind", f"{kind!r} is not one of {', '.join(ANALYSIS_KINDS)}")
-    extra = sorted(set(obj) - {"name", "kind"} - _ANALYSIS_KEYS[kind])
-    if extra:
-        raise _fail(f"{path}.{extra[0]}", f"not a key of kind {kind}")
+                      {"name", "kind"}, path, pr)
+    if obj is None:
+        return None
+    name = _str(obj["name"], f"{path}.name", pr) if "name" in obj else None
+    kind = _str(obj["kind"], f"{path}.kind", pr) if "kind" in obj else None
+    if kind is not None and kind not in ANALYSIS_KINDS:
+        pr.add(f"{path}.kind", f"{kind!r} is not one of {', '.join(ANALYSIS_KINDS)}")
+        kind = None
+    if kind is None:
+        return None
+    for key in sorted(set(obj) & set().union(*_ANALYSIS_KEYS.values()) - _ANALYSIS_KEYS[kind]):
+        pr.add(f"{path}.{key}", f"not a key of kind {kind}")
     required = {"endpoint"} if kind != "adverse_events" else {"terms"}
     if kind == "logrank":
         required.add("group_by")
     if kind == "cox":
         required.add("covariates")
-    _check_keys(obj, set(obj), required, path)
-    kw: dict[str, Any] = {"name": _str(obj["name"], f"{path}.name"), "kind": kind}
+    for key in sorted(required - set(obj)):
+        pr.add(f"{path}.{key}", "required key missing")
+    kw: dict[str, Any] = {"name": name, "kind": kind}
     if "endpoint" in obj:
-        kw["endpoint"] = _endpoint(obj["endpoint"], kind, f"{path}.endpoint")
+        kw["endpoint"] = _endpoint(obj["endpoint"], kind, f"{path}.endpoint", pr)
     if "group_by" in obj:
-        g = _str(obj["group_by"], f"{path}.group_by")
-        if g not in GROUP_BY:
-            raise _fail(f"{path}.group_by", f"{g!r} is not one of {', '.join(GROUP_BY)}")
+        g = _str(obj["group_by"], f"{path}.group_by", pr)
+        if g is not None and g not in GROUP_BY:
+            pr.add(f"{path}.group_by", f"{g!r} is not one of {', '.join(GROUP_BY)}")
         kw["group_by"] = g
     if "timepoints" in obj:
         tps = obj["timepoints"]
         if not isinstance(tps, list):
-            raise _fail(f"{path}.timepoints", "must be a list of days")
-        kw["timepoints"] = tuple(
-            _int(t, f"{path}.timepoints[{i}]", 0) for i, t in enumerate(tps))
-        for i, t in enumerate(kw["timepoints"]):
-            if t > horizon:
-                raise _fail(f"{path}.timepoints[{i}]", f"{t} is beyond horizon_days {horizon}")
+            pr.add(f"{path}.timepoints", "must be a list of days")
+        else:
+            days = tuple(_int(t, f"{path}.timepoints[{i}]", pr, 0) for i, t in enumerate(tps))
+            for i, t in enumerate(days):
+                if t is not None and horizon is not None and t > horizon:
+                    pr.add(f"{path}.timepoints[{i}]", f"{t} is beyond horizon_days {horizon}")
+            kw["timepoints"] = days
     if "stratify_by_site" in obj:
-        kw["stratify_by_site"] = _bool(obj["stratify_by_site"], f"{path}.stratify_by_site")
+        kw["stratify_by_site"] = _bool(obj["stratify_by_site"], f"{path}.stratify_by_site", pr)
     if "covariates" in obj:
-        kw["covariates"] = _str_list(obj["covariates"], f"{path}.covariates")
+        kw["covariates"] = _str_list(obj["covariates"], f"{path}.covariates", pr)
     if "strata" in obj:
-        s = _str(obj["strata"], f"{path}.strata")
-        if s not in ("none", "site"):
-            raise _fail(f"{path}.strata", "must be none or site")
+        s = _str(obj["strata"], f"{path}.strata", pr)
+        if s is not None and s not in ("none", "site"):
+            pr.add(f"{path}.strata", "must be none or site")
         kw["strata"] = s
     if "terms" in obj:
-        kw["terms"] = _str_list(obj["terms"], f"{path}.terms")
+        kw["terms"] = _str_list(obj["terms"], f"{path}.terms", pr)
     if "by_grade" in obj:
-        kw["by_grade"] = _bool(obj["by_grade"], f"{path}.by_grade")
+        kw["by_grade"] = _bool(obj["by_grade"], f"{path}.by_grade", pr)
     if "window_days" in obj:
-        kw["window_days"] = _int(obj["window_days"], f"{path}.window_days", 0)
+        kw["window_days"] = _int(obj["window_days"], f"{path}.window_days", pr, 0)
+    if len(pr.items) > before:
+        return None
     return Analysis(**kw)
+
+
+_TOP_KEYS = {"heron", "id", "title", "expires", "horizon_days", "cohort", "censor_at",
+             "analyses", "privacy"}
+_REQUIRED_TOP_KEYS = {"heron", "id", "title", "expires", "horizon_days", "analyses"}
+
+
+def _parse(obj: Any) -> tuple[Study | None, list[str]]:
+    """The study and an empty list, or None and every problem of the document."""
+    pr = _Problems()
+    doc = _check_keys(obj, _TOP_KEYS, _REQUIRED_TOP_KEYS, "", pr)
+    if doc is None:
+        return None, pr.items
+    if "heron" in doc and doc["heron"] != FORMAT_VERSION:
+        pr.add("heron", f"unsupported format version {doc['heron']!r} (expected 1)")
+    sid = _str(doc["id"], "id", pr) if "id" in doc else None
+    if sid is not None and not ID_PATTERN.match(sid):
+        pr.add("id", "must match [a-z0-9][a-z0-9-]{2,63}")
+    title = _str(doc["title"], "title", pr) if "title" in doc else None
+    expires = _date(doc["expires"], "expires", pr) if "expires" in doc else None
+    horizon = (_int(doc["horizon_days"], "horizon_days", pr, 1, MAX_HORIZON_DAYS)
+               if "horizon_days" in doc else None)
+    cohort = _cohort(doc.get("cohort", {}), pr)
+    censor_at: tuple[str, ...] | None = ()
+    if "censor_at" in doc:
+        censor_at = _str_list(doc["censor_at"], "censor_at", pr, CENSOR_EVENTS)
+    analyses: list[Analysis | None] = []
+    if "analyses" in doc:
+        raw = doc["analyses"]
+        if not isinstance(raw, list) or not raw:
+            pr.add("analyses", "must be a non-empty list")
+        else:
+            analyses = [_analysis(a, f"analyses[{i}]", horizon, pr) for i, a in enumerate(raw)]
+            names = [a.get("name") if isinstance(a, Mapping) else None for a in raw]
+            for i, n in enumerate(names):
+                if isinstance(n, str) and n and names.index(n) != i:
+                    pr.add(f"analyses[{i}].name", f"duplicate analysis name {n!r}")
+    privacy = Privacy()
+    p = (_check_keys(doc["privacy"], {"secure_aggregation", "min_sites"}, set(), "privacy", pr)
+         if "privacy" in doc else None)
+    if p is not None:
+        secure = _bool(p.get("secure_aggregation", True), "privacy.secure_aggregation", pr)
+        min_sites = _int(p.get("min_sites", 3), "privacy.min_sites", pr, 1)
+        if secure is not None and min_sites is not None:
+            privacy = Privacy(secure_aggregation=secure, min_sites=min_sites)
+    if pr.items:
+        return None, pr.items
+    assert sid is not None and title is not None and expires is not None
+    assert horizon is not None and censor_at is not None
+    return Study(
+        id=sid,
+        title=title,
+        expires=expires,
+        horizon_days=horizon,
+        analyses=tuple(a for a in analyses if a is not None),
+        cohort=cohort,
+        censor_at=censor_at,
+        privacy=privacy,
+    ), []
+
+
+def study_problems(obj: Any) -> list[str]:
+    """Every problem of a decoded study document, each ``"<field path>: <message>"``.
+
+    An empty list means :func:`study_from_dict` accepts the document. Paths look like
+    ``analyses[2].endpoint`` or ``cohort.age_at_infusion.min``.
+    """
+    return _parse(obj)[1]
 
 
 def study_from_dict(obj: Any) -> Study:
@@ -288,58 +404,32 @@ def study_from_dict(obj: Any) -> Study:
     Raises
     ------
     StudyFormatError
-        When a key is unknown or missing or a value is invalid; the message names the field.
+        When a key is unknown or missing or a value is invalid. The message lists every
+        problem (``"; "``-separated), each naming its field.
     """
-    top = {"heron", "id", "title", "expires", "horizon_days", "cohort", "censor_at",
-           "analyses", "privacy"}
-    obj = _check_keys(obj, top, {"heron", "id", "title", "expires", "horizon_days", "analyses"},
-                      "")
-    if obj["heron"] != FORMAT_VERSION:
-        raise _fail("heron", f"unsupported format version {obj['heron']!r} (expected 1)")
-    sid = _str(obj["id"], "id")
-    if not ID_PATTERN.match(sid):
-        raise _fail("id", "must match [a-z0-9][a-z0-9-]{2,63}")
-    horizon = _int(obj["horizon_days"], "horizon_days", 1)
-    if horizon > 36525:
-        raise _fail("horizon_days", "must be at most 36525 (100 years)")
-    analyses_raw = obj["analyses"]
-    if not isinstance(analyses_raw, list) or not analyses_raw:
-        raise _fail("analyses", "must be a non-empty list")
-    analyses = tuple(_analysis(a, f"analyses[{i}]", horizon) for i, a in enumerate(analyses_raw))
-    names = [a.name for a in analyses]
-    for i, n in enumerate(names):
-        if names.index(n) != i:
-            raise _fail(f"analyses[{i}].name", f"duplicate analysis name {n!r}")
-    privacy = Privacy()
-    if "privacy" in obj:
-        p = _check_keys(obj["privacy"], {"secure_aggregation", "min_sites"}, set(), "privacy")
-        privacy = Privacy(
-            secure_aggregation=_bool(p.get("secure_aggregation", True),
-                                     "privacy.secure_aggregation"),
-            min_sites=_int(p.get("min_sites", 3), "privacy.min_sites", 1),
-        )
-    censor_at: tuple[str, ...] = ()
-    if "censor_at" in obj:
-        censor_at = _str_list(obj["censor_at"], "censor_at", CENSOR_EVENTS)
-    return Study(
-        id=sid,
-        title=_str(obj["title"], "title"),
-        expires=_date(obj["expires"], "expires"),
-        horizon_days=horizon,
-        analyses=analyses,
-        cohort=_cohort(obj.get("cohort", {})),
-        censor_at=censor_at,
-        privacy=privacy,
-    )
+    study, problems = _parse(obj)
+    if study is None:
+        raise StudyFormatError("; ".join(problems))
+    return study
+
+
+def load_study_document(text: str | bytes) -> Any:
+    """Decode a YAML or JSON study document (JSON is valid YAML) without validating it.
+
+    Raises
+    ------
+    StudyFormatError
+        When the text is not valid YAML or JSON.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StudyFormatError(f"not valid YAML or JSON: {exc}") from exc
 
 
 def parse_study(text: str | bytes) -> Study:
     """Parse a YAML or JSON study document (JSON is valid YAML)."""
-    try:
-        obj = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise StudyFormatError(f"not valid YAML or JSON: {exc}") from exc
-    return study_from_dict(obj)
+    return study_from_dict(load_study_document(text))
 
 
 def study_to_dict(study: Study) -> dict[str, Any]:
@@ -379,7 +469,3 @@ def study_to_dict(study: Study) -> dict[str, Any]:
         out["censor_at"] = list(study.censor_at)
     return out
 
-
-def study_to_json(study: Study) -> str:
-    """Readable JSON of the study (not the canonical signing form)."""
-    return json.dumps(study_to_dict(study), indent=2)
