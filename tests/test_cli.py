@@ -16,7 +16,7 @@ COMMANDS = [
     ["node", "ingest"], ["node", "validate"], ["node", "status"], ["node", "audit"],
     ["node", "approve"], ["node", "run"], ["aggregator"], ["aggregator", "run"], ["study"],
     ["study", "sign"], ["study", "submit"], ["study", "status"], ["study", "list"],
-    ["study", "results"], ["study", "report"],
+    ["study", "results"], ["study", "report"], ["study", "new"], ["study", "check"],
 ]
 
 
