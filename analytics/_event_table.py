@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -12,8 +13,10 @@ from scipy.stats import norm
 from analytics.errors import EstimationError
 from analytics.survival_counts import SurvivalCounts
 
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
-def readonly(values: NDArray) -> NDArray:
+
+def readonly(values: NDArray[_ScalarT]) -> NDArray[_ScalarT]:
     """Return ``values`` marked read-only."""
     values.setflags(write=False)
     return values
@@ -84,11 +87,11 @@ def json_float(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def json_floats(values: NDArray) -> list[float | None]:
+def json_floats(values: NDArray[np.floating]) -> list[float | None]:
     """List of plain floats for JSON (non-finite entries become ``None``)."""
     return [json_float(v) for v in values.tolist()]
 
 
-def json_ints(values: NDArray) -> list[int]:
+def json_ints(values: NDArray[np.integer]) -> list[int]:
     """List of plain ints for JSON."""
     return [int(v) for v in values.tolist()]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -34,8 +35,12 @@ __all__ = ["CoxDayStats", "cox_day_stats"]
 _FLOAT_KEYS = ("s0", "s1", "s2", "e0", "e1", "e2")
 _MAX_EXPONENT = 700.0  # exp(+-700) stays a normal float64 with room for sums
 
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
 
-def _frozen(values: ArrayLike, shape: tuple[int, ...], name: str, dtype: type) -> NDArray:
+
+def _frozen(
+    values: ArrayLike, shape: tuple[int, ...], name: str, dtype: type[_ScalarT]
+) -> NDArray[_ScalarT]:
     arr = np.array(values, dtype=dtype, copy=True)
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
@@ -157,7 +162,7 @@ class CoxDayStats:
     def __hash__(self) -> int:
         return hash((self.s0.tobytes(), self.s1.tobytes(), self.d.tobytes(), self.event_xb))
 
-    def to_vectors(self) -> dict[str, NDArray]:
+    def to_vectors(self) -> dict[str, NDArray[np.float64] | NDArray[np.int64]]:
         """Flat vectors for transport and (masked) summation.
 
         Returns
@@ -206,7 +211,7 @@ class CoxDayStats:
         size = horizon + 1
         iu = np.triu_indices(p)
 
-        def square(packed: NDArray) -> NDArray[np.float64]:
+        def square(packed: NDArray[np.float64]) -> NDArray[np.float64]:
             out = np.zeros((size, p, p))
             tri = packed.reshape(size, _packed_length(p))
             out[:, iu[0], iu[1]] = tri
@@ -248,7 +253,9 @@ def expected_lengths(horizon: int, p: int) -> dict[str, int]:
 
 def _check_individuals(
     durations: ArrayLike, events: ArrayLike, X: ArrayLike, beta: ArrayLike
-) -> tuple[NDArray, NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]]:
+) -> tuple[
+    NDArray[np.integer | np.floating], NDArray[np.bool_], NDArray[np.float64], NDArray[np.float64]
+]:
     t = np.asarray(durations)
     e = np.asarray(events)
     x = np.asarray(X, dtype=np.float64)
@@ -276,7 +283,9 @@ def _check_individuals(
     return t, e.astype(bool), x, b
 
 
-def _per_day(days: NDArray[np.int64], columns: NDArray[np.float64], size: int) -> NDArray:
+def _per_day(
+    days: NDArray[np.int64], columns: NDArray[np.float64], size: int
+) -> NDArray[np.float64]:
     """Sum each column of ``columns`` over the rows falling on each day: ``(size, q)``."""
     out = np.empty((size, columns.shape[1]))
     for k in range(columns.shape[1]):
@@ -361,7 +370,9 @@ def cox_day_stats(
         risk = np.cumsum(exits[::-1], axis=0)[::-1]
     ev = _per_day(days[observed], columns[observed], size)
 
-    def split(sums: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+    def split(
+        sums: NDArray[np.float64],
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         square = np.zeros((size, p, p))
         square[:, iu[0], iu[1]] = sums[:, 1 + p :]
         square[:, iu[1], iu[0]] = sums[:, 1 + p :]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -194,7 +195,8 @@ def efron_derivatives(stats: CoxDayStats) -> CoxDerivatives:
     m = event_days.size
 
     def per_day(values: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.bincount(row, weights=values, minlength=m)
+        # float64 with weights; numpy's stub types every bincount result as intp
+        return cast("NDArray[np.float64]", np.bincount(row, weights=values, minlength=m))
 
     c0, c1 = per_day(inv), per_day(a * inv)
     q0, q1, q2 = per_day(inv2), per_day(a * inv2), per_day(a * a * inv2)

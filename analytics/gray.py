@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,6 +27,8 @@ from analytics.competing_counts import CompetingCounts
 from analytics.errors import EstimationError
 
 __all__ = ["GrayResult", "gray_test"]
+
+_FloatT = TypeVar("_FloatT", bound=np.floating)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class GrayResult:
         }
 
 
-def _before(values: NDArray[np.float64], first: float) -> NDArray[np.float64]:
+def _before(values: NDArray[_FloatT], first: float) -> NDArray[_FloatT]:
     """Left-continuous version of a per-row curve along the last axis."""
     out = np.empty_like(values)
     out[..., 0] = first
@@ -71,7 +73,8 @@ def _score_and_variance(
     pos = rs > 0
     safe_rs = np.where(pos, rs, 1.0)
     # Per-group all-cause KM (skm / skmm) and cause-1 incidence (f1m), as in crst.
-    skm = np.cumprod(np.where(pos, (safe_rs - d1 - d2) / safe_rs, 1.0), axis=1)
+    survives: NDArray[np.float64] = np.where(pos, (safe_rs - d1 - d2) / safe_rs, 1.0)
+    skm = np.cumprod(survives, axis=1)
     skmm = _before(skm, 1.0)
     f1m = _before(np.cumsum(np.where(pos, skmm * d1 / safe_rs, 0.0), axis=1), 0.0)
     t1 = np.where(pos, rs / np.where(pos, skmm, 1.0), 0.0)  # rs / skmm: R_r in Gray (1988)

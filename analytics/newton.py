@@ -197,7 +197,9 @@ def _singular_covariate(information: NDArray[np.float64]) -> int | None:
     return int(np.flatnonzero(weights >= 1e-3 * weights.max())[-1])
 
 
-def _newton_step(information: NDArray[np.float64], gradient: NDArray) -> NDArray[np.float64]:
+def _newton_step(
+    information: NDArray[np.float64], gradient: NDArray[np.float64]
+) -> NDArray[np.float64]:
     scale = 1.0 / np.sqrt(np.diag(information))
     scaled = information * np.outer(scale, scale)
     return scale * np.linalg.solve(scaled, scale * gradient)
