@@ -21,20 +21,31 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, TypeAlias, TypedDict
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from protocol.errors import ReleaseFormatError
 from protocol.v1 import common_pb2
 
-__all__ = ["LAYOUT_KEY", "Release", "decode_release", "encode_release"]
+__all__ = ["LAYOUT_KEY", "Release", "Vector", "decode_release", "encode_release"]
 
 logger = logging.getLogger(__name__)
 
 LAYOUT_KEY = "_vectors"
 _INT64 = np.dtype(np.int64)
 _FLOAT64 = np.dtype(np.float64)
+
+Vector: TypeAlias = NDArray[np.integer] | NDArray[np.floating] | NDArray[np.bool_]
+"""A release vector: an integer, boolean or floating array (decoded as int64 or float64)."""
+
+
+class _Layout(TypedDict):
+    """Entry of the reserved ``"_vectors"`` metadata object for one vector."""
+
+    dtype: str
+    shape: list[int]
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +57,7 @@ class Release:
 
     analysis: str
     kind: str
-    vectors: Mapping[str, np.ndarray] = field(default_factory=dict)
+    vectors: Mapping[str, Vector] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
     error: str = ""
 
@@ -64,8 +75,8 @@ class Release:
             return False
         if dict(self.metadata) != dict(other.metadata) or set(self.vectors) != set(other.vectors):
             return False
-        for key, a in self.vectors.items():
-            a, b = np.asarray(a), np.asarray(other.vectors[key])
+        for key, vector in self.vectors.items():
+            a, b = np.asarray(vector), np.asarray(other.vectors[key])
             if a.dtype != b.dtype or a.shape != b.shape:
                 return False
             if not np.array_equal(a, b, equal_nan=a.dtype.kind == "f"):
@@ -75,7 +86,7 @@ class Release:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> object:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -83,7 +94,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _as_wire_array(key: str, value: Any) -> np.ndarray:
+def _as_wire_array(key: str, value: ArrayLike) -> NDArray[np.int64] | NDArray[np.float64]:
     arr = np.asarray(value)
     if arr.dtype.kind in "biu":
         if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
@@ -109,7 +120,7 @@ def encode_release(release: Release) -> common_pb2.AnalysisRelease:
         raise ReleaseFormatError(f"metadata key {LAYOUT_KEY!r} is reserved by the codec")
     pb = common_pb2.AnalysisRelease(analysis=release.analysis, kind=release.kind,
                                     error=release.error)
-    layout: dict[str, dict[str, Any]] = {}
+    layout: dict[str, _Layout] = {}
     for key, value in release.vectors.items():
         if not isinstance(key, str) or not key:
             raise ReleaseFormatError(f"vector key {key!r} must be a non-empty string")
@@ -117,9 +128,9 @@ def encode_release(release: Release) -> common_pb2.AnalysisRelease:
         flat = arr.ravel(order="C")
         vec = pb.vectors.add(key=key)
         if arr.dtype == _INT64:
-            vec.ints.extend(flat.tolist())
+            vec.ints.extend(np.asarray(flat, dtype=np.int64).tolist())
         else:
-            vec.reals.extend(flat.tolist())
+            vec.reals.extend(np.asarray(flat, dtype=np.float64).tolist())
         if arr.ndim != 1 or arr.size == 0:
             layout[key] = {"dtype": str(arr.dtype), "shape": list(arr.shape)}
     metadata = dict(release.metadata)
@@ -133,7 +144,7 @@ def encode_release(release: Release) -> common_pb2.AnalysisRelease:
     return pb
 
 
-def _reject_constant(name: str) -> Any:
+def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed in release metadata")
 
 
@@ -149,7 +160,9 @@ def _decode_metadata(text: str) -> dict[str, Any]:
     return obj
 
 
-def _layout_entry(key: str, entry: Any) -> tuple[np.dtype, tuple[int, ...]]:
+def _layout_entry(
+    key: str, entry: object
+) -> tuple[np.dtype[np.int64] | np.dtype[np.float64], tuple[int, ...]]:
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape"}:
         raise ReleaseFormatError(f"layout of vector {key!r} must have dtype and shape")
     if entry["dtype"] not in ("int64", "float64"):
@@ -175,7 +188,7 @@ def decode_release(pb: common_pb2.AnalysisRelease) -> Release:
     layout = metadata.pop(LAYOUT_KEY, {})
     if not isinstance(layout, dict):
         raise ReleaseFormatError(f"metadata {LAYOUT_KEY!r} must be an object")
-    vectors: dict[str, np.ndarray] = {}
+    vectors: dict[str, Vector] = {}
     for vec in pb.vectors:
         key = vec.key
         if not key:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from protocol.errors import SecureAggregationError
 
@@ -52,7 +53,9 @@ def max_abs_real(n_sites: int) -> float:
     return float(2**_SUM_BITS) / n_sites
 
 
-def error_bound(n_sites: int, total: float | np.ndarray) -> float | np.ndarray:
+def error_bound(
+    n_sites: int, total: float | NDArray[np.float64]
+) -> float | NDArray[np.float64]:
     """Return the documented bound on ``|decoded - exact sum|`` for a decoded ``total``.
 
     ``n_sites * 2^-41`` (one fixed-point rounding per site) plus half an ulp of ``total`` (the
@@ -62,7 +65,9 @@ def error_bound(n_sites: int, total: float | np.ndarray) -> float | np.ndarray:
     return n_sites * 2.0 ** -(FIXED_POINT_BITS + 1) + np.spacing(np.abs(total)) / 2
 
 
-def encode_reals(values: np.ndarray, n_sites: int) -> tuple[np.ndarray, np.ndarray]:
+def encode_reals(
+    values: ArrayLike, n_sites: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Encode float values as ``(hi, lo)`` int64 limbs of the same shape.
 
     Raises
@@ -83,7 +88,7 @@ def encode_reals(values: np.ndarray, n_sites: int) -> tuple[np.ndarray, np.ndarr
     return hi_f.astype(np.int64), lo_f.astype(np.int64)
 
 
-def decode_reals(hi_sum: np.ndarray, lo_sum: np.ndarray) -> np.ndarray:
+def decode_reals(hi_sum: ArrayLike, lo_sum: ArrayLike) -> NDArray[np.float64]:
     """Decode summed limbs to float64: ``(hi_sum * 2^32 + lo_sum) / 2^40``, one rounding."""
     hi = np.asarray(hi_sum, dtype=np.int64)
     lo = np.asarray(lo_sum, dtype=np.int64)

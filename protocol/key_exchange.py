@@ -15,7 +15,6 @@ import base64
 import binascii
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -75,16 +74,16 @@ class KeyAnnouncement:
     certificate_pem: bytes
     signature: bytes
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, str | int]:
         """Return a JSON-ready dict (bytes fields in standard base64)."""
-        d: dict[str, Any] = {"site_id": self.site_id, "study_id": self.study_id,
-                             "attempt": self.attempt}
+        d: dict[str, str | int] = {"site_id": self.site_id, "study_id": self.study_id,
+                                   "attempt": self.attempt}
         for name in _BYTES_FIELDS:
             d[name] = base64.b64encode(getattr(self, name)).decode("ascii")
         return d
 
     @classmethod
-    def from_dict(cls, d: Any) -> KeyAnnouncement:
+    def from_dict(cls, d: object) -> KeyAnnouncement:
         """Parse :meth:`to_dict` output; raise :class:`SecureAggregationError` if malformed."""
         expected = {"site_id", "study_id", "attempt", *_BYTES_FIELDS}
         if not isinstance(d, dict) or set(d) != expected:

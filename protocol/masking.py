@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from numpy.typing import ArrayLike, NDArray
 
 from protocol.errors import SecureAggregationError
 from protocol.key_exchange import KeyAnnouncement, canonical_bytes
@@ -31,7 +32,7 @@ MASK_LABEL = "heron-sa-v1 mask"
 _NONCE = bytes(16)  # ChaCha20 in cryptography: 4-byte counter + 12-byte nonce, all zero
 
 
-def _as_uint64(values: np.ndarray) -> np.ndarray:
+def _as_uint64(values: ArrayLike) -> NDArray[np.uint64]:
     """Return an integer array as uint64 (two's complement for negatives, i.e. mod 2^64)."""
     arr = np.asarray(values)
     if arr.dtype.kind not in "biu":
@@ -107,7 +108,7 @@ class PairwiseMasker:
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                     info=info).derive(self._shared[peer])
 
-    def pair_mask(self, peer: str, round: int, key: str, size: int) -> np.ndarray:
+    def pair_mask(self, peer: str, round: int, key: str, size: int) -> NDArray[np.uint64]:
         """Return ``m_ij``: ``size`` uint64 words shared with ``peer`` for ``round`` and ``key``."""
         if peer not in self._shared:
             raise SecureAggregationError(f"{peer!r} is not a peer of {self.site_id!r}")
@@ -116,7 +117,7 @@ class PairwiseMasker:
         stream = encryptor.update(bytes(8 * size)) + encryptor.finalize()
         return np.frombuffer(stream, dtype="<u8").astype(np.uint64)
 
-    def mask(self, round: int, key: str, values: np.ndarray) -> np.ndarray:
+    def mask(self, round: int, key: str, values: ArrayLike) -> NDArray[np.int64]:
         """Return ``values + sum_j s_ij * m_ij`` modulo 2^64 as int64 (same shape).
 
         ``values`` is an integer array read modulo 2^64. Masking the same ``(round, key)``
@@ -145,9 +146,9 @@ class PairwiseMasker:
         return total.view(np.int64).reshape(plain.shape)
 
 
-def sum_masked(arrays: Iterable[np.ndarray]) -> np.ndarray:
+def sum_masked(arrays: Iterable[ArrayLike]) -> NDArray[np.int64]:
     """Sum int64 arrays of one shape modulo 2^64 (wrap-around); return int64."""
-    total: np.ndarray | None = None
+    total: NDArray[np.uint64] | None = None
     for arr in arrays:
         u = _as_uint64(arr)
         if total is None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from protocol.codec import Release
 from protocol.errors import SecureAggregationError
@@ -82,7 +83,7 @@ def mask_release(release: Release, masker: PairwiseMasker, round: int) -> Releas
     if release.error:
         raise SecureAggregationError(f"{release.analysis}: an error release cannot be masked")
     n_sites = len(masker.participants)
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, NDArray[np.int64]] = {}
     for key, value in release.vectors.items():
         arr = np.asarray(value)
         if arr.dtype.kind in "biu":
@@ -148,7 +149,7 @@ def unmask_sum(releases: Sequence[Release]) -> Release:
     _check_matching(releases)
     first = releases[0]
     sums = {key: sum_masked(r.vectors[key] for r in releases) for key in first.vectors}
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, NDArray[np.int64] | NDArray[np.float64]] = {}
     for name in sorted(sums):
         prefix, key = name[:2], name[2:]
         if not key or prefix not in (INT_PREFIX, HIGH_PREFIX, LOW_PREFIX):

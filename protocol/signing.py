@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -44,7 +44,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _check_canonicalisable(obj: Any, path: str) -> None:
+def _check_canonicalisable(obj: object, path: str) -> None:
     if obj is None or isinstance(obj, bool | int | str):
         return
     if isinstance(obj, float):
@@ -64,7 +64,7 @@ def _check_canonicalisable(obj: Any, path: str) -> None:
     raise TypeError(f"{path or 'value'}: {type(obj).__name__} is not a JSON type")
 
 
-def canonical_json(obj: Any) -> bytes:
+def canonical_json(obj: object) -> bytes:
     """The canonical byte form of a JSON value, the exact bytes that are signed.
 
     Objects have their keys sorted (by code point), no whitespace is emitted (separators
@@ -84,7 +84,7 @@ def canonical_json(obj: Any) -> bytes:
     return text.encode("utf-8")
 
 
-def _reject_constant(name: str) -> Any:
+def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed in a signed study")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, TypeAlias
 
 import grpc
 from cryptography import x509
@@ -25,6 +25,7 @@ from protocol.pki import Credentials, certificate_identity
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "GrpcOption",
     "PeerIdentity",
     "aio_secure_channel",
     "channel_credentials",
@@ -39,6 +40,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+GrpcOption: TypeAlias = tuple[str, int | str]
+"""One gRPC channel or server option: its name and an integer or string value."""
 
 
 class _HasAuthContext(Protocol):
@@ -69,7 +73,7 @@ def channel_credentials(creds: Credentials) -> grpc.ChannelCredentials:
 
 
 def channel_options(keepalive_s: int = 30, keepalive_timeout_s: int = 10,
-                    target_name_override: str | None = None) -> list[tuple[str, Any]]:
+                    target_name_override: str | None = None) -> list[GrpcOption]:
     """gRPC client options: keepalive pings (also while idle) and 64 MiB messages.
 
     Parameters
@@ -82,7 +86,7 @@ def channel_options(keepalive_s: int = 30, keepalive_timeout_s: int = 10,
     target_name_override
         Name to check against the server certificate instead of the dialled host.
     """
-    opts: list[tuple[str, Any]] = [
+    opts: list[GrpcOption] = [
         ("grpc.keepalive_time_ms", keepalive_s * 1000),
         ("grpc.keepalive_timeout_ms", keepalive_timeout_s * 1000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -95,7 +99,7 @@ def channel_options(keepalive_s: int = 30, keepalive_timeout_s: int = 10,
     return opts
 
 
-def server_options(min_ping_interval_s: int = 10) -> list[tuple[str, Any]]:
+def server_options(min_ping_interval_s: int = 10) -> list[GrpcOption]:
     """gRPC server options accepting the clients' keepalive pings and 64 MiB messages.
 
     ``min_ping_interval_s`` must not exceed the clients' ``keepalive_s``, otherwise the server
@@ -112,14 +116,14 @@ def server_options(min_ping_interval_s: int = 10) -> list[tuple[str, Any]]:
 
 
 def secure_channel(target: str, creds: Credentials,
-                   options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+                   options: list[GrpcOption] | None = None) -> grpc.Channel:
     """Open a mutual-TLS channel to ``target`` (``host:port``; host must match the server SAN)."""
     return grpc.secure_channel(target, channel_credentials(creds),
                                options=channel_options() if options is None else options)
 
 
 def aio_secure_channel(target: str, creds: Credentials,
-                       options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+                       options: list[GrpcOption] | None = None) -> grpc.aio.Channel:
     """The asyncio variant of :func:`secure_channel`."""
     return grpc.aio.secure_channel(target, channel_credentials(creds),
                                    options=channel_options() if options is None else options)
