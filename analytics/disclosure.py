@@ -17,13 +17,17 @@ Estimators on the coarsened counts equal the same estimators on individual times
 the bin ends (:func:`round_up_to_bins`). With ``min_bin_events == min_cell == 1`` the counts are
 released unchanged at day resolution (a site's explicit choice).
 
-:func:`coarsen_competing` applies the same rules to competing-risks counts, counting events of
-both causes towards a bin and keeping each cause's count and the censored count safe.
+The algorithm is written once, over a per-day matrix of ``k`` count columns whose leading columns
+are events (:func:`coarsen_columns`): :func:`coarsen_counts` applies it to ``[events, censored]``
+and :func:`coarsen_competing` to ``[cause1, cause2, censored]``, counting events of both causes
+towards a bin and keeping each cause's count and the censored count safe.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -33,8 +37,13 @@ from analytics.errors import DisclosureError
 from analytics.survival_counts import SurvivalCounts
 
 __all__ = [
+    "COMPETING_COLUMNS",
+    "SURVIVAL_COLUMNS",
+    "CoarsenedColumns",
     "CoarsenedCompeting",
     "CoarsenedCounts",
+    "CountColumns",
+    "coarsen_columns",
     "coarsen_competing",
     "coarsen_counts",
     "round_up_to_bins",
@@ -42,14 +51,45 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, eq=False)
-class CoarsenedCounts:
-    """Counts released at bin resolution.
+@dataclass(frozen=True)
+class CountColumns:
+    """The count columns of a per-day matrix.
 
     Attributes
     ----------
-    counts : SurvivalCounts
-        Released counts; non-zero only on bin ends.
+    names : tuple of str
+        Name of each column (for instance the attributes of a counts class).
+    described : tuple of str
+        How an error message names each column's count ("3 events, 2 censored").
+    events : int
+        How many leading columns hold events; their sum is what a bin must collect.
+    """
+
+    names: tuple[str, ...]
+    described: tuple[str, ...]
+    events: int
+
+    def __post_init__(self) -> None:
+        if len(self.described) != len(self.names) or not 1 <= self.events <= len(self.names):
+            raise ValueError("CountColumns needs one description per column and >= 1 event column")
+
+
+SURVIVAL_COLUMNS = CountColumns(("events", "censored"), ("events", "censored"), events=1)
+"""Columns of :class:`~analytics.survival_counts.SurvivalCounts`."""
+COMPETING_COLUMNS = CountColumns(
+    ("cause1", "cause2", "censored"), ("events", "competing", "censored"), events=2
+)
+"""Columns of :class:`~analytics.competing_counts.CompetingCounts` (both causes are events)."""
+
+
+@dataclass(frozen=True, eq=False)
+class CoarsenedColumns:
+    """A per-day count matrix released at bin resolution.
+
+    Attributes
+    ----------
+    counts : numpy.ndarray
+        int64, shape ``(horizon + 1, k)``, read-only; rows are non-zero only on bin ends.
     bin_ends : tuple of int
         Last day of each bin, increasing, the last one equal to the horizon. Bin ``k`` covers
         days ``bin_ends[k-1] + 1 .. bin_ends[k]`` (the first starts at day 0).
@@ -58,9 +98,44 @@ class CoarsenedCounts:
         subjects): the time resolution of the release.
     """
 
-    counts: SurvivalCounts
+    counts: NDArray[np.int64]
     bin_ends: tuple[int, ...]
     max_bin_width: int
+
+
+C = TypeVar("C", SurvivalCounts, CompetingCounts)
+
+
+@dataclass(frozen=True, eq=False)
+class _Coarsened(Generic[C]):
+    counts: C
+    bin_ends: tuple[int, ...]
+    max_bin_width: int
+
+    @property
+    def coarsened(self) -> bool:
+        """Whether the release is coarser than day resolution."""
+        return len(self.bin_ends) < self.counts.horizon + 1
+
+
+class CoarsenedCounts(_Coarsened[SurvivalCounts]):
+    """Counts released at bin resolution.
+
+    Attributes
+    ----------
+    counts : SurvivalCounts
+        Released counts; non-zero only on bin ends.
+    bin_ends : tuple of int
+        Last day of each bin, as in :class:`CoarsenedColumns`.
+    max_bin_width : int
+        Widest bin, in days, among bins holding subjects (1 at day resolution or with no
+        subjects): the time resolution of the release.
+    """
+
+
+class CoarsenedCompeting(_Coarsened[CompetingCounts]):
+    """Competing-risks counts released at bin resolution (attributes as
+    :class:`CoarsenedCounts`, with :class:`CompetingCounts`)."""
 
 
 def _check_threshold(value: int, name: str) -> int:
@@ -111,61 +186,143 @@ def round_up_to_bins(durations: ArrayLike, bin_ends: tuple[int, ...]) -> NDArray
     return ends[np.searchsorted(ends, days, side="left")].astype(np.int64)
 
 
-def _greedy_bins(
-    events: NDArray[np.int64], censored: NDArray[np.int64], min_events: int, min_cell: int
-) -> list[list[int]]:
-    """Greedy forward bins ``[start, end, events, censored]`` with the remainder left open."""
-    bins: list[list[int]] = []
-    start = ev = ce = 0
-    for day in range(events.size):
-        ev += int(events[day])
-        ce += int(censored[day])
-        if ev >= min_events and (ce == 0 or ce >= min_cell):
-            bins.append([start, day, ev, ce])
-            start, ev, ce = day + 1, 0, 0
-    if start < events.size:
-        bins.append([start, events.size - 1, ev, ce])
-    return bins
+@dataclass(frozen=True)
+class _Rules:
+    """The thresholds a released bin must meet."""
+
+    events: int  # leading event columns
+    min_events: int
+    min_cell: int
+
+    def safe(self, cells: Sequence[int]) -> bool:
+        """Every count is 0 or at least ``min_cell``."""
+        return all(c == 0 or c >= self.min_cell for c in cells)
+
+    def closes(self, cells: Sequence[int]) -> bool:
+        """A bin holding ``cells`` may be released on its own."""
+        return sum(cells[: self.events]) >= self.min_events and self.safe(cells)
 
 
-def _close_remainder(
-    bins: list[list[int]], min_events: int, min_cell: int, n: int
-) -> list[list[int]]:
-    """Merge a trailing bin that misses the thresholds into the bins before it."""
-    last = bins[-1]
-    if last[2] >= min_events and (last[3] == 0 or last[3] >= min_cell):
+def _bins(
+    rows: list[list[int]], rules: _Rules, columns: CountColumns, n: int
+) -> list[tuple[int, int, list[int]]]:
+    """Bins ``(start, end, cells)``: grown greedily, the remainder merged backwards.
+
+    Bins close as soon as :meth:`_Rules.closes`. A trailing remainder without subjects stays an
+    empty bin; any other remainder is merged into the bins before it until the merged bin
+    closes. One bin over everything is released when each of its counts is safe.
+    """
+    width = len(columns.names)
+    bins: list[tuple[int, int, list[int]]] = []
+    start, cells = 0, [0] * width
+    for day, row in enumerate(rows):
+        cells = [c + r for c, r in zip(cells, row, strict=True)]
+        if rules.closes(cells):
+            bins.append((start, day, cells))
+            start, cells = day + 1, [0] * width
+    if start == len(rows):
         return bins
-    if last[2] == 0 and last[3] == 0 and len(bins) > 1:
-        return bins  # trailing days without subjects: an empty bin releases nothing
-    while len(bins) > 1:
-        tail = bins.pop()
-        prev = bins[-1]
-        bins[-1] = [prev[0], tail[1], prev[2] + tail[2], prev[3] + tail[3]]
-        if bins[-1][3] == 0 or bins[-1][3] >= min_cell:
-            return bins
-    # A single bin over everything: release it only if each non-zero count is large enough.
-    ev, ce = bins[0][2], bins[0][3]
-    if 0 < ev < min_cell or 0 < ce < min_cell:
+    end = len(rows) - 1
+    if sum(cells) == 0 and bins:
+        bins.append((start, end, cells))  # trailing days without subjects: an empty bin
+        return bins
+    while bins and not rules.closes(cells):
+        start, _, before = bins.pop()
+        cells = [b + c for b, c in zip(before, cells, strict=True)]
+    if not bins and not rules.safe(cells):
+        held = ", ".join(f"{c} {d}" for c, d in zip(cells, columns.described, strict=True))
         raise DisclosureError(
-            f"cannot coarsen {n} subjects ({ev} events, {ce} censored) into bins with "
-            f"at least {min_events} events and no count below {min_cell}"
+            f"cannot coarsen {n} subjects ({held}) into bins with at least "
+            f"{rules.min_events} events and no count below {rules.min_cell}"
         )
+    bins.append((start, end, cells))
     return bins
 
 
-def _check_released(counts: SurvivalCounts, min_cell: int) -> None:
+def _check_released(released: NDArray[np.int64], columns: CountColumns, min_cell: int) -> None:
     """Enforce the guarantee: every non-zero count and number at risk is ``>= min_cell``."""
-    for name, values in (
-        ("events", counts.events),
-        ("censored", counts.censored),
-        ("at_risk", counts.at_risk),
-    ):
+    at_risk = np.cumsum(released.sum(axis=1)[::-1])[::-1]
+    for name, values in (*zip(columns.names, released.T, strict=True), ("at_risk", at_risk)):
         if np.any((values > 0) & (values < min_cell)):
             raise DisclosureError(f"coarsened {name} would hold a count below {min_cell}")
 
 
+def _count_matrix(counts: ArrayLike, columns: CountColumns) -> NDArray[np.int64]:
+    matrix = np.asarray(counts)
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] != len(columns.names):
+        raise ValueError(f"counts must be a (days, {len(columns.names)}) matrix")
+    if not np.issubdtype(matrix.dtype, np.integer) or np.any(matrix < 0):
+        raise ValueError("counts must be non-negative integers")
+    out = matrix.astype(np.int64, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def coarsen_columns(
+    counts: ArrayLike, columns: CountColumns, min_bin_events: int, min_cell: int
+) -> CoarsenedColumns:
+    """Coarsen a per-day count matrix to time bins that satisfy the site's disclosure rules.
+
+    Bins grow greedily from day 0 and close once they hold at least
+    ``max(min_bin_events, min_cell)`` events (the leading ``columns.events`` columns together)
+    and each of their counts is 0 or at least ``min_cell``; a trailing remainder that misses
+    this is merged backwards until the merged bin meets it (one without subjects stays an empty
+    bin). One bin over everything is released when each of its non-zero counts is at least
+    ``min_cell``. Every released non-zero count, ``n`` and number at risk is then at least
+    ``min_cell`` (checked before returning). With ``min_bin_events == min_cell == 1`` the counts
+    are returned unchanged at day resolution.
+
+    Parameters
+    ----------
+    counts : array_like
+        Non-negative integers, shape ``(horizon + 1, k)``: one group's per-day counts.
+    columns : CountColumns
+        What the ``k`` columns are (:data:`SURVIVAL_COLUMNS`, :data:`COMPETING_COLUMNS`).
+    min_bin_events : int
+        Fewest events per time bin.
+    min_cell : int
+        Smallest non-zero count that may be released.
+
+    Returns
+    -------
+    CoarsenedColumns
+
+    Raises
+    ------
+    DisclosureError
+        If the group has fewer than ``min_cell`` subjects (but at least one), or no binning can
+        satisfy the rules.
+    ValueError
+        If a threshold is not an integer >= 1, or ``counts`` is not such a matrix.
+    """
+    min_bin_events = _check_threshold(min_bin_events, "min_bin_events")
+    min_cell = _check_threshold(min_cell, "min_cell")
+    matrix = _count_matrix(counts, columns)
+    horizon = matrix.shape[0] - 1
+    n = int(matrix.sum())
+    if min_bin_events == 1 and min_cell == 1:
+        return CoarsenedColumns(matrix, tuple(range(horizon + 1)), max_bin_width=1)
+    if n == 0:
+        return CoarsenedColumns(matrix, (horizon,), max_bin_width=1)
+    if n < min_cell:
+        raise DisclosureError(f"group has {n} subjects, fewer than min_cell={min_cell}")
+    rules = _Rules(columns.events, max(min_bin_events, min_cell), min_cell)
+    bins = _bins(matrix.tolist(), rules, columns, n)
+    released = np.zeros_like(matrix)
+    for _, end, cells in bins:
+        released[end] = cells
+    _check_released(released, columns, min_cell)
+    released.setflags(write=False)
+    widths = [end - start + 1 for start, end, cells in bins if sum(cells) > 0]
+    return CoarsenedColumns(released, tuple(end for _, end, _ in bins), max(widths))
+
+
+def _matrix(counts: SurvivalCounts | CompetingCounts, columns: CountColumns) -> NDArray[np.int64]:
+    return np.column_stack([getattr(counts, name) for name in columns.names])
+
+
 def coarsen_counts(counts: SurvivalCounts, min_bin_events: int, min_cell: int) -> CoarsenedCounts:
-    """Coarsen per-day counts to time bins that satisfy the site's disclosure rules.
+    """Coarsen per-day survival counts (:func:`coarsen_columns` over ``[events, censored]``).
 
     Parameters
     ----------
@@ -182,79 +339,19 @@ def coarsen_counts(counts: SurvivalCounts, min_bin_events: int, min_cell: int) -
 
     Raises
     ------
-    DisclosureError
-        If the group has fewer than ``min_cell`` subjects (but at least one), or no binning can
-        satisfy the rules.
-    ValueError
-        If a threshold is not an integer >= 1.
+    DisclosureError, ValueError
+        As :func:`coarsen_columns`.
     """
-    min_bin_events = _check_threshold(min_bin_events, "min_bin_events")
-    min_cell = _check_threshold(min_cell, "min_cell")
-    horizon = counts.horizon
-    n = counts.n
-    if min_bin_events == 1 and min_cell == 1:
-        return CoarsenedCounts(counts=counts, bin_ends=tuple(range(horizon + 1)), max_bin_width=1)
-    if n == 0:
-        return CoarsenedCounts(counts=counts, bin_ends=(horizon,), max_bin_width=1)
-    if n < min_cell:
-        raise DisclosureError(f"group has {n} subjects, fewer than min_cell={min_cell}")
-
-    min_events = max(min_bin_events, min_cell)
-    bins = _close_remainder(
-        _greedy_bins(counts.events, counts.censored, min_events, min_cell), min_events, min_cell, n
-    )
-
-    events = np.zeros(horizon + 1, dtype=np.int64)
-    censored = np.zeros(horizon + 1, dtype=np.int64)
-    for _, end, ev, ce in bins:
-        events[end] = ev
-        censored[end] = ce
-    released = SurvivalCounts(events=events, censored=censored)
-    _check_released(released, min_cell)
-    widths = [end - start + 1 for start, end, ev, ce in bins if ev + ce > 0]
-    return CoarsenedCounts(
-        counts=released,
-        bin_ends=tuple(int(b[1]) for b in bins),
-        max_bin_width=max(widths),
-    )
-
-
-@dataclass(frozen=True, eq=False)
-class CoarsenedCompeting:
-    """Competing-risks counts released at bin resolution.
-
-    Attributes
-    ----------
-    counts : CompetingCounts
-        Released counts; non-zero only on bin ends.
-    bin_ends : tuple of int
-        Last day of each bin, as in :class:`CoarsenedCounts`.
-    max_bin_width : int
-        Widest bin, in days, among bins holding subjects (1 at day resolution or with no
-        subjects).
-    """
-
-    counts: CompetingCounts
-    bin_ends: tuple[int, ...]
-    max_bin_width: int
-
-
-def _cells_safe(cells: list[int], min_cell: int) -> bool:
-    return all(c == 0 or c >= min_cell for c in cells)
+    out = coarsen_columns(_matrix(counts, SURVIVAL_COLUMNS), SURVIVAL_COLUMNS,
+                          min_bin_events, min_cell)
+    return CoarsenedCounts(SurvivalCounts(*out.counts.T), out.bin_ends, out.max_bin_width)
 
 
 def coarsen_competing(
     counts: CompetingCounts, min_bin_events: int, min_cell: int
 ) -> CoarsenedCompeting:
-    """Coarsen per-day competing-risks counts to bins that satisfy the disclosure rules.
-
-    Bins grow greedily from day 0 and close once they hold at least
-    ``max(min_bin_events, min_cell)`` events (cause 1 and cause 2 together) and their cause-1,
-    cause-2 and censored counts are each 0 or at least ``min_cell``; a trailing remainder that
-    misses this is merged backwards until the merged bin meets it. One bin over everything is
-    released when each of its non-zero counts is at least ``min_cell`` (as
-    :func:`coarsen_counts`). Every released non-zero count, ``n`` and number at risk is then
-    at least ``min_cell`` (checked before returning).
+    """Coarsen per-day competing-risks counts (:func:`coarsen_columns` over
+    ``[cause1, cause2, censored]``; events of either cause count towards a bin).
 
     Parameters
     ----------
@@ -271,71 +368,9 @@ def coarsen_competing(
 
     Raises
     ------
-    DisclosureError
-        If the group has fewer than ``min_cell`` subjects (but at least one), or no binning can
-        satisfy the rules.
-    ValueError
-        If a threshold is not an integer >= 1.
+    DisclosureError, ValueError
+        As :func:`coarsen_columns`.
     """
-    min_bin_events = _check_threshold(min_bin_events, "min_bin_events")
-    min_cell = _check_threshold(min_cell, "min_cell")
-    horizon = counts.horizon
-    n = counts.n
-    if min_bin_events == 1 and min_cell == 1:
-        return CoarsenedCompeting(
-            counts=counts, bin_ends=tuple(range(horizon + 1)), max_bin_width=1
-        )
-    if n == 0:
-        return CoarsenedCompeting(counts=counts, bin_ends=(horizon,), max_bin_width=1)
-    if n < min_cell:
-        raise DisclosureError(f"group has {n} subjects, fewer than min_cell={min_cell}")
-    min_events = max(min_bin_events, min_cell)
-
-    def closes(b: list[int]) -> bool:
-        return b[2] + b[3] >= min_events and _cells_safe(b[2:], min_cell)
-
-    # Greedy forward bins [start, end, cause1, cause2, censored].
-    bins: list[list[int]] = []
-    current = [0, 0, 0, 0, 0]
-    for day in range(horizon + 1):
-        current[1] = day
-        current[2] += int(counts.cause1[day])
-        current[3] += int(counts.cause2[day])
-        current[4] += int(counts.censored[day])
-        if closes(current):
-            bins.append(current)
-            current = [day + 1, day + 1, 0, 0, 0]
-    if current[0] <= horizon:
-        current[1] = horizon
-        if sum(current[2:]) == 0 and bins:
-            bins.append(current)  # trailing days without subjects: an empty bin
-        else:
-            while bins and not closes(current):
-                prev = bins.pop()
-                current = [prev[0], current[1]] + [
-                    p + c for p, c in zip(prev[2:], current[2:], strict=True)
-                ]
-            if not bins and not _cells_safe(current[2:], min_cell):
-                raise DisclosureError(
-                    f"cannot coarsen {n} subjects ({current[2]} events, {current[3]} "
-                    f"competing, {current[4]} censored) into bins with at least "
-                    f"{min_events} events and no count below {min_cell}"
-                )
-            bins.append(current)
-
-    arrays = {name: np.zeros(horizon + 1, dtype=np.int64) for name in ("c1", "c2", "ce")}
-    for _, end, c1, c2, ce in bins:
-        arrays["c1"][end], arrays["c2"][end], arrays["ce"][end] = c1, c2, ce
-    released = CompetingCounts(cause1=arrays["c1"], cause2=arrays["c2"], censored=arrays["ce"])
-    for name, values in (
-        ("cause1", released.cause1),
-        ("cause2", released.cause2),
-        ("censored", released.censored),
-        ("at_risk", released.at_risk),
-    ):
-        if np.any((values > 0) & (values < min_cell)):
-            raise DisclosureError(f"coarsened {name} would hold a count below {min_cell}")
-    widths = [end - start + 1 for start, end, *cells in bins if sum(cells) > 0]
-    return CoarsenedCompeting(
-        counts=released, bin_ends=tuple(int(b[1]) for b in bins), max_bin_width=max(widths)
-    )
+    out = coarsen_columns(_matrix(counts, COMPETING_COLUMNS), COMPETING_COLUMNS,
+                          min_bin_events, min_cell)
+    return CoarsenedCompeting(CompetingCounts(*out.counts.T), out.bin_ends, out.max_bin_width)
