@@ -33,9 +33,9 @@ Rules, in order, after each evaluation:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, SupportsFloat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -142,10 +142,10 @@ class NewtonState:
         if data["status"] not in ("running", "converged", "failed"):
             raise ValueError(f"unknown Newton status {data['status']!r}")
 
-        def floats(values: Any) -> tuple[float, ...] | None:
+        def floats(values: Iterable[SupportsFloat] | None) -> tuple[float, ...] | None:
             return None if values is None else tuple(float(v) for v in values)
 
-        def number(value: Any) -> float | None:
+        def number(value: SupportsFloat | None) -> float | None:
             return None if value is None else float(value)
 
         state = cls(

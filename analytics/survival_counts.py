@@ -128,7 +128,7 @@ class SurvivalCounts:
 
 
 def _check_individuals(durations: ArrayLike, outcomes: ArrayLike,
-                       name: str) -> tuple[np.ndarray, np.ndarray]:
+                       name: str) -> tuple[NDArray[np.integer | np.floating], NDArray[np.generic]]:
     """Durations (whole, finite days >= 0) and a 1-D outcome array of the same length."""
     t = np.asarray(durations)
     o = np.asarray(outcomes)

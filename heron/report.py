@@ -1,7 +1,7 @@
 """Render a results.json document as one self-contained ``report.html``.
 
 The report reads offline: figures are inline SVG, styles are inline and a content security
-policy forbids fetching anything. Every analysis kind of results-and-cli.md has a section;
+policy forbids fetching anything. Every analysis kind of docs/results-format.md has a section;
 an analysis that failed or was refused shows its reason, and one that cannot be drawn shows
 why instead of breaking the report.
 """

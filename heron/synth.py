@@ -1,4 +1,4 @@
-"""Realistic synthetic site folders (data-model.md v1) for demos, tests and benchmarks.
+"""Realistic synthetic site folders (docs/data-model.md, v1) for demos, tests and benchmarks.
 
 CAR-T outcomes from a mixture-cure model (durable remission, relapse, non-relapse death) with
 registry-style toxicity grading and CIBMTR-like follow-up; parameters in data/synth_model.json.

@@ -1,4 +1,4 @@
-"""Per-site adverse-event summaries for ``kind: adverse_events`` (study.md).
+"""Per-site adverse-event summaries for ``kind: adverse_events`` (docs/study-format.md).
 
 For each requested term, over the cohort (one row per infusion; day 0 = that infusion):
 

@@ -1,8 +1,8 @@
-"""Cohort selection: the infusions a study analyses (study.md, ``cohort``).
+"""Cohort selection: the infusions a study analyses (docs/study-format.md, ``cohort``).
 
 Pure functions over the node's tables. ``tables`` is either a mapping of table name to
 DataFrame or an object with a ``.table(name)`` method (the node's store); both give frames with
-the data-model.md columns in canonical spelling.
+the docs/data-model.md columns in canonical spelling.
 """
 
 from __future__ import annotations

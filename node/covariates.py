@@ -1,4 +1,4 @@
-"""The Cox design at a site: covariate values of the cohort's complete cases (study.md, ``cox``).
+"""The Cox design at a site: covariate values of the cohort's complete cases (``kind: cox``).
 
 Covariates (in the study's order):
 
@@ -13,7 +13,7 @@ Rules:
   name) with ``day <= 0`` and a finite value, the row whose day is closest to day 0 counts. When
   several rows share that day their values are averaged (arithmetic mean). No such row = missing.
 - A categorical value that is missing or blank is missing; ``unknown``, ``U`` and the
-  disease_status ``NA`` are real levels (data-model.md).
+  disease_status ``NA`` are real levels (docs/data-model.md).
 - Complete cases only: a cohort row missing any covariate is dropped. Each dropped row is
   counted once, under the FIRST missing covariate in the study's order (reason
   ``"missing <covariate>"``), so the counts add up to the rows dropped. Every covariate has a

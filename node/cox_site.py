@@ -1,11 +1,11 @@
-"""A site's part of a federated Cox model (study.md ``kind: cox``).
+"""A site's part of a federated Cox model (docs/study-format.md, ``kind: cox``).
 
 Round 1 prepares the design (complete cases, indicator levels present, follow-up in days) and
 releases only its description: levels present, numbers of patients and events, patients dropped
 per reason. Every later round receives the coefficients chosen by the aggregator and releases
 the sums at those coefficients: per-day risk-set and event sums (``strata: none``) or this
 site's own Efron log-likelihood, gradient and Hessian (``strata: site``). Unmasked releases use
-follow-up times rounded up to the site's coarsened time bins (study.md: per-day sums under
+follow-up times rounded up to the site's coarsened time bins (per-day sums under
 known coefficients would let the receiver rebuild a patient's values).
 """
 

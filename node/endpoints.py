@@ -1,4 +1,4 @@
-"""Endpoints derived at the site (data-model.md, "Endpoints derived at the site").
+"""Endpoints derived at the site (docs/data-model.md, "Endpoints derived at the site").
 
 Every function is vectorised over the cohort (numpy/pandas, no per-patient Python loops) and
 works in whole days since infusion (infusion = day 0). Rules shared by all endpoints:

@@ -1,8 +1,8 @@
 """The site policy: which studies and analyses a node answers, and its disclosure thresholds.
 
-A node reads its policy from a TOML file (study.md, "Site policy file"). Keys left out take the
-defaults of study.md; unknown keys and bad values are errors that name the key and the file, so a
-typo can never loosen a site's rules silently.
+A node reads its policy from a TOML file (docs/study-format.md, "Site policy file"). Keys
+left out take the defaults; unknown keys and bad values are errors that name the key and the
+file, so a typo can never loosen a site's rules silently.
 
 Entries of ``trusted_coordinators`` are either paths to public-key files (relative paths are
 resolved against the folder of the policy file) or base64 of a raw 32-byte Ed25519 public key.
@@ -64,7 +64,7 @@ def _raw_key(entry: str) -> bytes | None:
 
 @dataclass(frozen=True)
 class Policy:
-    """A site's policy (study.md, "Site policy file").
+    """A site's policy (docs/study-format.md, "Site policy file").
 
     ``base_dir`` is the folder of the policy file, used to resolve relative key paths; it is
     not part of equality and not written to the file.
@@ -142,7 +142,7 @@ class Policy:
 
 
 def default_policy() -> Policy:
-    """The default policy of study.md (auto approval, no trusted coordinator yet)."""
+    """The default policy (docs/study-format.md: auto approval, no trusted coordinator yet)."""
     return Policy()
 
 
@@ -243,7 +243,7 @@ def _toml_list(items: tuple[str, ...]) -> str:
 def policy_to_toml(policy: Policy) -> str:
     """The policy as a commented TOML document that :func:`load_policy` reads back equal."""
     return "\n".join([
-        "# heron site policy (study.md, \"Site policy file\").",
+        "# heron site policy (docs/study-format.md, \"Site policy file\").",
         "# Keys left out take their defaults; unknown keys are errors.",
         "",
         "# auto: answer allowed studies at once; manual: a data steward approves each study.",

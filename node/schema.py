@@ -1,4 +1,4 @@
-"""Declarative definition of the site data model (data-model.md, v1).
+"""Declarative definition of the site data model (docs/data-model.md, v1).
 
 Every table a site may load is described here once: its columns, their types, whether a value
 is required, the canonical spelling of enumerations, the primary key and the references to

@@ -1,4 +1,4 @@
-"""Fixed-shape releases for secure aggregation (study.md: ``secure_aggregation: true``).
+"""Fixed-shape releases for secure aggregation (``secure_aggregation: true``).
 
 Masked vectors must have the same keys and lengths at every site, and nothing in plaintext may
 depend on a site's data. So groups are the fixed levels of the grouping variable (every level

@@ -137,11 +137,11 @@ class _Problems:
         self.items.append(f"{path}: {message}")
 
 
-def _join(path: str, key: Any) -> str:
+def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _check_keys(obj: Any, allowed: set[str], required: set[str], path: str,
+def _check_keys(obj: object, allowed: set[str], required: set[str], path: str,
                 pr: _Problems) -> Mapping[str, Any] | None:
     """``obj`` when it is a mapping (its unknown and missing keys recorded), else None."""
     if not isinstance(obj, Mapping):
@@ -154,14 +154,14 @@ def _check_keys(obj: Any, allowed: set[str], required: set[str], path: str,
     return obj
 
 
-def _str(value: Any, path: str, pr: _Problems) -> str | None:
+def _str(value: object, path: str, pr: _Problems) -> str | None:
     if not isinstance(value, str) or not value:
         pr.add(path, "must be a non-empty string")
         return None
     return value
 
 
-def _int(value: Any, path: str, pr: _Problems, minimum: int | None = None,
+def _int(value: object, path: str, pr: _Problems, minimum: int | None = None,
          maximum: int | None = None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         pr.add(path, "must be an integer")
@@ -175,14 +175,14 @@ def _int(value: Any, path: str, pr: _Problems, minimum: int | None = None,
     return value
 
 
-def _bool(value: Any, path: str, pr: _Problems) -> bool | None:
+def _bool(value: object, path: str, pr: _Problems) -> bool | None:
     if not isinstance(value, bool):
         pr.add(path, "must be true or false")
         return None
     return value
 
 
-def _date(value: Any, path: str, pr: _Problems) -> dt.date | None:
+def _date(value: object, path: str, pr: _Problems) -> dt.date | None:
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
@@ -196,7 +196,7 @@ def _date(value: Any, path: str, pr: _Problems) -> dt.date | None:
     return None
 
 
-def _str_list(value: Any, path: str, pr: _Problems,
+def _str_list(value: object, path: str, pr: _Problems,
               choices: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
     """A non-empty list of strings (a single string counts as a list of one; ints as text)."""
     if isinstance(value, str):
@@ -218,7 +218,7 @@ def _str_list(value: Any, path: str, pr: _Problems,
     return tuple(out) if len(out) == len(value) else None
 
 
-def _cohort(obj: Any, pr: _Problems) -> Cohort:
+def _cohort(obj: object, pr: _Problems) -> Cohort:
     allowed = {*COHORT_LIST_KEYS, "infusion_date", "age_at_infusion", "first_infusion_only"}
     obj = _check_keys(obj, allowed, set(), "cohort", pr)
     if obj is None:
@@ -245,7 +245,7 @@ def _cohort(obj: Any, pr: _Problems) -> Cohort:
     return Cohort(**kwargs)
 
 
-def _endpoint(value: Any, kind: str, path: str, pr: _Problems) -> str | None:
+def _endpoint(value: object, kind: str, path: str, pr: _Problems) -> str | None:
     s = _str(value, path, pr)
     if s is None:
         return None
@@ -269,7 +269,7 @@ _ANALYSIS_KEYS: dict[str, set[str]] = {
 }
 
 
-def _analysis(obj: Any, path: str, horizon: int | None, pr: _Problems) -> Analysis | None:
+def _analysis(obj: object, path: str, horizon: int | None, pr: _Problems) -> Analysis | None:
     """One analysis; None when it has a problem (every problem is recorded)."""
     before = len(pr.items)
     obj = _check_keys(obj, {"name", "kind", *set().union(*_ANALYSIS_KEYS.values())},
@@ -335,7 +335,7 @@ _TOP_KEYS = {"heron", "id", "title", "expires", "horizon_days", "cohort", "censo
 _REQUIRED_TOP_KEYS = {"heron", "id", "title", "expires", "horizon_days", "analyses"}
 
 
-def _parse(obj: Any) -> tuple[Study | None, list[str]]:
+def _parse(obj: object) -> tuple[Study | None, list[str]]:
     """The study and an empty list, or None and every problem of the document."""
     pr = _Problems()
     doc = _check_keys(obj, _TOP_KEYS, _REQUIRED_TOP_KEYS, "", pr)
@@ -389,7 +389,7 @@ def _parse(obj: Any) -> tuple[Study | None, list[str]]:
     ), []
 
 
-def study_problems(obj: Any) -> list[str]:
+def study_problems(obj: object) -> list[str]:
     """Every problem of a decoded study document, each ``"<field path>: <message>"``.
 
     An empty list means :func:`study_from_dict` accepts the document. Paths look like
@@ -398,7 +398,7 @@ def study_problems(obj: Any) -> list[str]:
     return _parse(obj)[1]
 
 
-def study_from_dict(obj: Any) -> Study:
+def study_from_dict(obj: object) -> Study:
     """Validate a decoded study document and build a :class:`Study`.
 
     Raises

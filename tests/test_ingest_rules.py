@@ -1,4 +1,4 @@
-"""Every hard rule of data-model.md: exactly the offending row is quarantined.
+"""Every hard rule of docs/data-model.md: exactly the offending row is quarantined.
 
 Each case appends one row to the clean baseline site (tests/test_ingest_sitedata.py), ingests
 the folder into a real store and checks the single quarantine record: table, 1-based row,

@@ -2,7 +2,7 @@
 
 Random cohorts go through the node's real path (cohort selection, endpoint derivation, group
 labels, disclosure control, release building); every released count, every group size and
-every number at risk implied by a release must be 0 or at least min_cell (study.md defaults).
+every number at risk implied by a release must be 0 or at least min_cell (policy defaults).
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ analyses:
     kind: kaplan_meier
     endpoint: overall_survival
 """
-# written by hand from study.md and the canonical form's definition
+# written by hand from docs/study-format.md and the canonical form's definition
 STUDY_CANONICAL = (
     b'{"analyses":[{"endpoint":"overall_survival","kind":"kaplan_meier","name":"os"}],'
     b'"cohort":{"first_infusion_only":true},"expires":"2030-01-01","heron":1,'

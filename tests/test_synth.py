@@ -55,7 +55,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def endpoints(big: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """OS and PFS per infusion, derived directly from the files as data-model.md says."""
+    """OS and PFS per infusion, derived directly from the files as docs/data-model.md says."""
     inf, fu, ev = big["infusions"], big["followup"], big["clinical_events"]
     per = fu.groupby("infusion_id").agg(last=("contact_date", "max"), death=("death_date", "max"))
     df = inf.set_index("infusion_id").join(per)
