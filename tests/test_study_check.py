@@ -149,3 +149,14 @@ def test_cli_check_yaml_syntax_error_and_missing_file(tmp_path, capsys):
     assert "not valid YAML or JSON" in out and "1 problem found" in out
     assert main(["study", "check", str(tmp_path / "missing.yaml")]) == 2
     assert capsys.readouterr().err.startswith("heron: error: ")
+
+
+def test_the_demo_study_passes_check():
+    from pathlib import Path
+
+    from heron.study_tools import check_study_file
+
+    path = Path(__file__).resolve().parent.parent / "heron" / "data" / "demo-study.yaml"
+    check = check_study_file(path, TODAY)
+    assert check.ok, check.problems
+    assert "is valid" in check.summary()
