@@ -160,8 +160,9 @@ def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature) as exc:
+        reason = str(exc) or "bad signature"  # InvalidSignature carries no message
         raise PKIError(f"certificate {cert.subject.rfc4514_string()} was not issued by "
-                       f"{ca_cert.subject.rfc4514_string()}: {exc or 'bad signature'}") from exc
+                       f"{ca_cert.subject.rfc4514_string()}: {reason}") from exc
 
 
 def init_ca(ca_dir: Path, name: str = "heron network CA", days: int = 3650) -> Credentials:

@@ -136,3 +136,12 @@ def test_load_credentials_rejects_mismatches(ca_dir: Path, tmp_path: Path) -> No
         load_credentials(tmp_path / "c")
     with pytest.raises(PKIError, match="missing"):
         load_credentials(tmp_path / "nothing")
+
+
+def test_certificate_of_a_namesake_ca_fails_with_a_reason(ca_dir: Path, tmp_path: Path) -> None:
+    # Same CA name, other key: the signature check fails with an empty InvalidSignature.
+    init_ca(tmp_path / "namesake")
+    issue_site(tmp_path / "namesake", "site-d", tmp_path / "d")
+    (tmp_path / "d" / "ca.pem").write_bytes((ca_dir / "ca.pem").read_bytes())
+    with pytest.raises(PKIError, match=r"not issued by .*: bad signature$"):
+        load_credentials(tmp_path / "d")
