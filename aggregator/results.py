@@ -1,4 +1,4 @@
-"""results.json of a finished study (results-and-cli.md): the engine's functional core."""
+"""results.json of a finished study (docs/results-format.md): the engine's functional core."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _checked_pool_output(study: Study, pooled: Any) -> tuple[dict[str, Any], dic
 
 def results_document(study: Study, states: Sequence[StudySiteRecord], pool: Pool,
                      iterative: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """Build results.json (results-and-cli.md) for a study whose participants are all final.
+    """Build results.json (docs/results-format.md) for a study whose participants are all final.
 
     Returns
     -------
