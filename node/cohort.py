@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from protocol.study import COHORT_LIST_KEYS, Cohort
+from protocol.vocabulary import GROUPING_COLUMNS
 
 __all__ = ["COHORT_COLUMNS", "TableSource", "get_table", "select_cohort"]
 
@@ -26,14 +27,7 @@ COHORT_COLUMNS = (
     "patient_id",
     "infusion_date",
     "age_at_infusion",
-    "sex",
-    "route",
-    "atmp_class",
-    "origin",
-    "product",
-    "indication_group",
-    "disease_status",
-    "ecog",
+    *GROUPING_COLUMNS,
     "prior_lines",
 )
 

@@ -29,7 +29,8 @@ import pandas as pd
 
 from node.cohort import TableSource, get_table
 from node.errors import StudyRefused
-from protocol.study import AE_ENDPOINT, CENSOR_EVENTS, GROUP_BY
+from protocol.study import AE_ENDPOINT, CENSOR_EVENTS
+from protocol.vocabulary import ALL, GROUP_BY, SITE, UNKNOWN
 
 __all__ = ["AE_TERMS", "competing_endpoint", "group_labels", "parse_ae_endpoint",
            "survival_endpoint"]
@@ -260,8 +261,8 @@ def group_labels(cohort_df: pd.DataFrame, group_by: str | None, site_id: str) ->
     "unknown"; ecog is labelled by its integer ("0" .. "4").
     """
     if group_by is None:
-        return pd.Series("all", index=cohort_df.index, dtype=object)
-    if group_by == "site":
+        return pd.Series(ALL, index=cohort_df.index, dtype=object)
+    if group_by == SITE:
         return pd.Series(site_id, index=cohort_df.index, dtype=object)
     if group_by not in GROUP_BY:
         raise StudyRefused(f"group_by {group_by!r} is not one of {', '.join(GROUP_BY)}")
@@ -269,5 +270,5 @@ def group_labels(cohort_df: pd.DataFrame, group_by: str | None, site_id: str) ->
     if group_by == "ecog":
         col = pd.to_numeric(col, errors="coerce").astype("Int64")
     labels = col.astype("string")
-    labels = labels.mask(labels.str.match(_MISSING).fillna(True).astype(bool), "unknown")
-    return labels.fillna("unknown").astype(object)
+    labels = labels.mask(labels.str.match(_MISSING).fillna(True).astype(bool), UNKNOWN)
+    return labels.fillna(UNKNOWN).astype(object)

@@ -18,13 +18,13 @@ from typing import Any
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from node.analyses import compute_release, compute_round_release, release_summary
 from node.audit import AuditTrail
 from node.cohort import select_cohort
 from node.errors import NodeError, StudyRefused
 from node.ledger import DisclosureLedger
 from node.policy import Policy
-from node.secure_answer import secure_round
+from node.releases import first_release, release_summary
+from node.secure_answer import cox_round, secure_round
 from node.secure_session import SecureSessions
 from protocol.codec import Release
 from protocol.errors import ProtocolError
@@ -202,7 +202,7 @@ class NodeEngine:
         releases = {}
         if round == 1:
             for analysis in study.analyses:
-                releases[analysis.name] = compute_release(
+                releases[analysis.name] = first_release(
                     analysis, study, prepared.tables, prepared.cohort, self.site_id,
                     self.policy, prepared.memo)
         else:
@@ -211,9 +211,9 @@ class NodeEngine:
                 if analysis is None:
                     return self._refuse(study_id, f"round {round} names an unknown analysis "
                                         f"{inp.analysis!r}")
-                releases[analysis.name] = compute_round_release(
-                    analysis, study, prepared.tables, prepared.cohort, self.site_id,
-                    self.policy, prepared.memo, inp)
+                releases[analysis.name] = cox_round(
+                    analysis, study, prepared.tables, prepared.cohort, self.policy,
+                    prepared.memo, inp)
         if round == 1:
             self._record(study, prepared)
         for name, release in releases.items():

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import PolicyError
-from protocol.study import ANALYSIS_KINDS, GROUP_BY, Analysis
+from protocol.study import ANALYSIS_KINDS, Analysis
+from protocol.vocabulary import GROUP_BY
 
 __all__ = [
     "APPROVAL_MODES",

@@ -14,6 +14,8 @@ from enum import StrEnum
 
 import pandas as pd
 
+from protocol.vocabulary import ATMP_CLASS, DISEASE_STATUS, ORIGIN, ROUTE, SEX
+
 logger = logging.getLogger(__name__)
 
 
@@ -120,11 +122,7 @@ class Table:
 S, E, INT, F, D, B = (ColumnType.STRING, ColumnType.ENUM, ColumnType.INT, ColumnType.FLOAT,
                     ColumnType.DATE, ColumnType.BOOL)
 
-SEX = ("F", "M", "U")
-ATMP_CLASS = ("GTMP", "sCTMP", "TEP", "combined")
-ROUTE = ("hospital_exemption", "centrally_authorised", "clinical_trial", "compassionate")
-ORIGIN = ("autologous", "allogeneic")
-DISEASE_STATUS = ("CR", "PR", "SD", "PD", "NA")
+# SEX, ATMP_CLASS, ROUTE, ORIGIN, DISEASE_STATUS: protocol.vocabulary (fixed grouping levels)
 VITAL_STATUS = ("alive", "dead", "unknown")
 CAUSE_OF_DEATH = ("primary_disease", "infection", "CRS", "ICANS", "IEC_HS", "second_malignancy",
                   "other_treatment_related", "other", "unknown")

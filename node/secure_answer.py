@@ -13,17 +13,17 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
-from node.cox_site import cox_round_release, prepare_cox
+from node.cohort import TableSource
 from node.errors import StudyRefused
 from node.policy import Policy
-from node.secure_releases import cox_setup_vectors, secure_release
+from node.releases import cox_step_release, first_release
 from node.secure_session import KEYS, REKEY, SecureSessions
 from protocol.codec import Release
-from protocol.study import Study
+from protocol.errors import ProtocolError
+from protocol.rounds import newton_from_release
+from protocol.study import Analysis, Study
 
-__all__ = ["MAX_ATTEMPTS", "secure_round"]
+__all__ = ["MAX_ATTEMPTS", "cox_round", "secure_round"]
 
 MAX_ATTEMPTS = 3
 """Key exchanges a site takes part in for one study (the first and two restarts)."""
@@ -31,30 +31,18 @@ MAX_ATTEMPTS = 3
 logger = logging.getLogger(__name__)
 
 
-def _first_data_round(study: Study, tables: object, cohort: Any, site_id: str,
-                      policy: Policy, memo: dict[str, Any],
-                      participants: Sequence[str]) -> list[Release]:
-    out = []
-    for analysis in study.analyses:
-        reason = policy.check_analysis(analysis)
-        if reason:
-            out.append(Release.failure(analysis.name, analysis.kind, reason))
-            continue
-        try:
-            if analysis.kind == "cox":
-                site = prepare_cox(analysis, study, tables, cohort, policy)
-                memo[analysis.name] = site
-                out.append(cox_setup_vectors(analysis, site.design, int(np.sum(site.events))))
-            else:
-                out.append(secure_release(analysis, study, tables, cohort, site_id,
-                                          participants))
-        except StudyRefused as exc:
-            out.append(Release.failure(analysis.name, analysis.kind, str(exc)))
-    return out
+def cox_round(analysis: Analysis, study: Study, tables: TableSource, cohort: Any,
+              policy: Policy, memo: dict[str, Any], inputs: Release) -> Release:
+    """A Cox Newton round from its input release (the coefficients to evaluate)."""
+    try:
+        request = newton_from_release(inputs)
+    except ProtocolError as exc:
+        return Release.failure(analysis.name, analysis.kind, str(exc))
+    return cox_step_release(analysis, study, tables, cohort, policy, memo, request)
 
 
 def secure_round(study: Study, round: int, inputs: Sequence[Release], sessions: SecureSessions,
-                 tables: object, cohort: Any, site_id: str, policy: Policy,
+                 tables: TableSource, cohort: Any, site_id: str, policy: Policy,
                  memo: dict[str, Any], record: Callable[[], None]) -> list[Release]:
     """The releases of one round of a secure study (see the module docstring).
 
@@ -79,9 +67,9 @@ def secure_round(study: Study, round: int, inputs: Sequence[Release], sessions: 
     cox_inputs = [r for r in inputs if r.analysis in analyses]
     if not cox_inputs:
         record()
-        releases = _first_data_round(study, tables, cohort, site_id, policy, memo,
-                                     participants)
+        releases = [first_release(a, study, tables, cohort, site_id, policy, memo, participants)
+                    for a in study.analyses]
     else:
-        releases = [cox_round_release(analyses[r.analysis], study, tables, cohort, policy,
-                                      memo, r) for r in cox_inputs]
+        releases = [cox_round(analyses[r.analysis], study, tables, cohort, policy, memo, r)
+                    for r in cox_inputs]
     return SecureSessions.mask(releases, masker, round)

@@ -1,8 +1,8 @@
 """Wire conventions of releases: named vectors in a :class:`Release` for each analysis kind.
 
 Survival and competing-risks releases carry per-group day-count vectors; adverse-event releases
-per-term counts. Cox rounds use :mod:`analytics.cox`'s own vector names.
-
+per-term counts. Cox rounds use :mod:`analytics.cox`'s own vector names. The names themselves
+are :mod:`protocol.vocabulary`'s.
 
 A survival release (kinds ``kaplan_meier``, ``nelson_aalen``, ``logrank``) carries, for group
 number ``i`` of ``metadata["groups"]``, the vectors ``g{i}.events`` and ``g{i}.censored`` of
@@ -20,6 +20,15 @@ import numpy as np
 from analytics import CompetingCounts, SurvivalCounts
 from protocol.codec import Release
 from protocol.errors import ProtocolError
+from protocol.vocabulary import (
+    COMPETING_PARTS,
+    GROUPS,
+    SURVIVAL_PARTS,
+    TERM_PARTS,
+    TERMS,
+    group_vector,
+    term_vector,
+)
 
 __all__ = [
     "SUPPRESSED",
@@ -39,13 +48,20 @@ def survival_release(
     metadata: Mapping[str, Any] | None = None,
 ) -> Release:
     """Pack per-group survival counts of one site into a release."""
+    return _grouped_release(analysis, kind, groups, SURVIVAL_PARTS, metadata)
+
+
+def _grouped_release(analysis: str, kind: str, groups: Mapping[str, Any],
+                     parts: tuple[str, ...], metadata: Mapping[str, Any] | None) -> Release:
+    """Groups in sorted order, vector ``part`` of group ``i`` from ``groups[name].part``."""
     names = sorted(groups)
     vectors: dict[str, np.ndarray] = {}
     for i, name in enumerate(names):
-        vectors[f"g{i}.events"] = np.asarray(groups[name].events, dtype=np.int64)
-        vectors[f"g{i}.censored"] = np.asarray(groups[name].censored, dtype=np.int64)
+        for part in parts:
+            vectors[group_vector(i, part)] = np.asarray(getattr(groups[name], part),
+                                                        dtype=np.int64)
     meta = dict(metadata or {})
-    meta["groups"] = names
+    meta[GROUPS] = names
     return Release(analysis=analysis, kind=kind, vectors=vectors, metadata=meta)
 
 
@@ -57,14 +73,14 @@ def survival_groups(release: Release, horizon: int) -> dict[str, SurvivalCounts]
     ProtocolError
         When the release does not follow the convention.
     """
-    names = release.metadata.get("groups")
+    names = release.metadata.get(GROUPS)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ProtocolError(f"release {release.analysis}: metadata.groups must list group names")
     out: dict[str, SurvivalCounts] = {}
     for i, name in enumerate(names):
         try:
-            events = np.asarray(release.vectors[f"g{i}.events"], dtype=np.int64)
-            censored = np.asarray(release.vectors[f"g{i}.censored"], dtype=np.int64)
+            events, censored = (np.asarray(release.vectors[group_vector(i, part)],
+                                           dtype=np.int64) for part in SURVIVAL_PARTS)
         except KeyError as exc:
             raise ProtocolError(f"release {release.analysis}: missing vector {exc}") from None
         if len(events) != horizon + 1 or len(censored) != horizon + 1:
@@ -80,24 +96,15 @@ def competing_release(
     metadata: Mapping[str, Any] | None = None,
 ) -> Release:
     """Pack per-group competing-risks counts (``g{i}.cause1``, ``.cause2``, ``.censored``)."""
-    names = sorted(groups)
-    vectors: dict[str, np.ndarray] = {}
-    for i, name in enumerate(names):
-        for part in ("cause1", "cause2", "censored"):
-            vectors[f"g{i}.{part}"] = np.asarray(getattr(groups[name], part), dtype=np.int64)
-    meta = dict(metadata or {})
-    meta["groups"] = names
-    return Release(analysis=analysis, kind="cumulative_incidence", vectors=vectors,
-                   metadata=meta)
+    return _grouped_release(analysis, "cumulative_incidence", groups, COMPETING_PARTS, metadata)
 
 
 def competing_groups(release: Release, horizon: int) -> dict[str, CompetingCounts]:
     """Unpack :func:`competing_release`; checks the study's vector length."""
-    names = _names(release, "groups")
+    names = _names(release, GROUPS)
     out: dict[str, CompetingCounts] = {}
     for i, name in enumerate(names):
-        parts = [_vector(release, f"g{i}.{p}", horizon + 1) for p in
-                 ("cause1", "cause2", "censored")]
+        parts = [_vector(release, group_vector(i, p), horizon + 1) for p in COMPETING_PARTS]
         out[name] = CompetingCounts(*parts)
     return out
 
@@ -121,11 +128,11 @@ def adverse_event_release(
     vectors: dict[str, np.ndarray] = {}
     for i, name in enumerate(names):
         at_risk, with_event, person_days, grades, onset = terms[name]
-        vectors[f"t{i}.counts"] = np.array([at_risk, with_event, person_days], dtype=np.int64)
-        vectors[f"t{i}.grades"] = np.asarray(grades, dtype=np.int64)
-        vectors[f"t{i}.onset"] = np.asarray(onset, dtype=np.int64)
+        counts = np.array([at_risk, with_event, person_days], dtype=np.int64)
+        for part, values in zip(TERM_PARTS, (counts, grades, onset), strict=True):
+            vectors[term_vector(i, part)] = np.asarray(values, dtype=np.int64)
     meta = dict(metadata or {})
-    meta["terms"] = names
+    meta[TERMS] = names
     return Release(analysis=analysis, kind="adverse_events", vectors=vectors, metadata=meta)
 
 
@@ -134,9 +141,10 @@ def adverse_event_terms(
 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Unpack :func:`adverse_event_release`: term -> (counts[3], grades[5], onset[w+1])."""
     out = {}
-    for i, name in enumerate(_names(release, "terms")):
-        out[name] = (_vector(release, f"t{i}.counts", 3), _vector(release, f"t{i}.grades", 5),
-                     _vector(release, f"t{i}.onset", window_days + 1))
+    for i, name in enumerate(_names(release, TERMS)):
+        counts, grades, onset = (_vector(release, term_vector(i, part), length) for part, length
+                                 in zip(TERM_PARTS, (3, 5, window_days + 1), strict=True))
+        out[name] = (counts, grades, onset)
     return out
 
 

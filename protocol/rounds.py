@@ -47,6 +47,7 @@ __all__ = [
     "RoundRequests",
     "announce_request",
     "key_relay",
+    "newton_from_release",
     "newton_request",
     "parse_requests",
     "summary_request",
@@ -140,6 +141,17 @@ def _newton(request: Release) -> NewtonRequest:
     if centre_arr is not None and centre_arr.shape != beta.shape:
         raise ProtocolError(f"newton request {request.analysis}: centre must match beta")
     return NewtonRequest(request.analysis, tuple(columns), beta, centre_arr)
+
+
+def newton_from_release(request: Release) -> NewtonRequest:
+    """A Cox round input (vectors ``beta``, optional ``centre``; metadata ``columns``).
+
+    Raises
+    ------
+    ProtocolError
+        For missing or inconsistent columns and coefficients.
+    """
+    return _newton(request)
 
 
 def parse_requests(inputs: Sequence[Release]) -> RoundRequests:

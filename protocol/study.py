@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from protocol.errors import StudyFormatError
+from protocol.vocabulary import GROUP_BY
 
 __all__ = [
     "ANALYSIS_KINDS",
@@ -44,17 +45,6 @@ ANALYSIS_KINDS = (
 SURVIVAL_ENDPOINTS = ("overall_survival", "progression_free_survival")
 COMPETING_ENDPOINTS = ("relapse", "non_relapse_mortality")  # plus ae:<TERM>[>=G]
 ENDPOINTS = SURVIVAL_ENDPOINTS + COMPETING_ENDPOINTS
-GROUP_BY = (
-    "sex",
-    "route",
-    "atmp_class",
-    "origin",
-    "product",
-    "indication_group",
-    "disease_status",
-    "ecog",
-    "site",
-)
 CENSOR_EVENTS = ("subsequent_cell_therapy", "subsequent_hct")
 COHORT_LIST_KEYS = (
     "atmp_class",

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from node.adverse_events import GRADES, TermSummary, ae_site_summary
 from node.errors import StudyRefused
+from node.releases.adverse_events import GRADES, TermSummary, ae_site_summary
 from node.store import open_store, write_snapshot
 
 D0 = pd.Timestamp("2020-01-01")

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analytics import SurvivalCounts
-from node.analyses import compute_release
 from node.cohort import select_cohort
 from node.policy import default_policy
+from node.releases import first_release
 from protocol.releases import survival_groups
 from protocol.study import study_from_dict
 
@@ -84,7 +84,7 @@ def test_default_policy_never_releases_a_count_below_five(cohort, group):
                              "privacy": {"secure_aggregation": False}})
     cohort_df = select_cohort(tables, study.cohort, today=dt.date(2026, 1, 1))
     assert len(cohort_df) == len(durations)
-    release = compute_release(study.analyses[0], study, tables, cohort_df, "site-x", POLICY)
+    release = first_release(study.analyses[0], study, tables, cohort_df, "site-x", POLICY, {})
     if release.error:
         assert release.error.startswith("disclosure rule")
         assert release.vectors == {}

@@ -1,0 +1,87 @@
+"""The node's release entry points: one release path per analysis kind.
+
+Each kind computes its sufficient statistics once and presents them one of two ways: unmasked,
+under the site's disclosure rules (coarsening, suppression, ``min_cell``), or as the
+fixed-shape vectors of secure aggregation (every level, fixed lengths, nothing withheld; the
+masking itself is done by the caller). Only aggregates leave this package; a rule that cannot
+be met becomes an error release for that analysis, never a silent change of the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from analytics import DisclosureError
+from node.cohort import TableSource
+from node.errors import StudyRefused
+from node.policy import Policy
+from node.releases import adverse_events, competing, cox, survival
+from protocol.codec import Release
+from protocol.rounds import NewtonRequest
+from protocol.study import Analysis, Study
+from protocol.vocabulary import GROUPS
+
+__all__ = ["cox_step_release", "first_release", "release_summary"]
+
+
+def _release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
+             site_id: str, policy: Policy, memo: dict[str, Any],
+             participants: Sequence[str] | None) -> Release:
+    if analysis.kind in survival.KINDS:
+        return survival.release(analysis, study, tables, cohort, site_id, policy, participants)
+    if analysis.kind == "cumulative_incidence":
+        return competing.release(analysis, study, tables, cohort, site_id, policy, participants)
+    if analysis.kind == "adverse_events":
+        return adverse_events.release(analysis, study, tables, cohort, policy,
+                                      masked=participants is not None)
+    if analysis.kind == "cox":
+        return cox.describe(analysis, study, tables, cohort, policy, memo,
+                            masked=participants is not None)
+    return Release.failure(analysis.name, analysis.kind,
+                           f"kind {analysis.kind} is not supported by this node version")
+
+
+def first_release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
+                  site_id: str, policy: Policy, memo: dict[str, Any],
+                  participants: Sequence[str] | None = None) -> Release:
+    """What this site releases for one analysis, or an error release with the reason.
+
+    ``participants`` None: the unmasked release, under the site's disclosure rules. Given (the
+    sorted site ids of a secure round): the fixed-shape plain release, to be masked by the
+    caller. For Cox, the model description; the prepared site data is kept in
+    ``memo[analysis.name]`` for :func:`cox_step_release`.
+    """
+    reason = policy.check_analysis(analysis)
+    if reason:
+        return Release.failure(analysis.name, analysis.kind, reason)
+    try:
+        return _release(analysis, study, tables, cohort, site_id, policy, memo, participants)
+    except StudyRefused as exc:
+        return Release.failure(analysis.name, analysis.kind, str(exc))
+
+
+def cox_step_release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
+                     policy: Policy, memo: dict[str, Any], request: NewtonRequest) -> Release:
+    """One Newton round of a Cox analysis: the site's sums at ``request``'s coefficients."""
+    reason = policy.check_analysis(analysis)
+    if reason:
+        return Release.failure(analysis.name, analysis.kind, reason)
+    if analysis.kind != "cox":
+        return Release.failure(analysis.name, analysis.kind,
+                               f"kind {analysis.kind} has no later rounds")
+    try:
+        return cox.step(analysis, study, tables, cohort, policy, memo, request)
+    except (StudyRefused, DisclosureError) as exc:
+        return Release.failure(analysis.name, analysis.kind, str(exc))
+
+
+def release_summary(releases: Mapping[str, Release]) -> dict[str, object]:
+    """What the audit trail records of a release: names, kinds, vector sizes, errors."""
+    return {
+        name: {"kind": r.kind, "error": r.error} if r.error else
+        {"kind": r.kind, "vectors": len(r.vectors), "groups": len(r.metadata.get(GROUPS, []))}
+        for name, r in releases.items()
+    }

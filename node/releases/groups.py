@@ -1,0 +1,121 @@
+"""Per-group day counts, the statistics of the grouped kinds (survival, cumulative incidence).
+
+A grouped kind's sufficient statistics at a site are one :class:`~analytics.SurvivalCounts` or
+:class:`~analytics.CompetingCounts` per group present in the cohort (:class:`GroupedCounts`),
+computed once. They are then presented one of two ways:
+
+- unmasked (:func:`present`, ``levels=None``): the groups present, each coarsened to time bins
+  under the site's disclosure rules (:func:`analytics.coarsen_columns`); a group no binning can
+  make safe refuses the whole analysis;
+- masked (``levels`` given): the fixed-shape vectors of secure aggregation, every level of the
+  grouping variable (:func:`protocol.vocabulary.fixed_groups`), absent levels as zero vectors,
+  at day resolution; a site with a value outside the fixed levels refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from analytics import CoarsenedCompeting, CoarsenedCounts, CompetingCounts, SurvivalCounts
+from analytics.errors import DisclosureError
+from node.errors import StudyRefused
+from node.policy import Policy
+from protocol.codec import Release
+from protocol.study import Analysis
+from protocol.vocabulary import fixed_groups, has_fixed_levels
+
+__all__ = ["GroupedCounts", "GroupedKind", "count_groups", "fixed_levels", "present"]
+
+C = TypeVar("C", SurvivalCounts, CompetingCounts)
+
+
+@dataclass(frozen=True)
+class GroupedCounts(Generic[C]):
+    """One analysis' per-day counts at this site, per group present (label -> counts)."""
+
+    groups: dict[str, C]
+    horizon: int
+
+
+@dataclass(frozen=True)
+class GroupedKind(Generic[C]):
+    """How one grouped kind counts, coarsens, fills an absent level and packs a release."""
+
+    count: Callable[[npt.NDArray[Any], npt.NDArray[Any], int], C]
+    coarsen: Callable[[C, int, int], CoarsenedCounts | CoarsenedCompeting]
+    zeros: Callable[[int], C]
+    pack: Callable[[Analysis, dict[str, C], dict[str, Any], bool], Release]
+    """(analysis, groups, metadata, masked) -> release."""
+
+
+def fixed_levels(group_by: str | None, participants: Sequence[str]) -> list[str]:
+    """The groups every site releases for ``group_by`` under secure aggregation.
+
+    Raises
+    ------
+    StudyRefused
+        For a grouping variable without a fixed list of levels.
+    """
+    if not has_fixed_levels(group_by):
+        raise StudyRefused(f"group_by {group_by} has no fixed list of levels, so it cannot be "
+                           "used with secure aggregation")
+    return fixed_groups(group_by, participants)
+
+
+def count_groups(kind: GroupedKind[C], labels: pd.Series | npt.NDArray[Any],
+                 durations: npt.NDArray[Any], outcomes: npt.NDArray[Any],
+                 horizon: int) -> GroupedCounts[C]:
+    """Count every group present among ``labels`` (one label per cohort row)."""
+    labels = np.asarray(labels)
+    return GroupedCounts({str(label): kind.count(durations[labels == label],
+                                                 outcomes[labels == label], horizon)
+                          for label in sorted(pd.unique(labels))}, horizon)
+
+
+def _unmasked(kind: GroupedKind[C], stats: GroupedCounts[C],
+              policy: Policy) -> tuple[dict[str, C], dict[str, Any]]:
+    groups: dict[str, C] = {}
+    widest, coarsened = 1, False
+    for label, counts in stats.groups.items():
+        try:
+            safe = kind.coarsen(counts, policy.min_bin_events, policy.min_cell)
+        except DisclosureError as exc:
+            raise DisclosureError(f"group {label}: {exc}") from None
+        groups[label] = safe.counts  # type: ignore[assignment]
+        widest = max(widest, safe.max_bin_width)
+        coarsened = coarsened or safe.coarsened
+    return groups, {"time_resolution_days": widest, "coarsened": coarsened,
+                    "min_cell": policy.min_cell, "min_bin_events": policy.min_bin_events}
+
+
+def _masked(kind: GroupedKind[C], stats: GroupedCounts[C], group_by: str | None,
+            levels: Sequence[str]) -> tuple[dict[str, C], dict[str, Any]]:
+    if set(stats.groups) - set(levels):
+        raise StudyRefused(f"group_by {group_by}: values outside its fixed levels")
+    groups = {level: stats.groups[level] if level in stats.groups else kind.zeros(stats.horizon)
+              for level in levels}
+    return groups, {"time_resolution_days": 1, "coarsened": False}
+
+
+def present(kind: GroupedKind[C], analysis: Analysis, stats: GroupedCounts[C], policy: Policy,
+            levels: Sequence[str] | None) -> Release:
+    """The unmasked release (``levels`` None) or the fixed-shape one over ``levels``.
+
+    Raises
+    ------
+    StudyRefused
+        Masked, when this site has a group outside ``levels``.
+    """
+    if levels is not None:
+        return kind.pack(analysis, *_masked(kind, stats, analysis.group_by, levels), True)
+    try:
+        groups, metadata = _unmasked(kind, stats, policy)
+    except DisclosureError as exc:
+        return Release.failure(analysis.name, analysis.kind, f"disclosure rule: {exc}")
+    return kind.pack(analysis, groups, metadata, False)
