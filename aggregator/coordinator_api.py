@@ -109,5 +109,5 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return pb.SiteList(sites=[
             pb.SiteInfo(site_id=s.site_id, connected=s.connected,
                         software_version=s.software_version, last_seen=iso_time(s.last_seen),
-                        ingested_at=s.ingested_at, stored_infusions=s.stored_infusions)
+                        ingested_at=s.ingested_at)
             for s in self._engine.list_sites()])

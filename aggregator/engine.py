@@ -1,14 +1,14 @@
-"""The study engine: signed studies in, tasks out to sites, releases pooled into results.json.
+"""The study engine: signed studies in, rounds of tasks out to sites, results.json out.
 
-:class:`StudyEngine` is the aggregator's state machine. It is driven by the coordinator API
-(:meth:`StudyEngine.submit`), by transport events (it is the transport's listener) and by a
-ticker calling :meth:`StudyEngine.check_timeouts`; every state change goes to the
+:class:`StudyEngine` is the aggregator's imperative shell around the pure round loop of
+:mod:`aggregator.run`. It is driven by the coordinator API (:meth:`StudyEngine.submit`), by
+transport events (it is the transport's listener) and by a ticker calling
+:meth:`StudyEngine.check_timeouts`. Every state change goes to the
 :class:`~aggregator.store.Store` first, so a restarted aggregator resumes where it stopped.
-results.json is built by the pure :func:`results_document`.
 
-A study's participants are fixed at submission: every site ever seen plus those connected. Each
-participant ends ``released``, ``refused`` (with the site's reason) or ``unreachable`` (no answer
-within ``site_timeout_s``); then the study completes.
+A study's participants are fixed at submission: every site ever seen plus those connected.
+Each round, every site the strategies ask gets one task; a round ends when every task is
+answered, refused, or silent for longer than ``site_timeout_s``.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aggregator.errors import DuplicateStudy, Rejected, UnknownStudy
-from aggregator.results import Pool, json_default, results_document
-from aggregator.rounds import Driver, Rounds
+from aggregator.results import json_default, results_document
+from aggregator.run import Answer, Failure, RunState, StudyRun
 from aggregator.store import (
     OPEN_STATES,
     SiteRecord,
@@ -35,15 +35,18 @@ from aggregator.store import (
     decode_task_result,
     encode_task_result,
 )
+from aggregator.strategies import default_strategies
+from aggregator.strategy import Strategy
 from aggregator.transport import HelloInfo, NodeTransport, StudyTask, TaskReply
 from protocol.errors import ProtocolError
 from protocol.signing import SignedStudy, verify_study
 from protocol.study import Study, study_from_dict
 
-__all__ = ["Pool", "SiteState", "StudyEngine", "StudyStatus", "results_document"]
+__all__ = ["SiteState", "StudyEngine", "StudyStatus"]
 
 logger = logging.getLogger(__name__)
 
+_MAX_EMPTY_ROUNDS = 1000
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,8 @@ class StudyStatus:
 class _Running:
     study: Study
     signed: SignedStudy
-    submitted_at: float
+    run: StudyRun
 
-
-# -- imperative shell --------------------------------------------------------------------------
 
 class StudyEngine:
     """The aggregator's study state machine (thread safe: one lock).
@@ -86,47 +87,46 @@ class StudyEngine:
         Durable state.
     transport
         Reaches the site nodes; the engine registers itself as the transport's listener.
-    pool
-        ``pool(study, {site_id: releases}) -> {"analyses": {...}, "privacy": {...}}``.
     trusted_keys
         Coordinator public keys whose signatures are accepted (as :func:`verify_study` takes);
         when empty, studies are only parsed here and the nodes alone check signatures.
     clock
         Unix time in seconds.
     site_timeout_s
-        How long a participant may stay unanswered (counted from submission, or from this
-        engine's start when that is later) before it is marked unreachable; also the limit of
-        one round of an iterative analysis.
-    driver
-        Logic of iterative analyses (Cox); ``None`` runs first rounds only.
+        How long a task may stay unanswered (counted from the start of its round, or from
+        this engine's start when that is later) before the site counts as silent.
+    ca_pem
+        The network CA: key announcements of secure aggregation are checked here too.
+    strategies
+        Strategy by analysis kind (default: :func:`aggregator.strategies.default_strategies`).
     """
 
-    def __init__(self, store: Store, transport: NodeTransport, pool: Pool,
-                 trusted_keys: Collection[Any], *, clock: Callable[[], float] = time.time,
-                 site_timeout_s: float = 60.0, driver: Driver | None = None) -> None:
+    def __init__(self, store: Store, transport: NodeTransport, trusted_keys: Collection[Any],
+                 *, clock: Callable[[], float] = time.time, site_timeout_s: float = 60.0,
+                 ca_pem: bytes | None = None,
+                 strategies: Mapping[str, Strategy[Any]] | None = None) -> None:
         self._store = store
         self._transport = transport
-        self._pool = pool
         self._trusted_keys = list(trusted_keys)
         self._clock = clock
         self._timeout = float(site_timeout_s)
+        self._ca_pem = ca_pem
+        self._strategies = dict(strategies or default_strategies())
         self._lock = threading.RLock()
         self._running: dict[str, _Running] = {}
         self._started_at = clock()
-        self._rounds = Rounds(store, transport, driver, clock, self._timeout,
-                              self._started_at) if driver is not None else None
         transport.set_listener(self)
 
     # -- coordinator side ----------------------------------------------------------------------
 
     def submit(self, signed: SignedStudy) -> str:
-        """Verify, persist and fan out a signed study; return its id.
+        """Verify, persist and start a signed study; return its id.
 
         Raises
         ------
         Rejected
-            When the signature is invalid or untrusted (with trusted keys configured), or the
-            study malformed or expired.
+            When the signature is invalid or untrusted (with trusted keys configured), the
+            study malformed or expired, or it names an analysis kind this aggregator lacks.
         DuplicateStudy
             When a study with this id was submitted before.
         """
@@ -135,7 +135,8 @@ class StudyEngine:
                 study = verify_study(signed, self._trusted_keys)
             else:  # no keys configured: only the nodes check signatures
                 study = study_from_dict(signed.study_document())
-        except ProtocolError as exc:
+            run = StudyRun(study, self._strategies, self._ca_pem)
+        except (ProtocolError, ValueError) as exc:
             raise Rejected(f"study rejected: {exc}") from exc
         with self._lock:
             now = self._clock()
@@ -147,20 +148,16 @@ class StudyEngine:
                 raise DuplicateStudy(f"study {study.id} was already submitted")
             connected = set(self._transport.connected_sites())
             participants = sorted(set(self._store.site_ids()) | connected)
-            tasks = {site: uuid.uuid4().hex for site in participants}
             record = StudyRecord(study.id, signed.canonical_study, signed.signature,
                                  signed.public_key, study.title, "running", now, None, None)
             try:
-                self._store.add_study(record, tasks)
+                self._store.add_study(record, {s: uuid.uuid4().hex for s in participants})
             except sqlite3.IntegrityError as exc:
                 raise DuplicateStudy(f"study {study.id} was already submitted") from exc
-            self._running[study.id] = _Running(study, signed, now)
+            self._running[study.id] = _Running(study, signed, run)
             logger.info("study %s submitted: %d participants, %d connected", study.id,
                         len(participants), len(connected & set(participants)))
-            for site in participants:
-                if site in connected:
-                    self._send(study.id, site, tasks[site])
-            self._maybe_complete(study.id)
+            self._enter_round(study.id, run.start(participants))
         return study.id
 
     def status(self, study_id: str) -> StudyStatus:
@@ -199,29 +196,23 @@ class StudyEngine:
                     self._store.set_site_connected(site.site_id, False, site.last_seen)
             self._store.reset_sent_tasks(now)
             for record in self._store.list_studies("running"):
-                if record.study_id in self._running:
-                    continue
-                signed = SignedStudy(record.canonical_study, record.signature, record.public_key)
-                try:  # verified at submission; trusted keys may have changed since
-                    study = study_from_dict(signed.study_document())
-                except ProtocolError as exc:
-                    logger.error("cannot resume study %s: %s", record.study_id, exc)
-                    self._store.finish_study(record.study_id, "failed", json.dumps(
-                        {"heron": 1, "study_id": record.study_id, "status": "failed",
-                         "error": f"stored study unreadable: {exc}"}), now)
-                    continue
-                self._running[record.study_id] = _Running(study, signed, record.submitted_at)
+                if record.study_id not in self._running:
+                    self._reload(record)
             resumed = sorted(self._running)
-            for site in connected:
-                for task in self._store.open_tasks(site):
-                    self._send(task.study_id, site, task.task_id)
             for study_id in resumed:
-                self._maybe_complete(study_id)
+                if self._store.current_round(study_id) is None:  # stopped inside submit
+                    run = self._running[study_id].run
+                    self._enter_round(study_id, run.start(
+                        [s.site_id for s in self._store.study_sites(study_id)]))
+            for site in connected:
+                self._resend(site)
+            for study_id in resumed:
+                self._try_advance(study_id)
             logger.info("resumed %d running studies", len(resumed))
             return resumed
 
     def check_timeouts(self) -> list[str]:
-        """Mark participants silent for longer than the timeout unreachable; complete studies.
+        """Count tasks unanswered for longer than the timeout as silent; advance studies.
 
         Returns
         -------
@@ -231,25 +222,20 @@ class StudyEngine:
         completed = []
         with self._lock:
             now = self._clock()
-            for study_id, run in list(self._running.items()):
-                if self._rounds is not None and self._rounds.started(study_id):
-                    self._rounds.expire(study_id)
-                    self._rounds.try_advance(run.study, run.signed)
-                    if self._maybe_complete(study_id):
-                        completed.append(study_id)
+            for study_id in list(self._running):
+                current = self._store.current_round(study_id)
+                if current is None or now - max(current.started_at, self._started_at) \
+                        < self._timeout:
                     continue
-                if now - max(run.submitted_at, self._started_at) < self._timeout:
-                    continue
-                for row in self._store.study_sites(study_id):
-                    if row.state not in OPEN_STATES:
+                for task in self._store.round_tasks(study_id, current.round):
+                    if task.state not in OPEN_STATES:
                         continue
-                    what = "no answer" if row.state == "sent" else "not connected"
+                    what = "no answer" if task.state == "sent" else "not connected"
                     reason = f"{what} within {self._timeout:g} s"
-                    if self._store.set_site_state(study_id, row.site_id, "unreachable", now,
-                                                  reason=reason):
-                        logger.info("study %s: site %s unreachable (%s)", study_id,
-                                    row.site_id, reason)
-                if self._maybe_complete(study_id):
+                    if self._store.set_round_task(task.task_id, "silent", now, reason=reason):
+                        logger.info("study %s: site %s silent in round %d (%s)", study_id,
+                                    task.site_id, current.round, reason)
+                if self._try_advance(study_id):
                     completed.append(study_id)
         return completed
 
@@ -259,15 +245,10 @@ class StudyEngine:
         """Register the site and resend its outstanding tasks of running studies."""
         with self._lock:
             self._store.upsert_site(site_id, hello.software_version, hello.ingested_at,
-                                    hello.stored_infusions, self._clock())
-            tasks = self._store.open_tasks(site_id)
-            logger.info("site %s connected (%s); %d outstanding tasks", site_id,
-                        hello.software_version or "unknown version", len(tasks))
-            for task in tasks:
-                self._send(task.study_id, site_id, task.task_id)
-            if self._rounds is not None:
-                self._rounds.resend(site_id, {k: (r.study, r.signed)
-                                              for k, r in self._running.items()})
+                                    self._clock())
+            logger.info("site %s connected (%s)", site_id,
+                        hello.software_version or "unknown version")
+            self._resend(site_id)
 
     def on_disconnect(self, site_id: str) -> None:
         """Mark the site disconnected; its sent tasks are resent when it reconnects."""
@@ -278,40 +259,37 @@ class StudyEngine:
         logger.info("site %s disconnected", site_id)
 
     def on_reply(self, site_id: str, reply: TaskReply) -> None:
-        """Record a release or refusal; unknown, foreign or repeated answers are ignored."""
+        """Record an answer or refusal; unknown, foreign, stale or repeated ones are ignored."""
         with self._lock:
-            owner = self._rounds.owns(reply.task_id) if self._rounds is not None else None
-            if owner is not None and self._rounds is not None:
-                run = self._running.get(owner)
-                if run is not None and owner == reply.study_id:
-                    self._rounds.record(site_id, reply)
-                    self._rounds.try_advance(run.study, run.signed)
-                    self._maybe_complete(owner)
-                return
-            if reply.study_id not in self._running:
-                logger.warning("ignoring reply of %s for study %s: not running", site_id,
-                               reply.study_id)
-                return
-            row = next((r for r in self._store.study_sites(reply.study_id)
-                        if r.site_id == site_id), None)
-            if row is None or row.task_id != reply.task_id:
-                logger.warning("ignoring reply of %s: unknown task %s", site_id, reply.task_id)
+            task = self._store.round_task(reply.task_id)
+            current = self._store.current_round(reply.study_id)
+            if task is None or task.site_id != site_id or task.study_id != reply.study_id \
+                    or reply.study_id not in self._running or current is None \
+                    or current.round != task.round:
+                logger.warning("ignoring reply of %s to task %s: not an open task of a "
+                               "running study", site_id, reply.task_id)
                 return
             now = self._clock()
             if reply.refusal is not None:
                 reason = reply.refusal or "refused without a reason"
-                changed = self._store.set_site_state(reply.study_id, site_id, "refused", now,
+                changed = self._store.set_round_task(task.task_id, "refused", now,
                                                      reason=reason)
+                if changed and site_id not in self._state(task.study_id)[1].answered:
+                    # refused before it ever answered: out of the study (aggregator.run)
+                    self._store.set_site_state(task.study_id, site_id, "refused", now,
+                                               reason=reason)
             else:
-                blob = encode_task_result(reply.task_id, reply.study_id, reply.releases or ())
-                changed = self._store.set_site_state(reply.study_id, site_id, "released", now,
-                                                     release=blob)
+                blob = encode_task_result(task.task_id, task.study_id, reply.releases or ())
+                changed = self._store.set_round_task(task.task_id, "answered", now,
+                                                     result=blob)
+                self._store.set_site_state(task.study_id, site_id, "released", now,
+                                           only_from=(*OPEN_STATES, "released"))
             if not changed:
-                logger.info("ignoring repeated reply of %s to task %s", site_id, reply.task_id)
+                logger.info("ignoring repeated reply of %s to task %s", site_id, task.task_id)
                 return
-            logger.info("study %s: site %s %s", reply.study_id, site_id,
-                        "refused" if reply.refusal is not None else "released")
-            self._maybe_complete(reply.study_id)
+            logger.info("study %s: round %d %s by %s", task.study_id, task.round,
+                        "refused" if reply.refusal is not None else "answered", site_id)
+            self._try_advance(task.study_id)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -327,34 +305,100 @@ class StudyEngine:
         return StudyStatus(record.study_id, record.status, record.title, record.submitted_at,
                            record.completed_at, sites)
 
-    def _send(self, study_id: str, site_id: str, task_id: str) -> None:
-        run = self._running[study_id]
-        task = StudyTask(task_id=task_id, study_id=study_id, signed=run.signed, round=1)
-        if self._transport.send_task(site_id, task):
-            self._store.set_site_state(study_id, site_id, "sent", self._clock())
+    def _reload(self, record: StudyRecord) -> None:
+        signed = SignedStudy(record.canonical_study, record.signature, record.public_key)
+        try:  # verified at submission; trusted keys may have changed since
+            study = study_from_dict(signed.study_document())
+            run = StudyRun(study, self._strategies, self._ca_pem)
+        except (ProtocolError, ValueError) as exc:
+            logger.error("cannot resume study %s: %s", record.study_id, exc)
+            self._store.finish_study(record.study_id, "failed", json.dumps(
+                {"heron": 1, "study_id": record.study_id, "status": "failed",
+                 "error": f"stored study unreadable: {exc}"}), self._clock())
+            return
+        self._running[record.study_id] = _Running(study, signed, run)
 
-    def _maybe_complete(self, study_id: str) -> bool:
-        run = self._running.get(study_id)
-        if run is None:
+    def _state(self, study_id: str) -> tuple[int, RunState]:
+        current = self._store.current_round(study_id)
+        assert current is not None
+        return current.round, RunState.from_dict(json.loads(current.state_json))
+
+    def _enter_round(self, study_id: str, state: RunState) -> bool:
+        """Persist ``state`` as the next round and send its tasks; finish when done.
+
+        Returns whether the study completed.
+        """
+        run = self._running[study_id].run
+        for _ in range(_MAX_EMPTY_ROUNDS):
+            self._sync_participants(study_id, state)
+            if run.finished(state):
+                self._finish(study_id, state)
+                return True
+            requests = run.requests(state)
+            if requests:
+                break
+            state = run.advance(state, {})  # nobody to ask: the strategies settle
+        else:
+            raise RuntimeError(f"study {study_id}: no progress after {_MAX_EMPTY_ROUNDS} rounds")
+        tasks = {site: uuid.uuid4().hex for site in sorted(requests)}
+        self._store.save_round(study_id, state.round, json.dumps(state.to_dict()),
+                               self._clock(), tasks)
+        for site, task_id in tasks.items():
+            self._send(study_id, state.round, site, task_id, requests[site])
+        return False
+
+    def _send(self, study_id: str, round: int, site: str, task_id: str,
+              requests: tuple[Any, ...]) -> None:
+        run = self._running[study_id]
+        task = StudyTask(task_id=task_id, study_id=study_id, signed=run.signed, round=round,
+                         inputs=requests)
+        if self._transport.send_task(site, task):
+            now = self._clock()
+            self._store.set_round_task(task_id, "sent", now, only_from=OPEN_STATES)
+            self._store.set_site_state(study_id, site, "sent", now, task_id=task_id,
+                                       only_from=(*OPEN_STATES, "released"))
+
+    def _resend(self, site_id: str) -> None:
+        for task in self._store.open_round_tasks(site_id):
+            running = self._running.get(task.study_id)
+            if running is None:
+                continue
+            _, state = self._state(task.study_id)
+            requests = running.run.requests(state).get(site_id)
+            if requests:
+                self._send(task.study_id, task.round, site_id, task.task_id, requests)
+
+    def _try_advance(self, study_id: str) -> bool:
+        """Advance the study when every task of its round is final; return if it completed."""
+        if study_id not in self._running or self._store.current_round(study_id) is None:
             return False
-        states = self._store.study_sites(study_id)
-        if any(s.state in OPEN_STATES for s in states):
+        rnd, state = self._state(study_id)
+        tasks = self._store.round_tasks(study_id, rnd)
+        if any(t.state in OPEN_STATES for t in tasks):
             return False
-        iterative: dict[str, Any] = {}
-        if self._rounds is not None:
-            released = {s.site_id: decode_task_result(s.release or b"") for s in states
-                        if s.state == "released"}
-            if not self._rounds.started(study_id) and len(released) >= \
-                    run.study.privacy.min_sites:
-                self._rounds.begin(run.study, run.signed, released)
-            if self._rounds.started(study_id) and not self._rounds.finished(study_id):
-                return False
-            iterative = self._rounds.results(study_id)
-        status, doc = results_document(run.study, states, self._pool, iterative)
-        text = json.dumps(doc, default=json_default)
-        self._store.finish_study(study_id, status, text, self._clock())
-        del self._running[study_id]
-        logger.info("study %s %s: %d participated, %d refused, %d unreachable", study_id,
-                    status, len(doc["sites"]["participated"]), len(doc["sites"]["refused"]),
+        answers: dict[str, Answer] = {}
+        for t in tasks:
+            if t.state == "answered":
+                answers[t.site_id] = decode_task_result(t.result or b"")
+            else:
+                answers[t.site_id] = Failure(t.reason, silent=t.state == "silent")
+        return self._enter_round(study_id, self._running[study_id].run.advance(state, answers))
+
+    def _sync_participants(self, study_id: str, state: RunState) -> None:
+        now = self._clock()
+        final = (*OPEN_STATES, "released")
+        for site, reason in state.refused.items():
+            self._store.set_site_state(study_id, site, "refused", now, reason=reason,
+                                       only_from=final)
+        for site, reason in {**state.unreachable, **state.dropped}.items():
+            self._store.set_site_state(study_id, site, "unreachable", now, reason=reason,
+                                       only_from=final)
+
+    def _finish(self, study_id: str, state: RunState) -> None:
+        run = self._running.pop(study_id)
+        doc = results_document(run.study, state, run.run.results(state))
+        self._store.finish_study(study_id, "completed", json.dumps(doc, default=json_default),
+                                 self._clock())
+        logger.info("study %s completed: %d participated, %d refused, %d unreachable",
+                    study_id, len(doc["sites"]["participated"]), len(doc["sites"]["refused"]),
                     len(doc["sites"]["unreachable"]))
-        return True

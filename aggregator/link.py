@@ -178,8 +178,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
             raise PermissionDenied(f"Hello names site {hello.site_id!r} but the certificate "
                                    f"is for {identity.common_name!r}")
         info = HelloInfo(site_id=hello.site_id, software_version=hello.software_version,
-                         ingested_at=hello.freshness.ingested_at,
-                         stored_infusions=hello.freshness.stored_infusions)
+                         ingested_at=hello.freshness.ingested_at)
         return hello.site_id, info
 
     def _outgoing(self, conn: _Connection) -> Iterator[pb.AggregatorMessage]:

@@ -13,20 +13,21 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from aggregator.config import AggregatorConfig
 from aggregator.coordinator_api import CoordinatorServicer
-from aggregator.engine import Pool, StudyEngine
+from aggregator.engine import StudyEngine
 from aggregator.errors import ConfigError
 from aggregator.link import NodeLinkServicer
-from aggregator.rounds import Driver
 from aggregator.store import Store
+from aggregator.strategy import Strategy
 from protocol.errors import ProtocolError
 from protocol.keys import load_public_key
 from protocol.pki import load_credentials
@@ -55,9 +56,9 @@ class AggregatorServer:
         The parts, for inspection and tests.
     """
 
-    def __init__(self, config: AggregatorConfig, pool: Pool, *,
+    def __init__(self, config: AggregatorConfig, *,
                  clock: Callable[[], float] = time.time, max_workers: int = 64,
-                 driver: Driver | None = None) -> None:
+                 strategies: Mapping[str, Strategy[Any]] | None = None) -> None:
         try:
             creds = load_credentials(config.credentials_dir)
             trusted = [load_public_key(k) for k in config.trusted_coordinators]
@@ -69,8 +70,9 @@ class AggregatorServer:
                            "by the nodes")
         self.store = Store(config.db_path)
         self.link = NodeLinkServicer(config.heartbeat_interval_s)
-        self.engine = StudyEngine(self.store, self.link, pool, trusted, clock=clock,
-                                  site_timeout_s=config.site_timeout_s, driver=driver)
+        self.engine = StudyEngine(self.store, self.link, trusted, clock=clock,
+                                  site_timeout_s=config.site_timeout_s,
+                                  ca_pem=creds.ca.read_bytes(), strategies=strategies)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._server = grpc.server(ThreadPoolExecutor(max_workers=max_workers,
                                                       thread_name_prefix="grpc"),
@@ -128,41 +130,40 @@ class AggregatorServer:
                 logger.exception("timeout check failed")
 
 
-def create_server(config: AggregatorConfig, pool: Pool, *,
-                  clock: Callable[[], float] = time.time,
-                  max_workers: int = 64, driver: Driver | None = None) -> AggregatorServer:
+def create_server(config: AggregatorConfig, *, clock: Callable[[], float] = time.time,
+                  max_workers: int = 64,
+                  strategies: Mapping[str, Strategy[Any]] | None = None) -> AggregatorServer:
     """Build the aggregator and bind its port; call ``.start()`` to serve.
 
     Parameters
     ----------
     config
         Settings; ``listen`` may use port 0.
-    pool
-        ``pool(study, {site_id: releases}) -> {"analyses": {...}, "privacy": {...}}``.
     clock
         Unix time in seconds (for site timeouts and stored times).
     max_workers
         gRPC worker threads; every connected node holds one for its stream.
-    driver
-        Logic of iterative analyses (``aggregator.cox_driver.CoxDriver``); ``None``: none.
+    strategies
+        Strategy by analysis kind (default: every kind heron runs).
 
     Raises
     ------
     ConfigError
         When the credentials or coordinator keys cannot be read, or the port cannot be bound.
     """
-    return AggregatorServer(config, pool, clock=clock, max_workers=max_workers, driver=driver)
+    return AggregatorServer(config, clock=clock, max_workers=max_workers,
+                            strategies=strategies)
 
 
-def serve(config: AggregatorConfig, pool: Pool, grace_s: float = 10.0,
+def serve(config: AggregatorConfig, grace_s: float = 10.0,
           on_started: Callable[[AggregatorServer], None] | None = None,
-          driver: Driver | None = None) -> int:
+          strategies: Mapping[str, Strategy[Any]] | None = None) -> int:
     """Run the aggregator until SIGTERM or SIGINT, then stop gracefully; return exit code 0.
 
     Must be called from the main thread (signal handlers). ``on_started`` is called once the
     server is serving (for example to write ``server.port`` to a port file).
     """
-    server = create_server(config, pool, driver=driver)
+    server = create_server(config, strategies=strategies)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

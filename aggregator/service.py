@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.config import resolve_config
-from aggregator.pooling import pool_study
-from aggregator.secure_driver import NetworkDriver
 from aggregator.server import AggregatorServer, serve
 
 __all__ = ["run_aggregator"]
@@ -21,11 +19,6 @@ def _write_port(port_file: Path, port: int) -> None:
     tmp = port_file.with_suffix(".tmp")
     tmp.write_text(f"{port}\n", encoding="utf-8")
     os.replace(tmp, port_file)
-
-
-def _ca(config: Any) -> bytes | None:
-    ca = Path(config.credentials_dir) / "ca.pem"
-    return ca.read_bytes() if ca.exists() else None
 
 
 def run_aggregator(config_file: Path | None, overrides: dict[str, Any],
@@ -47,4 +40,4 @@ def run_aggregator(config_file: Path | None, overrides: dict[str, Any],
         if port_file is not None:
             _write_port(port_file, server.port)
 
-    return serve(config, pool_study, on_started=_started, driver=NetworkDriver(_ca(config)))
+    return serve(config, on_started=_started)

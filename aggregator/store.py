@@ -1,11 +1,11 @@
 """The aggregator's durable state in one SQLite file.
 
-Three tables: the site registry (``sites``), submitted studies with their signed envelopes and
-results (``studies``), and the per-site state of every study (``study_sites``); two more hold
-the rounds of iterative analyses (``iterations``, ``round_tasks``; see
-:mod:`aggregator.rounds`). Every state change is one transaction, so a crash never leaves a
-half-written study; reopening the file gives the same state. Times are Unix seconds (floats)
-as given by the caller's clock.
+Five tables: the site registry (``sites``), submitted studies with their signed envelopes and
+results (``studies``), the state of each participant of a study (``study_sites``), the round a
+running study is in with its run state (``iterations``) and every task of every round with the
+site's answer (``round_tasks``; see :mod:`aggregator.run`). Every state change is one
+transaction, so a crash never leaves a half-written study; reopening the file gives the same
+state. Times are Unix seconds (floats) as given by the caller's clock.
 
 The store is shared by gRPC threads and the timeout ticker: it holds one connection guarded by a
 re-entrant lock, with the database in WAL mode.
@@ -27,8 +27,11 @@ from protocol.codec import Release, decode_release, encode_release
 from protocol.v1 import node_link_pb2
 
 __all__ = [
+    "OPEN_STATES",
     "SITE_STATES",
     "STUDY_STATUSES",
+    "RoundRecord",
+    "RoundTaskRecord",
     "SiteRecord",
     "Store",
     "StudyRecord",
@@ -39,7 +42,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STUDY_STATUSES = ("running", "completed", "failed")
 SITE_STATES = ("pending", "sent", "released", "refused", "unreachable")
 OPEN_STATES = ("pending", "sent")
@@ -49,7 +52,6 @@ CREATE TABLE IF NOT EXISTS sites (
     site_id TEXT PRIMARY KEY,
     software_version TEXT NOT NULL DEFAULT '',
     ingested_at TEXT NOT NULL DEFAULT '',
-    stored_infusions INTEGER NOT NULL DEFAULT 0,
     last_seen REAL NOT NULL,
     connected INTEGER NOT NULL DEFAULT 0
 );
@@ -72,7 +74,6 @@ CREATE TABLE IF NOT EXISTS study_sites (
     reason TEXT NOT NULL DEFAULT '',
     updated_at REAL NOT NULL,
     task_id TEXT NOT NULL UNIQUE,
-    release BLOB,
     PRIMARY KEY (study_id, site_id)
 );
 CREATE TABLE IF NOT EXISTS iterations (
@@ -86,13 +87,25 @@ CREATE TABLE IF NOT EXISTS round_tasks (
     round INTEGER NOT NULL,
     site_id TEXT NOT NULL,
     task_id TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'answered', 'failed')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'answered', 'refused', 'silent')),
     reason TEXT NOT NULL DEFAULT '',
     updated_at REAL NOT NULL,
     result BLOB,
     PRIMARY KEY (study_id, round, site_id)
 );
 """
+
+_MIGRATIONS = {
+    # version 1 -> 2: sites no longer report their size; releases live in round_tasks only;
+    # run states changed shape, so studies running under version 1 cannot resume
+    1: ["ALTER TABLE sites DROP COLUMN stored_infusions",
+        "ALTER TABLE study_sites DROP COLUMN release",
+        "DROP TABLE round_tasks",
+        "DROP TABLE iterations",
+        "UPDATE studies SET status='failed', results_json='{\"heron\": 1, \"status\": "
+        "\"failed\", \"error\": \"the aggregator was upgraded while the study ran; "
+        "submit it again\"}' WHERE status='running'"],
+}
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,6 @@ class SiteRecord:
     site_id: str
     software_version: str
     ingested_at: str
-    stored_infusions: int
     last_seen: float
     connected: bool
 
@@ -124,7 +136,7 @@ class StudyRecord:
 
 @dataclass(frozen=True)
 class StudySiteRecord:
-    """The state of one participant of one study; ``release`` is a serialized ``TaskResult``."""
+    """The state of one participant of one study (``task_id``: its latest task)."""
 
     study_id: str
     site_id: str
@@ -132,7 +144,30 @@ class StudySiteRecord:
     reason: str
     updated_at: float
     task_id: str
-    release: bytes | None = None
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """The round a running study is in, when it started, and the run state (JSON)."""
+
+    study_id: str
+    round: int
+    started_at: float
+    state_json: str
+
+
+@dataclass(frozen=True)
+class RoundTaskRecord:
+    """One site's task of one round; ``result`` is a serialized ``TaskResult`` once answered."""
+
+    study_id: str
+    round: int
+    site_id: str
+    task_id: str
+    state: str
+    reason: str
+    updated_at: float
+    result: bytes | None
 
 
 class Store:
@@ -158,6 +193,10 @@ class Store:
             raise StoreError(f"{self.path} has schema version {version}; this aggregator "
                              f"understands up to {SCHEMA_VERSION}")
         with self._tx() as conn:
+            existing = conn.execute("SELECT 1 FROM sqlite_master WHERE name='sites'").fetchall()
+            for old in range(version if existing else SCHEMA_VERSION, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[old]:
+                    conn.execute(statement)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -183,12 +222,8 @@ class Store:
                 raise
             conn.execute("COMMIT")
 
-    def transaction(self) -> Any:
-        """A write transaction (for modules that add tables, like :mod:`aggregator.rounds`)."""
-        return self._tx()
-
-    def query(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
-        """Run a read query."""
+    def query(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query (for inspection and tests)."""
         return self._query(sql, params)
 
     def _connection(self) -> sqlite3.Connection:
@@ -196,23 +231,23 @@ class Store:
             raise StoreError(f"the store {self.path} is closed")
         return self._conn
 
-    def _query(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+    def _query(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._connection().execute(sql, tuple(params)).fetchall()
 
     # -- sites -------------------------------------------------------------------------------
 
     def upsert_site(self, site_id: str, software_version: str, ingested_at: str,
-                    stored_infusions: int, now: float) -> None:
+                    now: float) -> None:
         """Record a site's ``Hello``: add it to the registry or update it; mark it connected."""
         with self._tx() as conn:
             conn.execute(
-                "INSERT INTO sites (site_id, software_version, ingested_at, stored_infusions,"
-                " last_seen, connected) VALUES (?, ?, ?, ?, ?, 1)"
+                "INSERT INTO sites (site_id, software_version, ingested_at,"
+                " last_seen, connected) VALUES (?, ?, ?, ?, 1)"
                 " ON CONFLICT(site_id) DO UPDATE SET software_version=excluded.software_version,"
-                " ingested_at=excluded.ingested_at, stored_infusions=excluded.stored_infusions,"
+                " ingested_at=excluded.ingested_at,"
                 " last_seen=excluded.last_seen, connected=1",
-                (site_id, software_version, ingested_at, int(stored_infusions), now))
+                (site_id, software_version, ingested_at, now))
 
     def set_site_connected(self, site_id: str, connected: bool, now: float) -> None:
         """Set a known site's connected flag and its last-seen time."""
@@ -231,9 +266,9 @@ class Store:
 
     def list_sites(self) -> list[SiteRecord]:
         """The registry, sorted by site id."""
-        rows = self._query("SELECT site_id, software_version, ingested_at, stored_infusions,"
+        rows = self._query("SELECT site_id, software_version, ingested_at,"
                            " last_seen, connected FROM sites ORDER BY site_id")
-        return [SiteRecord(r[0], r[1], r[2], int(r[3]), float(r[4]), bool(r[5])) for r in rows]
+        return [SiteRecord(r[0], r[1], r[2], float(r[3]), bool(r[4])) for r in rows]
 
     # -- studies -----------------------------------------------------------------------------
 
@@ -290,17 +325,8 @@ class Store:
                            (study_id,))
         return [StudySiteRecord(*r) for r in rows]
 
-    def open_tasks(self, site_id: str) -> list[StudySiteRecord]:
-        """Pending or sent tasks of running studies for one site, oldest study first."""
-        rows = self._query(
-            "SELECT s.study_id, s.site_id, s.state, s.reason, s.updated_at, s.task_id, s.release"
-            " FROM study_sites s JOIN studies t ON t.study_id = s.study_id"
-            " WHERE s.site_id=? AND t.status='running' AND s.state IN ('pending', 'sent')"
-            " ORDER BY t.submitted_at, s.study_id", (site_id,))
-        return [StudySiteRecord(*r) for r in rows]
-
     def set_site_state(self, study_id: str, site_id: str, state: str, now: float, *,
-                       reason: str = "", release: bytes | None = None,
+                       reason: str = "", task_id: str | None = None,
                        only_from: Iterable[str] = OPEN_STATES) -> bool:
         """Move one participant to ``state`` if it is now in one of ``only_from``.
 
@@ -315,28 +341,95 @@ class Store:
         marks = ", ".join("?" for _ in allowed)
         with self._tx() as conn:
             cur = conn.execute(
-                "UPDATE study_sites SET state=?, reason=?, release=?, updated_at=?"
+                "UPDATE study_sites SET state=?, reason=?, updated_at=?,"
+                " task_id=COALESCE(?, task_id)"
                 f" WHERE study_id=? AND site_id=? AND state IN ({marks})",
-                (state, reason, release, now, study_id, site_id, *allowed))
+                (state, reason, now, task_id, study_id, site_id, *allowed))
+            return cur.rowcount > 0
+
+    # -- rounds ------------------------------------------------------------------------------
+
+    def save_round(self, study_id: str, round: int, state_json: str, now: float,
+                   tasks: Mapping[str, str]) -> None:
+        """Enter round ``round`` of a study: its run state and its tasks (site -> task id)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO iterations (study_id, round, round_started_at, state_json)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(study_id) DO UPDATE SET round=excluded.round,"
+                " round_started_at=excluded.round_started_at, state_json=excluded.state_json",
+                (study_id, round, now, state_json))
+            conn.executemany(
+                "INSERT INTO round_tasks (study_id, round, site_id, task_id, state, updated_at)"
+                " VALUES (?, ?, ?, ?, 'pending', ?)",
+                [(study_id, round, site, task, now) for site, task in sorted(tasks.items())])
+
+    def current_round(self, study_id: str) -> RoundRecord | None:
+        """The round a study is in, or ``None`` before its first."""
+        rows = self._query("SELECT study_id, round, round_started_at, state_json FROM iterations"
+                           " WHERE study_id=?", (study_id,))
+        return RoundRecord(rows[0][0], int(rows[0][1]), float(rows[0][2]), rows[0][3]) \
+            if rows else None
+
+    def round_tasks(self, study_id: str, round: int) -> list[RoundTaskRecord]:
+        """The tasks of one round of a study, by site id."""
+        rows = self._query(f"{_TASK_SELECT} WHERE r.study_id=? AND r.round=? ORDER BY r.site_id",
+                           (study_id, round))
+        return [_task(r) for r in rows]
+
+    def round_task(self, task_id: str) -> RoundTaskRecord | None:
+        """The task with this id, or ``None``."""
+        rows = self._query(f"{_TASK_SELECT} WHERE r.task_id=?", (task_id,))
+        return _task(rows[0]) if rows else None
+
+    def open_round_tasks(self, site_id: str) -> list[RoundTaskRecord]:
+        """Pending or sent tasks of a site in the current rounds of running studies."""
+        rows = self._query(
+            f"{_TASK_SELECT}"
+            " JOIN iterations i ON i.study_id = r.study_id AND i.round = r.round"
+            " JOIN studies t ON t.study_id = r.study_id"
+            " WHERE r.site_id=? AND t.status='running' AND r.state IN ('pending', 'sent')"
+            " ORDER BY t.submitted_at, r.study_id", (site_id,))
+        return [_task(r) for r in rows]
+
+    def set_round_task(self, task_id: str, state: str, now: float, *, reason: str = "",
+                       result: bytes | None = None,
+                       only_from: Iterable[str] = OPEN_STATES) -> bool:
+        """Move a round task to ``state`` (``sent``, ``answered``, ``refused``, ``silent``) if in
+        one of ``only_from``; return whether it changed."""
+        allowed = tuple(only_from)
+        marks = ", ".join("?" for _ in allowed)
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE round_tasks SET state=?, reason=?, result=?, updated_at=?"
+                f" WHERE task_id=? AND state IN ({marks})",
+                (state, reason, result, now, task_id, *allowed))
             return cur.rowcount > 0
 
     def reset_sent_tasks(self, now: float) -> int:
         """Turn ``sent`` tasks of running studies back into ``pending``; return how many."""
+        running = "SELECT study_id FROM studies WHERE status='running'"
         with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE study_sites SET state='pending', updated_at=? WHERE state='sent'"
-                " AND study_id IN (SELECT study_id FROM studies WHERE status='running')",
-                (now,))
+            cur = conn.execute("UPDATE round_tasks SET state='pending', updated_at=?"
+                               f" WHERE state='sent' AND study_id IN ({running})", (now,))
+            conn.execute("UPDATE study_sites SET state='pending', updated_at=?"
+                         f" WHERE state='sent' AND study_id IN ({running})", (now,))
             return cur.rowcount
 
 
 _STUDY_SELECT = ("SELECT study_id, canonical_study, signature, public_key, title, status,"
                  " submitted_at, completed_at, results_json FROM studies")
-_SITE_STATE_SELECT = ("SELECT study_id, site_id, state, reason, updated_at, task_id, release"
+_SITE_STATE_SELECT = ("SELECT study_id, site_id, state, reason, updated_at, task_id"
                       " FROM study_sites")
+_TASK_SELECT = ("SELECT r.study_id, r.round, r.site_id, r.task_id, r.state, r.reason,"
+                " r.updated_at, r.result FROM round_tasks r")
 
 
-def _study(row: tuple) -> StudyRecord:
+def _task(row: tuple[Any, ...]) -> RoundTaskRecord:
+    return RoundTaskRecord(row[0], int(row[1]), row[2], row[3], row[4], row[5], float(row[6]),
+                           None if row[7] is None else bytes(row[7]))
+
+
+def _study(row: tuple[Any, ...]) -> StudyRecord:
     return StudyRecord(row[0], bytes(row[1]), bytes(row[2]), bytes(row[3]), row[4], row[5],
                        float(row[6]), None if row[7] is None else float(row[7]), row[8])
 

@@ -48,13 +48,12 @@ class HelloInfo:
     site_id: str
     software_version: str = ""
     ingested_at: str = ""
-    stored_infusions: int = 0
 
 
 @dataclass(frozen=True)
 class StudyTask:
     """A request to one site to run a signed study; ``task_id`` is unique per study, site and
-    round. Rounds after the first carry per-analysis ``inputs`` (e.g. Cox coefficients)."""
+    round; ``inputs`` are the round's requests (:mod:`protocol.rounds`)."""
 
     task_id: str
     study_id: str

@@ -109,7 +109,7 @@ class CoordinatorClient:
         reply = self._call(self._stub.ListSites, pb.ListSitesRequest())
         return [{"site_id": s.site_id, "connected": s.connected,
                  "software_version": s.software_version, "last_seen": s.last_seen,
-                 "ingested_at": s.ingested_at, "stored_infusions": s.stored_infusions}
+                 "ingested_at": s.ingested_at}
                 for s in reply.sites]
 
     def wait_for_sites(self, site_ids: set[str], timeout_s: float,

@@ -36,12 +36,11 @@ from types import TracebackType
 from typing import Any, Literal
 
 import grpc
+import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from aggregator.engine import StudyEngine
 from aggregator.link import NodeLinkServicer
-from aggregator.pooling import pool_study
-from aggregator.secure_driver import NetworkDriver
 from aggregator.store import Store
 from aggregator.transport import (
     HelloInfo,
@@ -54,7 +53,10 @@ from aggregator.transport import (
 from heron import __version__
 from heron.errors import HeronError
 from node.audit import AuditTrail
+from node.cohort import select_cohort
+from node.covariates import build_design
 from node.daemon import NodeDaemon
+from node.endpoints import group_labels, survival_endpoint
 from node.engine import NodeEngine
 from node.errors import StoreError
 from node.ingest import ingest
@@ -80,6 +82,8 @@ __all__ = [
     "ingest_sites",
     "make_study",
     "node_handler",
+    "pooled_cox_data",
+    "pooled_survival_data",
 ]
 
 logger = logging.getLogger(__name__)
@@ -228,12 +232,80 @@ def ingest_sites(workdir: Path, folders: Mapping[str, Path], *, policy: Policy |
     return sites
 
 
+def pooled_survival_data(stores: Mapping[str, Path], study: Study, endpoint: str,
+                         group_by: str | None, *, today: dt.date | None = None) -> pd.DataFrame:
+    """The reference of a federated survival analysis: every site's individual rows pooled.
+
+    Parameters
+    ----------
+    stores
+        Site id -> store folder.
+    study
+        The study (its cohort, horizon and censoring).
+    endpoint
+        A survival endpoint (``overall_survival``, ``progression_free_survival``).
+    group_by
+        The analysis' grouping (``None``: one group "all").
+    today
+        The cohort's calendar (default: today).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``duration``, ``event`` (bool), ``group`` and ``site``, one row per infusion.
+    """
+    frames = []
+    for site, store_dir in stores.items():
+        store = open_store(store_dir)
+        cohort = select_cohort(store, study.cohort, today=today)
+        out = survival_endpoint(store, cohort, endpoint, study.horizon_days, study.censor_at)
+        frames.append(pd.DataFrame({
+            "duration": out["duration"].to_numpy(), "event": out["event"].to_numpy(dtype=bool),
+            "group": group_labels(cohort, group_by, site).to_numpy(), "site": site}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def pooled_cox_data(stores: Mapping[str, Path], study: Study, covariates: Sequence[str], *,
+                    today: dt.date | None = None) -> pd.DataFrame:
+    """The reference of a federated Cox model: the complete cases of every site pooled.
+
+    Parameters
+    ----------
+    stores
+        Site id -> store folder.
+    study
+        The study (its cohort and horizon; the endpoint is overall survival).
+    covariates
+        The model's covariates; ``lab:NAME`` columns hold the design's lab values.
+    today
+        The cohort's calendar (default: today).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The covariates (categorical ones uncoded), ``duration``, ``event`` (0/1) and ``site``.
+    """
+    frames = []
+    for site, store_dir in stores.items():
+        store = open_store(store_dir)
+        cohort = select_cohort(store, study.cohort, today=today)
+        design = build_design(store, cohort, covariates)
+        out = survival_endpoint(store, cohort, "overall_survival", study.horizon_days)
+        frame = cohort.loc[design.mask, [c for c in covariates if not c.startswith("lab:")]]
+        for lab in (c for c in covariates if c.startswith("lab:")):
+            frame[lab] = design.matrix([lab])[:, 0]
+        frame = frame.assign(duration=out["duration"].to_numpy()[design.mask],
+                             event=out["event"].to_numpy()[design.mask].astype(int), site=site)
+        frames.append(frame.reset_index(drop=True))
+    return pd.concat(frames, ignore_index=True)
+
+
 def _study_engine(store: Store, transport: NodeTransport,
                   trusted_keys: Sequence[Ed25519PublicKey], *, clock: Callable[[], float],
                   site_timeout_s: float, ca_pem: bytes | None) -> StudyEngine:
     """The study engine of a simulated network (the only place it is constructed)."""
-    return StudyEngine(store, transport, pool_study, trusted_keys, clock=clock,
-                       site_timeout_s=site_timeout_s, driver=NetworkDriver(ca_pem))
+    return StudyEngine(store, transport, trusted_keys, clock=clock,
+                       site_timeout_s=site_timeout_s, ca_pem=ca_pem)
 
 
 def _guarded(site_id: str, handler: NodeHandler) -> NodeHandler:
@@ -376,7 +448,7 @@ class SimulatedNetwork:
                 for site in sites:
                     handler = self._handler(site.site_id, wrappers.get(site.site_id))
                     self._local.connect(site.site_id, handler, HelloInfo(
-                        site.site_id, __version__, site.ingested_at(), 0))
+                        site.site_id, __version__, site.ingested_at()))
             else:
                 link = NodeLinkServicer(heartbeat_interval_s=5)
                 self._engine = _study_engine(self._store, link, keys, clock=clock,
@@ -475,7 +547,11 @@ class SimulatedNetwork:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the nodes and the transport, then close the store (idempotent)."""
+        """Stop the nodes and the transport (idempotent).
+
+        The aggregator's store stays open, so the database can still be inspected through
+        :attr:`store`; it is closed with the network object or by ``store.close()``.
+        """
         if self._closed:
             return
         self._closed = True
@@ -488,8 +564,6 @@ class SimulatedNetwork:
             self._grpc.server.stop(1.0).wait()
         if self._local is not None:
             self._local.close()
-        if hasattr(self, "_store"):
-            self._store.close()
 
     def __enter__(self) -> SimulatedNetwork:
         return self
@@ -554,7 +628,7 @@ class SimulatedNetwork:
             kwargs: dict[str, Any] = {
                 "site_id": site_id, "target": f"127.0.0.1:{port}",
                 "credentials": self._credentials[site_id],
-                "freshness": lambda s=site: (s.ingested_at(), 0),
+                "freshness": lambda s=site: s.ingested_at(),
                 "backoff_max_s": 2.0,
             }
             wrapper = wrappers.get(site_id)

@@ -65,11 +65,11 @@ class NodeDaemon:
     answer
         ``answer(study_id, signed_study, round, inputs) -> TaskOutcome`` (the node engine).
     freshness
-        Returns ``(ingested_at, stored_infusions)`` for the hello message.
+        Returns ``ingested_at`` (ISO time of the last ingestion, "" for never) for the hello.
     """
 
     def __init__(self, site_id: str, target: str, credentials: object, answer: Answer,
-                 freshness: Callable[[], tuple[str, int]], heartbeat_s: float = 5.0,
+                 freshness: Callable[[], str], heartbeat_s: float = 5.0,
                  backoff_max_s: float = 30.0) -> None:
         self.site_id = site_id
         self.target = target
@@ -114,10 +114,10 @@ class NodeDaemon:
             call.cancel()
 
     def _outbound(self, out: queue.Queue[pb.NodeMessage | None]) -> Iterator[pb.NodeMessage]:
-        ingested_at, stored = self.freshness()
+        ingested_at = self.freshness()
         yield pb.NodeMessage(hello=pb.Hello(
             site_id=self.site_id, software_version=__version__,
-            freshness=pb.DataFreshness(ingested_at=ingested_at, stored_infusions=stored)))
+            freshness=pb.DataFreshness(ingested_at=ingested_at)))
         while True:
             try:
                 msg = out.get(timeout=self.heartbeat_s)

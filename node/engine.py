@@ -23,13 +23,13 @@ from node.cohort import select_cohort
 from node.errors import NodeError, StudyRefused
 from node.ledger import DisclosureLedger
 from node.policy import Policy
-from node.releases import first_release, release_summary
-from node.secure_answer import cox_round, secure_round
-from node.secure_session import SecureSessions
+from node.releases import cox_step_release, first_release, release_summary
+from node.secure_session import MAX_ATTEMPTS, SecureSessions
 from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.keys import key_id
 from protocol.pki import Credentials
+from protocol.rounds import RoundRequests, parse_requests
 from protocol.signing import SignedStudy, is_expired, verify_study
 from protocol.study import Study
 
@@ -157,24 +157,9 @@ class NodeEngine:
         if self.ledger is not None:
             self.ledger.record(study.id, prepared.cohort["patient_id"].tolist())
 
-    def _answer_secure(self, study: Study, prepared: _Prepared, round: int,
-                       inputs: Sequence[Release]) -> TaskOutcome:
-        assert self.secure is not None
-        try:
-            releases = secure_round(study, round, inputs, self.secure, prepared.tables,
-                                    prepared.cohort, self.site_id, self.policy, prepared.memo,
-                                    lambda: self._record(study, prepared))
-        except StudyRefused as exc:
-            return self._refuse(study.id, str(exc))
-        self.audit.append("release", study.id, round=round, masked=True,
-                          analyses={r.analysis: ({"error": r.error} if r.error else
-                                                 {"kind": r.kind, "vectors": len(r.vectors)})
-                                    for r in releases})
-        return TaskOutcome(releases=tuple(releases))
-
     def answer(self, study_id: str, signed: SignedStudy, round: int = 1,
                inputs: Sequence[Release] = ()) -> TaskOutcome:
-        """Verify and answer one study task (``round`` > 1: an iterative analysis step)."""
+        """Verify and answer one task: the requests of one round (:mod:`protocol.rounds`)."""
         signer = key_id(Ed25519PublicKey.from_public_bytes(signed.public_key)) \
             if len(signed.public_key) == 32 else "none"
         digest = _sha256(signed.canonical_study)
@@ -185,47 +170,78 @@ class NodeEngine:
             return self._refuse(study_id, checked)
         study = checked
         try:
+            requests = parse_requests(inputs)
+        except ProtocolError as exc:
+            return self._refuse(study_id, f"malformed round {round}: {exc}")
+        try:
             prepared = self._prepared(study, digest)
         except NodeError as exc:
             return self._refuse(study_id, f"site data unavailable: {exc}")
-        unmasked = not study.privacy.secure_aggregation
-        if unmasked and len(prepared.cohort) < self.policy.min_cohort:
+        masked = study.privacy.secure_aggregation
+        if not masked and len(prepared.cohort) < self.policy.min_cohort:
             return self._refuse(study_id, f"cohort below {self.policy.min_cohort} patients")
-        if round == 1 and self.ledger is not None:
+        if (requests.announce is not None or requests.summaries) and self.ledger is not None:
             reason = self.ledger.check(study.id, prepared.cohort["patient_id"].tolist(),
                                        self.policy.min_cohort_difference)
             if reason:
                 return self._refuse(study_id, reason)
-        if not unmasked:
-            return self._answer_secure(study, prepared, round, inputs)
-        by_name = {a.name: a for a in study.analyses}
-        releases = {}
-        if round == 1:
-            for analysis in study.analyses:
-                releases[analysis.name] = first_release(
-                    analysis, study, prepared.tables, prepared.cohort, self.site_id,
-                    self.policy, prepared.memo)
-        else:
-            for inp in inputs:
-                analysis = by_name.get(inp.analysis)
-                if analysis is None:
-                    return self._refuse(study_id, f"round {round} names an unknown analysis "
-                                        f"{inp.analysis!r}")
-                releases[analysis.name] = cox_round(
-                    analysis, study, prepared.tables, prepared.cohort, self.policy,
-                    prepared.memo, inp)
-        if round == 1:
+        try:
+            if requests.announce is not None:
+                return self._announce(study, requests.announce, round)
+            releases = self._releases(study, prepared, requests, round)
+        except StudyRefused as exc:
+            return self._refuse(study_id, str(exc))
+        if requests.summaries:
             self._record(study, prepared)
-        for name, release in releases.items():
+        for release in releases:
             if release.error:
-                self.audit.append("analysis_refused", study_id, analysis=name, round=round,
-                                  reason=release.error)
-        self.audit.append("release", study_id, round=round, cohort_size=len(prepared.cohort),
+                self.audit.append("analysis_refused", study_id, analysis=release.analysis,
+                                  round=round, reason=release.error)
+        self.audit.append("release", study_id, round=round, masked=masked,
+                          cohort_size=None if masked else len(prepared.cohort),
                           thresholds={"min_cohort": self.policy.min_cohort,
                                       "min_cell": self.policy.min_cell,
                                       "min_bin_events": self.policy.min_bin_events},
-                          analyses=release_summary(releases))
-        return TaskOutcome(releases=tuple(releases.values()))
+                          analyses=release_summary({r.analysis: r for r in releases}))
+        return TaskOutcome(releases=tuple(releases))
+
+    def _announce(self, study: Study, attempt: int, round: int) -> TaskOutcome:
+        if not study.privacy.secure_aggregation or self.secure is None:
+            raise StudyRefused("a key exchange was asked for a study without secure "
+                               "aggregation")
+        if attempt > MAX_ATTEMPTS:
+            # each restart without a site hands the aggregator another sum; a few restarts are
+            # dropouts, many look like an attempt to isolate sites (docs/threat-model.md)
+            raise StudyRefused(f"more than {MAX_ATTEMPTS} key exchanges for one study")
+        release = self.secure.announce(study.id, attempt)
+        self.audit.append("release", study.id, round=round, key_announcement=attempt)
+        return TaskOutcome(releases=(release,))
+
+    def _releases(self, study: Study, prepared: _Prepared, requests: RoundRequests,
+                  round: int) -> list[Release]:
+        """This round's releases, masked when the study uses secure aggregation."""
+        masked = study.privacy.secure_aggregation
+        if masked != (requests.relay is not None):
+            raise StudyRefused("a secure study's rounds must be masked, and only its rounds"
+                               if masked else "a key relay was sent for an unmasked study")
+        participants: list[str] | None = None
+        if requests.relay is not None:
+            assert self.secure is not None
+            masker, participants = self.secure.masker(study.id, requests.relay)
+        by_name = {a.name: a for a in study.analyses}
+        unknown = [n for n in requests.analyses if n not in by_name]
+        if unknown:
+            raise StudyRefused(f"round {round} names an unknown analysis {unknown[0]!r}")
+        releases = [first_release(by_name[name], study, prepared.tables, prepared.cohort,
+                                  self.site_id, self.policy, prepared.memo, participants)
+                    for name in requests.summaries]
+        for newton in requests.newton:
+            releases.append(cox_step_release(by_name[newton.analysis], study, prepared.tables,
+                                             prepared.cohort, self.policy, prepared.memo,
+                                             newton))
+        if requests.relay is not None:
+            releases = SecureSessions.mask(releases, masker, round)
+        return releases
 
 
 def _sha256(data: bytes) -> str:

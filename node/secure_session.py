@@ -1,11 +1,12 @@
 """The site's side of secure aggregation: ephemeral keys and masked releases.
 
-Round 1 of a study with ``secure_aggregation: true`` only announces an ephemeral X25519 key,
-signed with the site's certificate key. The next round brings every participant's signed
-announcement: the node verifies them against the network CA, derives the pairwise masks and
-releases every vector masked. A ``__rekey__`` input (after a site dropped out) asks for a new
-key for the next attempt. Private keys live only in this process; a node restarted between
-rounds cannot mask, answers nothing for the round, and the aggregator restarts it.
+The key-exchange round of a study with ``secure_aggregation: true`` (an ``announce`` request,
+:mod:`protocol.rounds`) only announces an ephemeral X25519 key, signed with the site's
+certificate key. Every later round relays every participant's signed announcement: the node
+verifies them against the network CA, derives the pairwise masks and releases every vector
+masked. After a site dropped out, the aggregator asks for a key for the next attempt. Private
+keys live only in this process; a node restarted between rounds cannot mask, answers nothing
+for the round, and the aggregator restarts it.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from protocol.errors import ProtocolError
 from protocol.key_exchange import KeyAnnouncement, announce, verify_announcement
 from protocol.masking import PairwiseMasker
 from protocol.pki import Credentials
+from protocol.rounds import KEY_KIND, KEYS, KeyRelay
 from protocol.secure_agg import mask_release
 
-__all__ = ["KEYS", "REKEY", "SecureSessions"]
+__all__ = ["MAX_ATTEMPTS", "SecureSessions"]
 
 logger = logging.getLogger(__name__)
 
-KEYS = "__keys__"
-REKEY = "__rekey__"
+MAX_ATTEMPTS = 3
+"""Key exchanges a site takes part in for one study (the first and two restarts)."""
 _KEPT = 8
 
 
@@ -50,10 +52,10 @@ class SecureSessions:
         self._keys[(study_id, attempt)] = private
         while len(self._keys) > _KEPT:
             self._keys.pop(next(iter(self._keys)))
-        return Release(analysis=KEYS, kind="keys", vectors={},
+        return Release(analysis=KEYS, kind=KEY_KIND, vectors={},
                        metadata={"announcement": announcement.to_dict()})
 
-    def masker(self, study_id: str, keys: Release) -> tuple[PairwiseMasker, list[str]]:
+    def masker(self, study_id: str, keys: KeyRelay) -> tuple[PairwiseMasker, list[str]]:
         """Verify every participant's announcement and build this site's masker.
 
         Raises
@@ -62,13 +64,13 @@ class SecureSessions:
             When an announcement is forged, replayed or not from this network, or this
             site's own key for the attempt is not known here.
         """
-        attempt = int(keys.metadata.get("attempt", 0))
+        attempt = keys.attempt
         private = self._keys.get((study_id, attempt))
         if private is None:
             raise StudyRefused(f"no ephemeral key for attempt {attempt} (node restarted?)")
         announcements: dict[str, KeyAnnouncement] = {}
         try:
-            for raw in keys.metadata.get("announcements", []):
+            for raw in keys.announcements:
                 a = KeyAnnouncement.from_dict(raw)
                 verify_announcement(a, self._ca, study_id, attempt)
                 announcements[a.site_id] = a

@@ -123,7 +123,7 @@ def build_daemon(config: NodeConfig) -> NodeDaemon:
         credentials=load_credentials(config.path("credentials_dir")),
         answer=engine.answer,
         # the hello says how fresh the data are, not how many patients the site has
-        freshness=lambda: (_freshness(config)[0], 0),
+        freshness=lambda: _freshness(config)[0],
         heartbeat_s=config.heartbeat_s,
         backoff_max_s=config.backoff_max_s,
     )

@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from protocol.codec import Release
 from protocol.errors import ProtocolError
+from protocol.study import Study
 
 __all__ = [
     "KEYS",
@@ -51,6 +52,7 @@ __all__ = [
     "newton_request",
     "parse_requests",
     "summary_request",
+    "summary_requests",
 ]
 
 KEYS = "__keys__"
@@ -77,6 +79,11 @@ def key_relay(attempt: int, announcements: Sequence[Mapping[str, Any]]) -> Relea
 def summary_request(analysis: str, kind: str) -> Release:
     """Ask a site for an analysis' sufficient statistics (Cox: the model description)."""
     return Release(analysis, kind, {}, {_STEP: STEP_SUMMARY})
+
+
+def summary_requests(study: Study) -> tuple[Release, ...]:
+    """A summary request for every analysis of a study (an unmasked first round)."""
+    return tuple(summary_request(a.name, a.kind) for a in study.analyses)
 
 
 def newton_request(analysis: str, columns: Sequence[str], beta: Sequence[float],

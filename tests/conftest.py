@@ -1,3 +1,83 @@
-"""Shared pytest configuration."""
+"""Shared pytest configuration and helpers used by several test modules.
+
+Import helpers from here (``from tests.conftest import ...``); test modules never import from
+each other.
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from lifelines import CoxPHFitter
+
+from heron.simulation import pooled_cox_data
+from protocol.study import Study
+
+INFUSED = dt.date(2022, 1, 1)
+"""Infusion date of every patient of :func:`site_tables`."""
+
+COX_TODAY = dt.date(2026, 11, 1)
+"""The calendar of the federated Cox tests (cohort selection of :func:`pooled_frame`)."""
+
+
+def site_tables(durations: list[int], dead: list[bool],
+                routes: list[int]) -> dict[str, pd.DataFrame]:
+    """Hand-made site tables: one LBCL infusion per patient on :data:`INFUSED`, followed for
+    ``durations`` days, dead or alive, route 0 (hospital exemption) or 1 (central)."""
+    n = len(durations)
+    ids = [f"p{i}" for i in range(n)]
+    inf = [f"i{i}" for i in range(n)]
+    day0 = pd.Timestamp(INFUSED)
+    end = day0 + pd.to_timedelta(np.asarray(durations), unit="D")
+    dead_arr = np.asarray(dead)
+    patients = pd.DataFrame({"patient_id": pd.array(ids, "string"),
+                             "sex": pd.array(["F"] * n, "string"),
+                             "birth_year": pd.array([1960] * n, "Int64")})
+    infusions = pd.DataFrame({
+        "infusion_id": pd.array(inf, "string"), "patient_id": pd.array(ids, "string"),
+        "infusion_date": pd.Series([day0] * n, dtype="datetime64[ns]"),
+        "product": pd.array(["HE-CD19-01"] * n, "string"),
+        "atmp_class": pd.array(["GTMP"] * n, "string"),
+        "route": pd.array([["hospital_exemption", "centrally_authorised"][r] for r in routes],
+                          "string"),
+        "origin": pd.array(["autologous"] * n, "string"),
+        "batch_id": pd.array([None] * n, "string"),
+        "indication_icd10": pd.array(["C83.3"] * n, "string"),
+        "indication_group": pd.array(["LBCL"] * n, "string"),
+        "disease_status": pd.array([None] * n, "string"),
+        "prior_lines": pd.array([None] * n, "Int64"), "ecog": pd.array([None] * n, "Int64"),
+        "manufacturing_site": pd.array([None] * n, "string")})
+    followup = pd.DataFrame({
+        "infusion_id": pd.array(inf, "string"),
+        "contact_date": pd.Series(end, dtype="datetime64[ns]"),
+        "vital_status": pd.array(np.where(dead_arr, "dead", "alive"), "string"),
+        "death_date": pd.Series(np.where(dead_arr, end, pd.NaT), dtype="datetime64[ns]"),
+        "cause_of_death": pd.array(np.where(dead_arr, "primary_disease", None), "string")})
+    return {"patients": patients, "infusions": infusions, "followup": followup}
+
+
+def pooled_frame(stores: Mapping[str, Path], study: Study,
+                 covariates: Sequence[str]) -> pd.DataFrame:
+    """The pooled complete cases of the sites' stores for a Cox model (as of :data:`COX_TODAY`)."""
+    return pooled_cox_data(stores, study, covariates, today=COX_TODAY)
+
+
+def lifelines_reference(data: pd.DataFrame, categorical: Sequence[str],
+                        strata: list[str] | None = None) -> CoxPHFitter:
+    """lifelines' Cox fit (Efron ties, to full convergence) with treatment-coded categoricals."""
+    data = data.copy()
+    for col in data.columns:
+        if col not in categorical and col not in ("site",):
+            data[col] = data[col].astype(float)
+    coded = pd.get_dummies(data, columns=categorical, prefix_sep="=", drop_first=True,
+                           dtype=float)
+    if strata is None:
+        coded = coded.drop(columns="site")
+    # lifelines stops at a step norm of 1e-7 by default, which leaves a rare level (sex=U)
+    # 2e-5 short of the maximum; run it to full convergence to compare at 1e-6
+    return CoxPHFitter().fit(coded, "duration", "event", strata=strata,
+                             fit_options={"precision": 1e-14, "max_steps": 200})

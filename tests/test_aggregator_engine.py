@@ -16,7 +16,7 @@ from aggregator.store import Store
 from aggregator.transport import HelloInfo, LocalTransport, StudyTask, TaskReply
 from tests.test_aggregator_support import (
     FakeClock,
-    fake_pool,
+    fake_strategies,
     make_study,
     refusing_node,
     releasing_node,
@@ -33,18 +33,14 @@ TIMEOUT_S = 60.0
 class Rig:
     """An engine on a real SQLite file with an in-process transport."""
 
-    def __init__(self, db: Path, clock: FakeClock, pool: Any = fake_pool) -> None:
+    def __init__(self, db: Path, clock: FakeClock, broken: str = "") -> None:
         self.clock = clock
         self.store = Store(db)
         self.transport = LocalTransport()
-        self.pooled: list[dict[str, Any]] = []
-
-        def recording_pool(study: Any, releases: Any) -> Any:  # wraps the FAKE pool
-            self.pooled.append(dict(releases))
-            return pool(study, releases)
-
-        self.engine = StudyEngine(self.store, self.transport, recording_pool,
-                                  [KEY.public_key()], clock=clock, site_timeout_s=TIMEOUT_S)
+        strategies = fake_strategies(broken)  # FAKE statistics
+        self.pooled = strategies["kaplan_meier"].pooled
+        self.engine = StudyEngine(self.store, self.transport, [KEY.public_key()], clock=clock,
+                                  site_timeout_s=TIMEOUT_S, strategies=strategies)
 
     def finished(self, study_id: str) -> Any:
         return self.engine.status(study_id).status != "running"
@@ -68,7 +64,7 @@ def rig(tmp_path: Path, clock: FakeClock) -> Iterator[Rig]:
 
 def test_all_sites_release_and_study_completes(rig: Rig) -> None:
     for i, site in enumerate(["site-a", "site-b", "site-c"], start=1):
-        rig.transport.connect(site, releasing_node(i), HelloInfo(site, "node/1", "", 10 * i))
+        rig.transport.connect(site, releasing_node(i), HelloInfo(site, "node/1", ""))
     study = make_study(min_sites=3)
     assert rig.engine.submit(signed(study, KEY)) == study.id
     wait_until(lambda: rig.finished(study.id))
@@ -79,17 +75,18 @@ def test_all_sites_release_and_study_completes(rig: Rig) -> None:
     assert results["sites"] == {"participated": ["site-a", "site-b", "site-c"], "refused": {},
                                 "unreachable": []}
     assert results["privacy"] == {"secure_aggregation": False, "min_sites": 3,
-                                  "pooled_by": "fake"}
+                                  "time_resolution_days": 1, "coarsened": False,
+                                  "site_thresholds": []}
     assert results["analyses"]["os"] == {"kind": "kaplan_meier",
                                          "sites": ["site-a", "site-b", "site-c"],
                                          "total": 3 * (1 + 2 + 3)}
-    (pooled,) = rig.pooled
-    assert pooled["site-b"] == site_releases(study, 2)
+    km, ae = rig.pooled  # one call per analysis
+    assert (km["site-b"], ae["site-b"]) == site_releases(study, 2)
     status = rig.engine.status(study.id)
     assert [s.state for s in status.sites] == ["released"] * 3
     assert status.completed_at == rig.clock.now
-    assert {s.site_id: s.stored_infusions for s in rig.engine.list_sites()} == {
-        "site-a": 10, "site-b": 20, "site-c": 30}
+    assert {s.site_id: s.software_version for s in rig.engine.list_sites()} == {
+        "site-a": "node/1", "site-b": "node/1", "site-c": "node/1"}
 
 
 def test_refusal_reason_reaches_results(rig: Rig) -> None:
@@ -224,20 +221,18 @@ def test_study_without_any_site_completes_at_once(rig: Rig) -> None:
     assert results["analyses"]["os"]["error"].startswith("fewer than 1 participating")
 
 
-def test_failing_pool_fails_the_study(tmp_path: Path, clock: FakeClock) -> None:
-    def broken_pool(study: Any, releases: Any) -> Any:  # a FAKE pool that breaks
-        raise ValueError("vectors of unequal length")
-
-    rig = Rig(tmp_path / "agg.sqlite", clock, pool=broken_pool)
+def test_failing_pooling_ends_the_analysis_with_its_reason(tmp_path: Path,
+                                                            clock: FakeClock) -> None:
+    rig = Rig(tmp_path / "agg.sqlite", clock, broken="vectors of unequal length")
     try:
         rig.transport.connect("site-a", releasing_node(1))
         study = make_study(min_sites=1)
         rig.engine.submit(signed(study, KEY))
         wait_until(lambda: rig.finished(study.id))
         results = rig.engine.results(study.id)
-        assert results["status"] == "failed" == rig.engine.status(study.id).status
+        assert results["status"] == "completed" == rig.engine.status(study.id).status
         assert results["analyses"]["os"] == {
-            "kind": "kaplan_meier", "error": "pooling failed: vectors of unequal length"}
+            "kind": "kaplan_meier", "error": "vectors of unequal length"}
     finally:
         rig.close()
 
@@ -291,7 +286,7 @@ def test_without_trusted_keys_only_nodes_check_signatures(tmp_path: Path,
                                                           clock: FakeClock) -> None:
     store = Store(tmp_path / "agg.sqlite")
     transport = LocalTransport()
-    engine = StudyEngine(store, transport, fake_pool, [], clock=clock)  # FAKE pool
+    engine = StudyEngine(store, transport, [], clock=clock, strategies=fake_strategies())
     try:
         study = make_study()
         other = signed(study, Ed25519PrivateKey.generate())

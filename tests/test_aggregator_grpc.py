@@ -23,7 +23,7 @@ from protocol.v1 import node_link_pb2 as pb
 from tests.test_aggregator_support import (
     GrpcTestNode,
     Network,
-    fake_pool,
+    fake_strategies,
     make_network,
     make_study,
     refusing_node,
@@ -49,7 +49,8 @@ def _config(network: Network, db: Path, **kw: object) -> AggregatorConfig:
 
 @pytest.fixture
 def server(network: Network, tmp_path: Path) -> Iterator[AggregatorServer]:
-    srv = create_server(_config(network, tmp_path / "agg.sqlite"), fake_pool)  # FAKE pool
+    srv = create_server(_config(network, tmp_path / "agg.sqlite"),
+                        strategies=fake_strategies())  # FAKE statistics
     srv.start()
     yield srv
     srv.stop(0)
@@ -80,8 +81,8 @@ def test_site_gets_task_and_its_result_is_recorded(server: AggregatorServer,
     assert node.welcome.heartbeat_interval_s == 1  # type: ignore[union-attr]
     coord = _coordinator(server, network.coordinator)
     (site,) = coord.ListSites(cpb.ListSitesRequest()).sites
-    assert (site.site_id, site.connected, site.software_version, site.stored_infusions,
-            site.ingested_at) == ("site-a", True, "test-node/1", 42, "2026-01-01T00:00:00Z")
+    assert (site.site_id, site.connected, site.software_version,
+            site.ingested_at) == ("site-a", True, "test-node/1", "2026-01-01T00:00:00Z")
     study = make_study(min_sites=1)
     ref = coord.SubmitStudy(signed(study, KEY).to_proto())
     assert ref.study_id == study.id
@@ -104,7 +105,7 @@ def test_site_gets_task_and_its_result_is_recorded(server: AggregatorServer,
 def test_refusal_and_silent_site_reach_results_through_the_ticker(
         network: Network, tmp_path: Path) -> None:
     srv = create_server(_config(network, tmp_path / "agg.sqlite", site_timeout_s=0.5),
-                        fake_pool)  # FAKE pool
+                        strategies=fake_strategies())  # FAKE statistics
     srv.start()
     nodes = [GrpcTestNode(_target(srv), network.site("site-a"), "site-a", releasing_node(1)),
              GrpcTestNode(_target(srv), network.site("site-b"), "site-b",
@@ -205,7 +206,7 @@ def test_health_serving_then_not_serving_on_shutdown(server: AggregatorServer,
 
 def test_stop_ends_node_links_and_state_survives(network: Network, tmp_path: Path) -> None:
     db = tmp_path / "agg.sqlite"
-    srv = create_server(_config(network, db), fake_pool)  # FAKE pool
+    srv = create_server(_config(network, db), strategies=fake_strategies())  # FAKE
     srv.start()
     node = GrpcTestNode(_target(srv), network.site("site-a"), "site-a", silent_node)
     assert node.welcomed.wait(15)
@@ -216,7 +217,7 @@ def test_stop_ends_node_links_and_state_survives(network: Network, tmp_path: Pat
     node.wait_done()  # the link was closed by the aggregator
     node.close()
 
-    again = create_server(_config(network, db), fake_pool)  # FAKE pool
+    again = create_server(_config(network, db), strategies=fake_strategies())  # FAKE
     again.start()
     try:
         node = GrpcTestNode(_target(again), network.site("site-a"), "site-a", releasing_node(2))

@@ -21,11 +21,11 @@ import logging, sys
 from pathlib import Path
 from aggregator.config import resolve_config
 from aggregator.server import serve
-from tests.test_aggregator_support import fake_pool  # the FAKE pool
+from tests.test_aggregator_support import fake_strategies  # FAKE statistics
 
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 port_file = Path(sys.argv[1])
-sys.exit(serve(resolve_config(None), fake_pool, grace_s=2.0,
+sys.exit(serve(resolve_config(None), grace_s=2.0, strategies=fake_strategies(),
                on_started=lambda server: port_file.write_text(str(server.port))))
 """
 

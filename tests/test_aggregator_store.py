@@ -19,24 +19,29 @@ def _record(study_id: str = "s-001", at: float = 100.0) -> StudyRecord:
 def test_state_survives_reopen(tmp_path: Path) -> None:
     db = tmp_path / "agg.sqlite"
     store = Store(db)
-    store.upsert_site("site-a", "node/1", "2026-01-01T00:00:00Z", 12, now=10.0)
-    store.upsert_site("site-b", "node/1", "", 0, now=11.0)
+    store.upsert_site("site-a", "node/1", "2026-01-01T00:00:00Z", now=10.0)
+    store.upsert_site("site-b", "node/1", "", now=11.0)
     store.set_site_connected("site-b", False, now=12.0)
     store.add_study(_record(), {"site-a": "t-a", "site-b": "t-b"})
     assert store.set_site_state("s-001", "site-a", "sent", 13.0)
-    assert store.set_site_state("s-001", "site-a", "released", 14.0, release=b"\x01blob")
+    assert store.set_site_state("s-001", "site-a", "released", 14.0)
+    store.save_round("s-001", 1, '{"round": 1}', 14.0, {"site-a": "r-a"})
+    assert store.set_round_task("r-a", "answered", 14.5, result=b"\x01blob")
     assert store.set_site_state("s-001", "site-b", "refused", 15.0, reason="too few")
     store.close()
 
     again = Store(db)
     sites = {s.site_id: s for s in again.list_sites()}
     assert sites["site-a"].connected and not sites["site-b"].connected
-    assert (sites["site-a"].software_version, sites["site-a"].stored_infusions) == ("node/1", 12)
+    assert (sites["site-a"].software_version, sites["site-a"].ingested_at) == (
+        "node/1", "2026-01-01T00:00:00Z")
     assert sites["site-b"].last_seen == 12.0
     assert again.get_study("s-001") == _record()
     rows = {r.site_id: r for r in again.study_sites("s-001")}
-    assert (rows["site-a"].state, rows["site-a"].release, rows["site-a"].task_id) == (
-        "released", b"\x01blob", "t-a")
+    assert (rows["site-a"].state, rows["site-a"].task_id) == ("released", "t-a")
+    (task,) = again.round_tasks("s-001", 1)
+    assert (task.site_id, task.state, task.result) == ("site-a", "answered", b"\x01blob")
+    assert again.current_round("s-001").state_json == '{"round": 1}'  # type: ignore[union-attr]
     assert (rows["site-b"].state, rows["site-b"].reason) == ("refused", "too few")
     again.finish_study("s-001", "completed", '{"heron": 1}', now=20.0)
     again.close()
@@ -63,10 +68,13 @@ def test_final_states_are_final(tmp_path: Path) -> None:
     store = Store(tmp_path / "agg.sqlite")
     store.add_study(_record(), {"site-a": "t-a"})
     assert store.set_site_state("s-001", "site-a", "refused", 1.0, reason="no")
-    assert not store.set_site_state("s-001", "site-a", "released", 2.0, release=b"x")
+    assert not store.set_site_state("s-001", "site-a", "released", 2.0)
     assert not store.set_site_state("s-001", "nobody", "released", 2.0)
     (row,) = store.study_sites("s-001")
-    assert (row.state, row.reason, row.release) == ("refused", "no", None)
+    assert (row.state, row.reason) == ("refused", "no")
+    store.save_round("s-001", 1, "{}", 1.0, {"site-a": "r1"})
+    assert store.set_round_task("r1", "refused", 2.0, reason="no")
+    assert not store.set_round_task("r1", "answered", 3.0, result=b"x")
     store.close()
 
 
@@ -75,13 +83,54 @@ def test_open_tasks_and_reset_after_restart(tmp_path: Path) -> None:
     store.add_study(_record("s-001", 1.0), {"site-a": "t1"})
     store.add_study(_record("s-002", 2.0), {"site-a": "t2"})
     store.add_study(_record("s-003", 3.0), {"site-a": "t3"})
-    store.set_site_state("s-001", "site-a", "sent", 5.0)
-    store.set_site_state("s-003", "site-a", "released", 5.0, release=b"r")
+    for i, study in enumerate(("s-001", "s-002", "s-003"), start=1):
+        store.save_round(study, 1, "{}", 4.0, {"site-a": f"t{i}"})
+    store.set_round_task("t1", "sent", 5.0)
+    store.set_round_task("t3", "answered", 5.0, result=b"r")
     store.finish_study("s-003", "completed", "{}", 6.0)
-    assert [t.task_id for t in store.open_tasks("site-a")] == ["t1", "t2"]
+    assert [t.task_id for t in store.open_round_tasks("site-a")] == ["t1", "t2"]
     assert store.reset_sent_tasks(7.0) == 1
-    assert [t.state for t in store.open_tasks("site-a")] == ["pending", "pending"]
+    assert [t.state for t in store.open_round_tasks("site-a")] == ["pending", "pending"]
     assert [s.study_id for s in store.list_studies("running")] == ["s-001", "s-002"]
+    store.close()
+
+
+def test_version_1_database_is_migrated(tmp_path: Path) -> None:
+    """A schema-1 file (site sizes, release blobs) opens as schema 2; running studies fail."""
+    db = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE sites (site_id TEXT PRIMARY KEY, software_version TEXT NOT NULL DEFAULT '',
+            ingested_at TEXT NOT NULL DEFAULT '', stored_infusions INTEGER NOT NULL DEFAULT 0,
+            last_seen REAL NOT NULL, connected INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE studies (study_id TEXT PRIMARY KEY, canonical_study BLOB NOT NULL,
+            signature BLOB NOT NULL, public_key BLOB NOT NULL, title TEXT NOT NULL,
+            status TEXT NOT NULL, submitted_at REAL NOT NULL, completed_at REAL,
+            results_json TEXT);
+        CREATE TABLE study_sites (study_id TEXT NOT NULL, site_id TEXT NOT NULL,
+            state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL,
+            task_id TEXT NOT NULL UNIQUE, release BLOB, PRIMARY KEY (study_id, site_id));
+        CREATE TABLE iterations (study_id TEXT PRIMARY KEY, round INTEGER NOT NULL,
+            round_started_at REAL NOT NULL, state_json TEXT NOT NULL);
+        CREATE TABLE round_tasks (study_id TEXT NOT NULL, round INTEGER NOT NULL,
+            site_id TEXT NOT NULL, task_id TEXT NOT NULL UNIQUE, state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL, result BLOB,
+            PRIMARY KEY (study_id, round, site_id));
+        INSERT INTO sites VALUES ('site-a', 'node/0', '', 99, 1.0, 1);
+        INSERT INTO studies VALUES ('old', x'7b7d', x'00', x'00', 'Old', 'running', 1.0, NULL,
+            NULL);
+        INSERT INTO study_sites VALUES ('old', 'site-a', 'released', '', 1.0, 't', x'00');
+        PRAGMA user_version = 1;
+    """)
+    conn.close()
+    store = Store(db)
+    (site,) = store.list_sites()
+    assert (site.site_id, site.software_version) == ("site-a", "node/0")
+    old = store.get_study("old")
+    assert old is not None and old.status == "failed" and "submit it again" in str(
+        old.results_json)
+    assert store.query("PRAGMA user_version") == [(2,)]
+    assert "stored_infusions" not in {r[1] for r in store.query("PRAGMA table_info(sites)")}
     store.close()
 
 

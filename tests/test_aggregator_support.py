@@ -1,8 +1,8 @@
 """Helpers shared by the aggregator tests: PKI, signed studies, a fake pool, a gRPC test node.
 
 Everything here is real (certificates from :mod:`protocol.pki`, Ed25519 signatures, gRPC with
-mutual TLS) except the pooling function, which the aggregator receives injected: the tests use
-:func:`fake_pool` instead of the real statistics in :mod:`aggregator.pooling`.
+mutual TLS) except the analysis strategies, which the engine receives injected: the engine
+tests use :class:`FakeStrategy` instead of the real statistics of :mod:`aggregator.strategies`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from aggregator.strategies import OneShotStrategy
 from aggregator.transport import HelloInfo, StudyTask, TaskReply
 from protocol import pki
 from protocol.codec import Release, encode_release
@@ -44,20 +45,37 @@ class FakeClock:
         self.now += seconds
 
 
-def fake_pool(study: Study, releases: dict[str, Any]) -> dict[str, Any]:
-    """A FAKE pooling function (the real one is aggregator.pooling.pool_study).
+class FakeStrategy(OneShotStrategy):
+    """A FAKE strategy (the real ones are in aggregator.strategies).
 
-    Sums every released vector per analysis, so tests can see which releases were pooled.
+    Sums every released vector per analysis, so tests can see which releases were pooled;
+    ``pooled`` records each call's releases, ``broken`` makes pooling raise.
     """
-    analyses = {}
-    for a in study.analyses:
-        total = 0
-        for site_releases in releases.values():
-            for r in site_releases:
-                if r.analysis == a.name:
-                    total += int(sum(int(np.sum(v)) for v in r.vectors.values()))
-        analyses[a.name] = {"kind": a.kind, "sites": sorted(releases), "total": total}
-    return {"analyses": analyses, "privacy": {"pooled_by": "fake"}}
+
+    kinds = ("kaplan_meier", "adverse_events")
+
+    def __init__(self, broken: str = "") -> None:
+        self.pooled: list[dict[str, Release]] = []
+        self.broken = broken
+
+    def pool(self, analysis: Any, study: Any, releases: Any) -> dict[str, Any]:
+        if self.broken:
+            raise ValueError(self.broken)
+        self.pooled.append(dict(releases))
+        return {"total": sum(int(np.sum(v)) for r in releases.values()
+                             for v in r.vectors.values())}
+
+    def result(self, state: Any, analysis: Any) -> dict[str, Any]:
+        if state.error:
+            return {"kind": state.kind, "error": state.error}
+        return {"kind": state.kind, "sites": state.result["sites"],
+                "total": state.result["total"]}
+
+
+def fake_strategies(broken: str = "") -> dict[str, FakeStrategy]:
+    """The FAKE strategy for both kinds of :func:`make_study`."""
+    fake = FakeStrategy(broken)
+    return {"kaplan_meier": fake, "adverse_events": fake}
 
 
 def make_study(study_id: str = "test-study", min_sites: int = 1,
@@ -165,7 +183,7 @@ class GrpcTestNode:
                  hello: HelloInfo | None = None, first_message: pb.NodeMessage | None = None):
         self.site_id = site_id
         self.handler = handler
-        self.hello = hello or HelloInfo(site_id, "test-node/1", "2026-01-01T00:00:00Z", 42)
+        self.hello = hello or HelloInfo(site_id, "test-node/1", "2026-01-01T00:00:00Z")
         self.first_message = first_message
         self.tasks: list[StudyTask] = []
         self.welcome: pb.Welcome | None = None
@@ -184,8 +202,7 @@ class GrpcTestNode:
         else:
             yield pb.NodeMessage(hello=pb.Hello(
                 site_id=self.site_id, software_version=self.hello.software_version,
-                freshness=pb.DataFreshness(ingested_at=self.hello.ingested_at,
-                                           stored_infusions=self.hello.stored_infusions)))
+                freshness=pb.DataFreshness(ingested_at=self.hello.ingested_at)))
         while (msg := self._out.get()) is not None:
             yield msg
 

@@ -135,7 +135,7 @@ def _task(site: str = "site-a", study_id: str = "contract-study") -> StudyTask:
                      signed=signed(make_study(study_id), key), round=1)
 
 
-HELLO = HelloInfo("site-a", "node/9.9", "2026-02-01T10:00:00Z", 123)
+HELLO = HelloInfo("site-a", "node/9.9", "2026-02-01T10:00:00Z")
 
 
 class TestTransportContract:

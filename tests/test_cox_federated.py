@@ -1,4 +1,5 @@
-"""Federated Cox through the real study engine, rounds and node engines (in-process transport).
+"""Federated Cox through the real study engine, rounds and node engines (in-process transport,
+wired by heron.simulation).
 
 Reference: lifelines CoxPHFitter (Efron ties, run to full convergence) on the pooled individual
 data, with categorical covariates coded by pandas as indicators against the first sorted level
@@ -8,30 +9,18 @@ data, with categorical covariates coded by pandas as indicators against the firs
 from __future__ import annotations
 
 import datetime as dt
-import threading
 
 import numpy as np
-import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from lifelines import CoxPHFitter
 
-from aggregator.cox_driver import CoxDriver
-from aggregator.engine import StudyEngine
-from aggregator.pooling import pool_study
 from aggregator.store import Store
-from aggregator.transport import HelloInfo, LocalTransport, TaskReply
+from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
 from heron.synth import synthesize
-from node.audit import AuditTrail
-from node.cohort import select_cohort
-from node.covariates import build_design
-from node.endpoints import survival_endpoint
-from node.engine import NodeEngine
 from node.ingest import ingest
 from node.policy import Policy
-from node.store import open_store
-from protocol.signing import sign_study
-from tests.network_helpers import make_study
+from tests.conftest import lifelines_reference, pooled_frame
+from tests.conftest import site_tables as _tables
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
@@ -49,62 +38,20 @@ def stores(tmp_path_factory):
 
 
 def run_federated(tmp_path, stores, study, policies=None):
-    transport = LocalTransport()
-    engine = StudyEngine(Store(tmp_path / "agg.db"), transport, pool_study, [KEY.public_key()],
-                         driver=CoxDriver())
     rounds = []
-    for site, store_dir in stores.items():
-        node = NodeEngine(site, (policies or {}).get(site, DAY), [KEY.public_key()],
-                          lambda d=store_dir: open_store(d), AuditTrail(tmp_path / f"{site}.a"),
-                          today=lambda: TODAY)
 
-        def handler(task, node=node):
+    def recording(handler):
+        def answer(task):
             rounds.append(task.round)
-            out = node.answer(task.study_id, task.signed, task.round, task.inputs)
-            return TaskReply(task.task_id, task.study_id, out.releases, out.refusal)
+            return handler(task)
+        return answer
 
-        transport.connect(site, handler, HelloInfo(site))
-    done = threading.Event()
-    engine.submit(sign_study(study, KEY))
-    for _ in range(600):
-        if engine.results(study.id) is not None:
-            done.set()
-            break
-        done.wait(0.05)
-    transport.close()
-    assert done.is_set(), engine.status(study.id)
-    return engine.results(study.id), max(rounds)
-
-
-def pooled_frame(stores, study, covariates):
-    frames = []
-    for site, store_dir in stores.items():
-        store = open_store(store_dir)
-        cohort = select_cohort(store, study.cohort, today=TODAY)
-        design = build_design(store, cohort, covariates)
-        out = survival_endpoint(store, cohort, "overall_survival", study.horizon_days)
-        frame = cohort.loc[design.mask, [c for c in covariates if not c.startswith("lab:")]]
-        for lab in (c for c in covariates if c.startswith("lab:")):
-            frame[lab] = design.matrix([lab])[:, 0]
-        frame = frame.assign(duration=out["duration"].to_numpy()[design.mask],
-                             event=out["event"].to_numpy()[design.mask].astype(int), site=site)
-        frames.append(frame.reset_index(drop=True))
-    return pd.concat(frames, ignore_index=True)
-
-
-def lifelines_reference(data, categorical, strata=None):
-    data = data.copy()
-    for col in data.columns:
-        if col not in categorical and col not in ("site",):
-            data[col] = data[col].astype(float)
-    coded = pd.get_dummies(data, columns=categorical, prefix_sep="=", drop_first=True,
-                           dtype=float)
-    if strata is None:
-        coded = coded.drop(columns="site")
-    # lifelines stops at a step norm of 1e-7 by default, which leaves a rare level (sex=U)
-    # 2e-5 short of the maximum; run it to full convergence to compare at 1e-6
-    return CoxPHFitter().fit(coded, "duration", "event", strata=strata,
-                             fit_options={"precision": 1e-14, "max_steps": 200})
+    sites = [SimulatedSite(site, store_dir, (policies or {}).get(site, DAY))
+             for site, store_dir in stores.items()]
+    with SimulatedNetwork(tmp_path, sites, KEY, today=lambda: TODAY,
+                          node_wrappers=dict.fromkeys(stores, recording)) as net:
+        results = net.run(study, timeout_s=30)
+    return results, max(rounds)
 
 
 @pytest.mark.parametrize(("strata", "covariates"), [
@@ -169,7 +116,7 @@ def test_newton_state_survives_in_the_store(tmp_path, stores):
                                       "endpoint": "overall_survival",
                                       "covariates": ["age_at_infusion"]}], cohort={})
     run_federated(tmp_path, stores, study)
-    rows = Store(tmp_path / "agg.db").query(
+    rows = Store(tmp_path / "aggregator" / "aggregator.db").query(
         "SELECT COUNT(DISTINCT round) FROM round_tasks WHERE study_id=?", (study.id,))
     assert rows[0][0] >= 3  # round 2 (beta = 0) and at least two Newton steps
 
@@ -187,38 +134,21 @@ class _Tables:
 
 
 def test_separated_covariate_is_reported_plainly(tmp_path):
-    from tests.test_node_disclosure import _tables
-
     rng = np.random.default_rng(3)
-    transport = LocalTransport()
-    engine = StudyEngine(Store(tmp_path / "agg.db"), transport, pool_study, [KEY.public_key()],
-                         driver=CoxDriver())
+    sites = []
     for i in range(3):
         n = 30
         dead = rng.random(n) < 0.5
         durations = np.where(dead, rng.integers(5, 100, n), 400).tolist()
         # route 0 (hospital_exemption) exactly for the patients who die: monotone likelihood
         frames = _tables(durations, dead.tolist(), (~dead).astype(int).tolist())
-        node = NodeEngine(f"site-{i}", DAY, [KEY.public_key()], lambda f=frames: _Tables(f),
-                          AuditTrail(tmp_path / f"{i}.a"), today=lambda: TODAY)
-        transport.connect(f"site-{i}", lambda task, node=node: _reply(node, task),
-                          HelloInfo(f"site-{i}"))
+        sites.append(SimulatedSite(f"site-{i}", policy=DAY, tables=lambda f=frames: _Tables(f)))
     study = make_study("cox-separated", [
         {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival"},
         {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
          "covariates": ["route"]}], cohort={})
-    engine.submit(sign_study(study, KEY))
-    for _ in range(600):
-        if engine.results(study.id) is not None:
-            break
-        threading.Event().wait(0.05)
-    transport.close()
-    results = engine.results(study.id)
+    with SimulatedNetwork(tmp_path, sites, KEY, today=lambda: TODAY) as net:
+        results = net.run(study, timeout_s=30)
     assert "separation" in results["analyses"]["cox"]["error"]
     assert "route=hospital_exemption" in results["analyses"]["cox"]["error"]
     assert "error" not in results["analyses"]["km"]
-
-
-def _reply(node, task):
-    out = node.answer(task.study_id, task.signed, task.round, task.inputs)
-    return TaskReply(task.task_id, task.study_id, out.releases, out.refusal)

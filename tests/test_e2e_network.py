@@ -94,7 +94,7 @@ def test_pooled_results_equal_lifelines_on_pooled_individual_data(network):
 
 
 def test_cox_and_incidence_kinds_over_the_network_equal_the_references(network):
-    from tests.test_cox_federated import lifelines_reference, pooled_frame
+    from tests.conftest import lifelines_reference, pooled_frame
 
     net, stores = network
     covariates = ["age_at_infusion", "sex", "ecog", "lab:LDH"]

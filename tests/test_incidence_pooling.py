@@ -26,6 +26,7 @@ from node.engine import NodeEngine
 from node.ingest import ingest
 from node.policy import Policy
 from node.store import open_store
+from protocol.rounds import summary_requests
 from protocol.signing import sign_study
 from tests.network_helpers import make_study
 
@@ -58,7 +59,7 @@ def _run(stores, policy, study):
     for site, store_dir in stores.items():
         engine = NodeEngine(site, policy, [KEY.public_key()], lambda d=store_dir: open_store(d),
                             AuditTrail(store_dir / "audit.jsonl"), today=lambda: TODAY)
-        outcome = engine.answer(study.id, signed)
+        outcome = engine.answer(study.id, signed, 1, summary_requests(study))
         if outcome.refusal is None:
             releases[site] = outcome.releases
         else:  # only the tiny site, and only under the default policy
@@ -139,7 +140,7 @@ def test_default_policy_withholds_small_adverse_event_counts(sites):
 
 
 def test_one_hidden_grade_is_never_left_recoverable():
-    from aggregator.pooling_incidence import complement_grades
+    from aggregator.strategies.adverse_events import complement_grades
 
     # with_event 40 = 20 + 12 + 5 + 3: "3" alone hidden would be 40 - 37
     grades = {"1": 20, "2": 12, "3": 5, "4": "<5"}

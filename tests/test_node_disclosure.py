@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
-import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,42 +19,9 @@ from node.policy import default_policy
 from node.releases import first_release
 from protocol.releases import survival_groups
 from protocol.study import study_from_dict
+from tests.conftest import site_tables as _tables
 
 POLICY = default_policy()
-INFUSED = dt.date(2022, 1, 1)
-
-
-def _tables(durations: list[int], dead: list[bool], routes: list[int]) -> dict[str, pd.DataFrame]:
-    n = len(durations)
-    ids = [f"p{i}" for i in range(n)]
-    inf = [f"i{i}" for i in range(n)]
-    day0 = pd.Timestamp(INFUSED)
-    end = day0 + pd.to_timedelta(np.asarray(durations), unit="D")
-    dead_arr = np.asarray(dead)
-    patients = pd.DataFrame({"patient_id": pd.array(ids, "string"),
-                             "sex": pd.array(["F"] * n, "string"),
-                             "birth_year": pd.array([1960] * n, "Int64")})
-    infusions = pd.DataFrame({
-        "infusion_id": pd.array(inf, "string"), "patient_id": pd.array(ids, "string"),
-        "infusion_date": pd.Series([day0] * n, dtype="datetime64[ns]"),
-        "product": pd.array(["HE-CD19-01"] * n, "string"),
-        "atmp_class": pd.array(["GTMP"] * n, "string"),
-        "route": pd.array([["hospital_exemption", "centrally_authorised"][r] for r in routes],
-                          "string"),
-        "origin": pd.array(["autologous"] * n, "string"),
-        "batch_id": pd.array([None] * n, "string"),
-        "indication_icd10": pd.array(["C83.3"] * n, "string"),
-        "indication_group": pd.array(["LBCL"] * n, "string"),
-        "disease_status": pd.array([None] * n, "string"),
-        "prior_lines": pd.array([None] * n, "Int64"), "ecog": pd.array([None] * n, "Int64"),
-        "manufacturing_site": pd.array([None] * n, "string")})
-    followup = pd.DataFrame({
-        "infusion_id": pd.array(inf, "string"),
-        "contact_date": pd.Series(end, dtype="datetime64[ns]"),
-        "vital_status": pd.array(np.where(dead_arr, "dead", "alive"), "string"),
-        "death_date": pd.Series(np.where(dead_arr, end, pd.NaT), dtype="datetime64[ns]"),
-        "cause_of_death": pd.array(np.where(dead_arr, "primary_disease", None), "string")})
-    return {"patients": patients, "infusions": infusions, "followup": followup}
 
 
 def _at_risk_values(counts: SurvivalCounts) -> np.ndarray:

@@ -8,14 +8,15 @@ import datetime as dt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from heron.simulation import make_study
 from heron.synth import synthesize
 from node.audit import AuditTrail, verify_audit
 from node.engine import NodeEngine
 from node.ingest import ingest
 from node.policy import Policy
 from node.store import open_store
+from protocol.rounds import summary_requests
 from protocol.signing import sign_study
-from tests.network_helpers import make_study
 
 KEY = Ed25519PrivateKey.generate()
 KM = {"name": "os", "kind": "kaplan_meier", "endpoint": "overall_survival"}
@@ -43,8 +44,8 @@ def _events(tmp_path):
 def test_answers_a_valid_study_and_audits_the_release(store_dir, tmp_path):
     study = make_study("eng-ok", [KM, {**KM, "name": "os_route", "group_by": "route"}])
     day_resolution = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
-    outcome = _engine(store_dir, tmp_path, day_resolution).answer(study.id,
-                                                                  sign_study(study, KEY))
+    outcome = _engine(store_dir, tmp_path, day_resolution).answer(
+        study.id, sign_study(study, KEY), 1, summary_requests(study))
     assert outcome.refusal is None
     assert [r.analysis for r in outcome.releases] == ["os", "os_route"]
     assert all(not r.error for r in outcome.releases)
@@ -57,7 +58,8 @@ def test_forbidden_kind_is_an_analysis_error_and_the_rest_is_released(store_dir,
     policy = Policy(allowed_kinds=("kaplan_meier",))
     study = make_study("eng-policy", [KM, {"name": "na", "kind": "nelson_aalen",
                                            "endpoint": "overall_survival"}])
-    outcome = _engine(store_dir, tmp_path, policy).answer(study.id, sign_study(study, KEY))
+    outcome = _engine(store_dir, tmp_path, policy).answer(study.id, sign_study(study, KEY), 1,
+                                                          summary_requests(study))
     by_name = {r.analysis: r for r in outcome.releases}
     assert not by_name["os"].error
     assert "nelson_aalen" in by_name["na"].error and by_name["na"].vectors == {}
@@ -69,7 +71,7 @@ def test_forbidden_kind_is_an_analysis_error_and_the_rest_is_released(store_dir,
 def test_cohort_below_min_cohort_is_refused(store_dir, tmp_path):
     study = make_study("eng-small", [KM])
     outcome = _engine(store_dir, tmp_path, Policy(min_cohort=10_000)).answer(
-        study.id, sign_study(study, KEY))
+        study.id, sign_study(study, KEY), 1, summary_requests(study))
     assert outcome.refusal == "cohort below 10000 patients"
     assert _events(tmp_path)[-1] == ("study_refused", {"reason": outcome.refusal})
 
@@ -80,7 +82,7 @@ def test_manual_approval_waits_for_the_data_steward(store_dir, tmp_path):
     policy = Policy(approval="manual")
     assert "approval" in _engine(store_dir, tmp_path, policy).answer(study.id, signed).refusal
     approved = _engine(store_dir, tmp_path, policy, approved={"eng-manual"})
-    assert approved.answer(study.id, signed).refusal is None
+    assert approved.answer(study.id, signed, 1, summary_requests(study)).refusal is None
 
 
 def test_task_naming_another_study_is_refused(store_dir, tmp_path):

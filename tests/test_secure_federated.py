@@ -1,6 +1,6 @@
 """Secure aggregation end to end in process: real node engines with real site certificates,
 the real study engine, rounds, store and drivers; an in-process transport (LocalTransport)
-stands in for gRPC, which tests/test_e2e_network.py covers.
+stands in for gRPC, which tests/test_e2e_network.py covers. heron.simulation wires them.
 
 References: the unmasked run at day resolution on the same sites (itself tested against
 lifelines, scikit-survival and statsmodels elsewhere), and lifelines for Cox.
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import threading
+import itertools
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,21 +20,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from scipy.stats import chisquare
 
-from aggregator.engine import StudyEngine
-from aggregator.pooling import pool_study
-from aggregator.secure_driver import NetworkDriver
-from aggregator.store import Store, decode_task_result
-from aggregator.transport import HelloInfo, LocalTransport, TaskReply
+from aggregator.store import decode_task_result
+from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
 from heron.synth import synthesize
 from node.audit import AuditTrail
 from node.engine import NodeEngine
 from node.ingest import ingest
-from node.ledger import DisclosureLedger
 from node.policy import Policy
 from node.store import open_store
 from protocol.pki import init_ca, issue_site, load_credentials
 from protocol.signing import sign_study
-from tests.network_helpers import make_study
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
@@ -70,50 +66,28 @@ def network_parts(tmp_path_factory):
     return tmp, sites
 
 
-class Network:
-    """Study engine and site engines wired by the in-process transport."""
-
-    def __init__(self, tmp: Path, sites: dict[str, Path], policy: Policy = DAY,
-                 silent_after_keys: set[str] = frozenset(), ledger: bool = False,
-                 clock=None):
-        self.transport = LocalTransport()
-        kwargs = {"clock": clock} if clock else {}
-        ca = (tmp / "ca" / "ca.pem").read_bytes()
-        self.store = Store(tmp / f"agg-{id(self)}.db")
-        self.engine = StudyEngine(self.store, self.transport, pool_study, [KEY.public_key()],
-                                  driver=NetworkDriver(ca), site_timeout_s=5, **kwargs)
-        self.nodes = {}
-        for site, folder in sites.items():
-            node = NodeEngine(
-                site, policy, [KEY.public_key()], lambda f=folder: open_store(f / "store"),
-                AuditTrail(folder / f"audit-{id(self)}.jsonl"), today=lambda: TODAY,
-                credentials=load_credentials(folder / "credentials"),
-                ledger=DisclosureLedger(folder / f"ledger-{id(self)}", b"l" * 32)
-                if ledger else None)
-            self.nodes[site] = node
-            silent = site in silent_after_keys
-            self.transport.connect(site, lambda task, n=node, s=silent: _answer(n, task, s),
-                                   HelloInfo(site))
-
-    def run(self, study, tick=None):
-        self.engine.submit(sign_study(study, KEY))
-        for _ in range(1200):
-            if self.engine.results(study.id) is not None:
-                return self.engine.results(study.id)
-            if tick:
-                tick()
-            threading.Event().wait(0.02)
-        raise AssertionError(self.engine.status(study.id))
-
-    def close(self):
-        self.transport.close()
+def _silent_after_keys(handler):
+    def answer(task):
+        if task.round > 1:
+            return None  # announced its key, then went silent
+        return handler(task)
+    return answer
 
 
-def _answer(node, task, silent):
-    if silent and task.round > 1:
-        return None  # announced its key, then went silent
-    out = node.answer(task.study_id, task.signed, task.round, task.inputs)
-    return TaskReply(task.task_id, task.study_id, out.releases, out.refusal)
+_NETWORKS = itertools.count()
+
+
+def _network(tmp: Path, sites: dict[str, Path], policy: Policy = DAY,
+             silent_after_keys: set[str] = frozenset(), ledger: bool = False,
+             clock=None) -> SimulatedNetwork:
+    """The simulation harness on the fixture's sites, in a workspace of its own."""
+    return SimulatedNetwork(
+        tmp / f"net-{next(_NETWORKS)}",
+        [SimulatedSite(site, folder / "store", policy, folder / "credentials")
+         for site, folder in sites.items()],
+        KEY, today=lambda: TODAY, site_timeout_s=5, ca_dir=tmp / "ca", ledger=ledger,
+        clock=clock or time.time,
+        node_wrappers={site: _silent_after_keys for site in silent_after_keys})
 
 
 def _secure(study):
@@ -142,11 +116,11 @@ def test_every_kind_under_secure_aggregation_equals_the_unmasked_result(tmp_path
                                                                         network_parts):
     tmp, sites = network_parts
     plain_study = make_study("sa-plain", ANALYSES, cohort={}, min_sites=3)
-    plain = Network(tmp, sites)
+    plain = _network(tmp, sites)
     reference = plain.run(plain_study)
     plain.close()
     # the default site policy: under secure aggregation it needs no thresholds or bins
-    secure_net = Network(tmp, sites, policy=Policy())
+    secure_net = _network(tmp, sites, policy=Policy())
     secure = secure_net.run(_secure(dataclasses.replace(plain_study, id="sa-secure")))
     secure_net.close()
     assert secure["status"] == "completed" and secure["privacy"]["secure_aggregation"]
@@ -186,14 +160,15 @@ def test_the_aggregator_stores_only_uniform_looking_masked_vectors(tmp_path, net
     study = _secure(make_study("sa-leak", ANALYSES[:1], cohort={}, min_sites=3))
     runs = []
     for _ in range(2):
-        net = Network(tmp, sites)
+        net = _network(tmp, sites)
         results = net.run(study)
         runs.append(_stored_masked_vectors(net.store, study.id))
         net.close()
     first, second = runs
     assert first and len(first) == len(second)
     # what the aggregator received in round 1: signed keys only, no vectors
-    round_one = net.store.query("SELECT release FROM study_sites WHERE study_id=?", (study.id,))
+    round_one = net.store.query("SELECT result FROM round_tasks WHERE study_id=? AND round=1",
+                                (study.id,))
     assert all(not r.vectors and r.analysis == "__keys__"
                for (blob,) in round_one for r in decode_task_result(blob))
     masked = np.concatenate([v.view(np.uint8) for v in first.values()])
@@ -234,11 +209,11 @@ def test_a_site_silent_after_the_key_exchange_makes_the_round_restart_without_it
     tmp, sites = network_parts
     silent = sorted(sites)[0]
     clock = _Clock()
-    net = Network(tmp, sites, silent_after_keys={silent}, clock=clock)
+    net = _network(tmp, sites, silent_after_keys={silent}, clock=clock)
     tick = _ticker(net, clock, {silent})
 
     study = _secure(make_study("sa-dropout", ANALYSES[:1], cohort={}, min_sites=2))
-    results = net.run(study, tick)
+    results = net.run(study, tick=tick)
     net.close()
     assert results["status"] == "completed"
     assert silent in results["sites"]["unreachable"]
@@ -254,11 +229,11 @@ def test_fewer_than_min_sites_means_no_release(tmp_path, network_parts):
     tmp, sites = network_parts
     silent = set(sorted(sites)[:2])
     clock = _Clock()
-    net = Network(tmp, sites, silent_after_keys=silent, clock=clock)
+    net = _network(tmp, sites, silent_after_keys=silent, clock=clock)
     tick = _ticker(net, clock, silent)
 
     study = _secure(make_study("sa-too-few", ANALYSES[:1], cohort={}, min_sites=2))
-    results = net.run(study, tick)
+    results = net.run(study, tick=tick)
     net.close()
     assert "fewer than 2 participating sites" in results["analyses"]["km"]["error"]
 
@@ -266,7 +241,7 @@ def test_fewer_than_min_sites_means_no_release(tmp_path, network_parts):
 def test_forged_key_is_dropped_and_replayed_key_is_rejected(tmp_path, network_parts):
     tmp, sites = network_parts
     forger = sorted(sites)[0]
-    net = Network(tmp, sites)
+    net = _network(tmp, sites)
     real = net.nodes[forger].secure.announce
 
     def forged(study_id, attempt):
@@ -294,7 +269,7 @@ def test_forged_key_is_dropped_and_replayed_key_is_rejected(tmp_path, network_pa
 
 def test_a_differencing_pair_of_studies_is_refused(tmp_path, network_parts):
     tmp, sites = network_parts
-    net = Network(tmp, sites, ledger=True)
+    net = _network(tmp, sites, ledger=True)
     first = _secure(make_study("sa-ledger-a", ANALYSES[:1], cohort={}, min_sites=2))
     assert net.run(first)["status"] == "completed"
     # the same cohort without patients aged exactly the oldest: a few patients fewer
@@ -314,7 +289,7 @@ def test_a_differencing_pair_of_studies_is_refused(tmp_path, network_parts):
 
 
 def test_a_node_refuses_a_fourth_key_exchange(network_parts):
-    from protocol.codec import Release
+    from protocol.rounds import announce_request
 
     tmp, sites = network_parts
     site = sorted(sites)[0]
@@ -327,7 +302,7 @@ def test_a_node_refuses_a_fourth_key_exchange(network_parts):
 
     def rekey(attempt):
         return node.answer(study.id, signed, attempt + 1,
-                           (Release("__rekey__", "keys", {}, {"attempt": attempt}),))
+                           (announce_request(attempt),))
 
     assert rekey(3).releases[0].analysis == "__keys__"
     assert rekey(4).refusal == "more than 3 key exchanges for one study"

@@ -66,20 +66,18 @@ class ListSitesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SiteInfo(_message.Message):
-    __slots__ = ("site_id", "connected", "software_version", "last_seen", "ingested_at", "stored_infusions")
+    __slots__ = ("site_id", "connected", "software_version", "last_seen", "ingested_at")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     INGESTED_AT_FIELD_NUMBER: _ClassVar[int]
-    STORED_INFUSIONS_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     connected: bool
     software_version: str
     last_seen: str
     ingested_at: str
-    stored_infusions: int
-    def __init__(self, site_id: _Optional[str] = ..., connected: _Optional[bool] = ..., software_version: _Optional[str] = ..., last_seen: _Optional[str] = ..., ingested_at: _Optional[str] = ..., stored_infusions: _Optional[int] = ...) -> None: ...
+    def __init__(self, site_id: _Optional[str] = ..., connected: _Optional[bool] = ..., software_version: _Optional[str] = ..., last_seen: _Optional[str] = ..., ingested_at: _Optional[str] = ...) -> None: ...
 
 class SiteList(_message.Message):
     __slots__ = ("sites",)

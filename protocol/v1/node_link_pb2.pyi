@@ -8,12 +8,10 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DataFreshness(_message.Message):
-    __slots__ = ("ingested_at", "stored_infusions")
+    __slots__ = ("ingested_at",)
     INGESTED_AT_FIELD_NUMBER: _ClassVar[int]
-    STORED_INFUSIONS_FIELD_NUMBER: _ClassVar[int]
     ingested_at: str
-    stored_infusions: int
-    def __init__(self, ingested_at: _Optional[str] = ..., stored_infusions: _Optional[int] = ...) -> None: ...
+    def __init__(self, ingested_at: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("site_id", "software_version", "freshness")

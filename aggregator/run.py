@@ -1,0 +1,311 @@
+"""The round loop of a study: one loop for every study, pure (the engine persists and sends).
+
+A study is a sequence of rounds. In each round every participant gets one task holding what
+each analysis' strategy asks of it (:mod:`aggregator.strategy`); when every task of the round
+is answered or has failed, :meth:`StudyRun.advance` hands each strategy its answers and the
+next round begins, until every analysis is done.
+
+Participants. A site that refuses or stays silent before it ever answered leaves the study
+(``refused`` or ``unreachable``). After that, unmasked, its failure is an error of the analyses
+it was asked about (a Cox model then restarts without it).
+
+Secure aggregation adds a key-exchange round, an ordinary round whose only request is
+``announce``; every later round carries the verified announcements (``relay``) and is masked.
+The runtime sums the masked releases of all participants, so the masks cancel, and hands each
+strategy the exact sum as its only contribution. A participant that fails a masked round is
+dropped and a new key exchange among the others starts the analyses again; fewer than
+``min_sites`` participants end the study without a pooled release.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aggregator.strategy import MASKED_SUM, Contributions, Strategy
+from protocol.codec import Release
+from protocol.errors import ProtocolError
+from protocol.key_exchange import KeyAnnouncement, verify_announcement
+from protocol.rounds import KEYS, announce_request, key_relay
+from protocol.secure_agg import unmask_sum
+from protocol.study import Study
+
+__all__ = ["Answer", "Failure", "RunState", "StudyRun"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A site's task that produced no releases: a refusal, or silence (``silent``)."""
+
+    reason: str
+    silent: bool = False
+
+
+Answer = tuple[Release, ...] | Failure
+"""What one site's task of a round produced."""
+
+
+@dataclass
+class RunState:
+    """Where a study stands between rounds (JSON-ready; the engine persists it)."""
+
+    round: int = 1
+    phase: str = "data"  # keys | data | done
+    participants: list[str] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)
+    attempt: int = 0
+    announcements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    thresholds: list[list[int]] = field(default_factory=list)
+    coarsened: bool = False
+    study_error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunState:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**data)
+
+
+class StudyRun:
+    """The pure round logic of one study.
+
+    Parameters
+    ----------
+    study
+        The verified study.
+    strategies
+        Strategy by analysis kind.
+    ca_pem
+        The network CA, to check key announcements here too (the nodes always do).
+    """
+
+    def __init__(self, study: Study, strategies: Mapping[str, Strategy[Any]],
+                 ca_pem: bytes | None = None) -> None:
+        self.study = study
+        self.ca_pem = ca_pem
+        self.masked = study.privacy.secure_aggregation
+        unknown = sorted({a.kind for a in study.analyses} - set(strategies))
+        if unknown:
+            raise ValueError(f"no strategy for analysis kind {unknown[0]!r}")
+        self._strategies = {a.name: strategies[a.kind] for a in study.analyses}
+        self._analyses = {a.name: a for a in study.analyses}
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def start(self, participants: list[str]) -> RunState:
+        """The state before round 1."""
+        state = RunState(participants=sorted(participants))
+        if self.masked:
+            state.phase, state.attempt = "keys", 1
+        else:
+            self._restart_analyses(state)
+        return state
+
+    def requests(self, state: RunState) -> dict[str, tuple[Release, ...]]:
+        """Each site's requests in the current round (sites with none are left out)."""
+        if state.phase == "keys":
+            return {s: (announce_request(state.attempt),) for s in state.participants}
+        if state.phase != "data":
+            return {}
+        out: dict[str, tuple[Release, ...]] = {}
+        relay = (key_relay(state.attempt, [state.announcements[s] for s in
+                                           state.participants]),) if self.masked else ()
+        for site in state.participants:
+            asked = tuple(r for r in (self._strategy(n).request(self._state(state, n), site)
+                                      for n in self._running(state)) if r is not None)
+            if asked:
+                out[site] = relay + asked
+        return out
+
+    def advance(self, state: RunState, answers: Mapping[str, Answer]) -> RunState:
+        """The next state from the current round's answers (never raises for bad answers).
+
+        ``answers`` should hold every site that was sent a task; a missing one counts as
+        silent.
+        """
+        asked = self.requests(state)
+        got = {s: answers.get(s, Failure("no answer", silent=True)) for s in asked}
+        if state.phase == "keys":
+            self._keys(state, got)
+        elif state.phase == "data":
+            self._data(state, asked, got)
+        if state.phase == "data" and not self._running(state):
+            state.phase = "done"
+        state.round += 1
+        return state
+
+    def finished(self, state: RunState) -> bool:
+        """Whether the study has its results."""
+        return state.phase == "done"
+
+    def results(self, state: RunState) -> dict[str, Any]:
+        """results.json entries of every analysis, in study order."""
+        out = {}
+        for name, analysis in self._analyses.items():
+            if state.study_error or name not in state.analyses:
+                out[name] = {"kind": analysis.kind, "error": state.study_error or
+                             "the study ended before this analysis ran"}
+                continue
+            out[name] = self._strategy(name).result(self._state(state, name), analysis)
+        return out
+
+    # -- rounds ----------------------------------------------------------------------------------
+
+    def _keys(self, state: RunState, got: Mapping[str, Answer]) -> None:
+        announcements: dict[str, dict[str, Any]] = {}
+        for site, answer in got.items():
+            if isinstance(answer, Failure):
+                self._leave(state, site, answer)
+                continue
+            reason = self._check_key(site, answer, state.attempt)
+            if reason:
+                state.dropped[site] = reason
+                logger.warning("study %s: key of %s rejected: %s", self.study.id, site, reason)
+                continue
+            announcements[site] = dict(next(r for r in answer if r.analysis == KEYS)
+                                       .metadata["announcement"])
+            if site not in state.answered:
+                state.answered.append(site)
+        state.announcements = announcements
+        state.participants = sorted(announcements)
+        if self._enough_sites(state):
+            state.phase = "data"
+            self._restart_analyses(state)
+
+    def _check_key(self, site: str, releases: tuple[Release, ...], attempt: int) -> str:
+        keys = next((r for r in releases if r.analysis == KEYS), None)
+        if keys is None or not isinstance(keys.metadata.get("announcement"), dict):
+            return "no key announcement"
+        if self.ca_pem is None:
+            return ""
+        try:
+            announcement = KeyAnnouncement.from_dict(keys.metadata["announcement"])
+            if announcement.site_id != site:
+                return f"rejected key announcement: it names site {announcement.site_id}"
+            verify_announcement(announcement, self.ca_pem, self.study.id, attempt)
+        except ProtocolError as exc:
+            return f"rejected key announcement: {exc}"
+        return ""
+
+    def _data(self, state: RunState, asked: Mapping[str, tuple[Release, ...]],
+              got: Mapping[str, Answer]) -> None:
+        failed = {s: a for s, a in got.items() if isinstance(a, Failure)}
+        for site, failure in failed.items():
+            if site not in state.answered or self.masked:
+                self._leave(state, site, failure)
+        if self.masked and failed:
+            logger.info("study %s: %d sites lost in a masked round; new key exchange",
+                        self.study.id, len(failed))
+            state.participants = [s for s in state.participants if s not in failed]
+            state.attempt += 1
+            state.phase = "keys"
+            state.analyses = {}
+            self._enough_sites(state)
+            return
+        for site, answer in got.items():
+            if not isinstance(answer, Failure):
+                self._note_privacy(state, answer)
+                if site not in state.answered:
+                    state.answered.append(site)
+        if not self.masked and len(state.answered) < self.study.privacy.min_sites:
+            self._end(state, f"fewer than {self.study.privacy.min_sites} participating sites "
+                             "(min_sites)")
+            return
+        for name in self._running(state):
+            askers = [s for s, reqs in asked.items() if any(r.analysis == name for r in reqs)]
+            self._combine(state, name, self._contributions(name, askers, got, state))
+
+    def _contributions(self, name: str, askers: list[str], got: Mapping[str, Answer],
+                       state: RunState) -> Contributions:
+        releases: dict[str, Release] = {}
+        failures: dict[str, str] = {}
+        for site in askers:
+            answer = got[site]
+            if isinstance(answer, Failure):
+                if site in state.participants and site in state.answered:
+                    failures[site] = answer.reason
+                continue
+            release = next((r for r in answer if r.analysis == name), None)
+            if release is None:
+                failures[site] = "sent no release for this analysis"
+            elif self.masked and release.error:
+                failures[site] = release.error
+            else:
+                releases[site] = release
+        if not self.masked:
+            return Contributions(releases, failures, tuple(sorted(releases)), masked=False)
+        if failures:
+            return Contributions({}, failures, tuple(state.participants), masked=True)
+        try:
+            summed = unmask_sum([releases[s] for s in state.participants])
+        except (ProtocolError, KeyError, ValueError) as exc:
+            return Contributions({}, {s: f"masked releases do not add up: {exc}"
+                                      for s in state.participants}, (), masked=True)
+        return Contributions({MASKED_SUM: summed}, {}, tuple(state.participants), masked=True)
+
+    def _combine(self, state: RunState, name: str, answers: Contributions) -> None:
+        strategy, st = self._strategy(name), self._state(state, name)
+        try:
+            strategy.combine(st, self._analyses[name], self.study, answers)
+        except Exception as exc:  # a bug or an unforeseen answer ends this analysis only
+            logger.exception("study %s: analysis %s failed", self.study.id, name)
+            st.fail(f"pooling failed: {exc}")
+        state.analyses[name] = strategy.dump(st)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _strategy(self, name: str) -> Strategy[Any]:
+        return self._strategies[name]
+
+    def _state(self, state: RunState, name: str) -> Any:
+        return self._strategy(name).load(state.analyses[name])
+
+    def _running(self, state: RunState) -> list[str]:
+        return [n for n in self._analyses if n in state.analyses
+                and not state.analyses[n]["done"]]
+
+    def _restart_analyses(self, state: RunState) -> None:
+        sites = tuple(state.participants)
+        state.analyses = {
+            name: self._strategy(name).dump(self._strategy(name).start(a, self.study, sites))
+            for name, a in self._analyses.items()}
+
+    def _leave(self, state: RunState, site: str, failure: Failure) -> None:
+        if site in state.answered:
+            state.dropped[site] = failure.reason
+        elif failure.silent:
+            state.unreachable[site] = failure.reason
+        else:
+            state.refused[site] = failure.reason or "refused without a reason"
+        state.participants = [s for s in state.participants if s != site]
+
+    def _enough_sites(self, state: RunState) -> bool:
+        if len(state.participants) >= self.study.privacy.min_sites:
+            return True
+        self._end(state, f"fewer than {self.study.privacy.min_sites} participating sites "
+                         "(min_sites); no pooled release")
+        return False
+
+    def _end(self, state: RunState, reason: str) -> None:
+        state.study_error = reason
+        state.phase = "done"
+
+    @staticmethod
+    def _note_privacy(state: RunState, releases: tuple[Release, ...]) -> None:
+        for r in releases:
+            if "min_cell" in r.metadata and "min_bin_events" in r.metadata:
+                pair = [int(r.metadata["min_cell"]), int(r.metadata["min_bin_events"])]
+                if pair not in state.thresholds:
+                    state.thresholds.append(pair)
+            state.coarsened = state.coarsened or bool(r.metadata.get("coarsened"))

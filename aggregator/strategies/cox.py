@@ -1,0 +1,255 @@
+"""Federated Cox models: a description round, then one round per Newton step.
+
+The first round asks every site to describe its part of the model (indicator levels present,
+patients, events, patients dropped per reason). The strategy fixes the design columns
+(indicators against the first level present in the pooled cohort) and starts Newton-Raphson at
+beta = 0; each later round sends the coefficients to the model's sites, sums what they return
+(per-day risk-set sums, or per-site derivatives with ``strata: site``) and takes the step.
+Unmasked, a site that fails mid-way is left out and the fit starts again without it, so the
+result always equals the analysis of the sites it names; under secure aggregation the runtime
+restarts the whole study instead, and a site that leaves the model out ends it with an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aggregator.strategy import MASKED_SUM, AnalysisState, Contributions, Strategy
+from analytics import (
+    CoxDayStats,
+    CoxDerivatives,
+    NewtonState,
+    cox_result,
+    efron_derivatives,
+    newton_start,
+    newton_update,
+    suppress_count,
+)
+from protocol.codec import Release
+from protocol.design import design_columns
+from protocol.rounds import newton_request, summary_request
+from protocol.study import Analysis, Study
+
+__all__ = ["CoxState", "CoxStrategy"]
+
+MAX_NEWTON_STEPS = 50
+
+
+@dataclass
+class CoxState(AnalysisState):
+    """Where one Cox model stands (JSON-ready fields)."""
+
+    strata: str = "none"
+    phase: str = "setup"  # setup | running | finalizing
+    sites: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    counts: dict[str, list[int]] = field(default_factory=dict)  # contributor -> [n, events]
+    n: int = 0
+    events: int = 0
+    dropped: dict[str, int | str] = field(default_factory=dict)
+    restarts: int = 0
+    resolution: int = 1
+    centre: list[float] | None = None
+    newton: dict[str, Any] | None = None
+
+
+def _sum_dropped(setups: Mapping[str, Release]) -> dict[str, int | str]:
+    """Patients dropped per reason over the sites; a withheld count makes a lower bound."""
+    out: dict[str, int | str] = {}
+    for release in setups.values():
+        for reason, value in (release.metadata.get("dropped") or {}).items():
+            prev = out.get(reason, 0)
+            if isinstance(value, str) or isinstance(prev, str):
+                known = (prev if isinstance(prev, int) else int(str(prev).lstrip(">=") or 0)) \
+                    + (value if isinstance(value, int) else 0)
+                out[reason] = f">={known}" if known else value if isinstance(value, str) \
+                    else prev
+            else:
+                out[reason] = prev + int(value)
+    return out
+
+
+def masked_setup(summed: Release) -> Release:
+    """A summed fixed-shape description (secure aggregation) in the unmasked form."""
+    covariates = summed.metadata.get("covariates", [])
+    levels = {cov: [lv for lv, c in zip(names, summed.vectors[f"levels.{cov}"], strict=True)
+                    if c > 0]
+              for cov, names in (summed.metadata.get("levels") or {}).items()}
+    dropped = {f"missing {c}": suppress_count(int(v), 5)
+               for c, v in zip(covariates, summed.vectors["dropped"], strict=True)}
+    return Release(summed.analysis, "cox", {}, {
+        "levels": levels, "n": int(summed.vectors["n"][0]),
+        "events": int(summed.vectors["events"][0]), "dropped": dropped,
+        "time_resolution_days": 1})
+
+
+class CoxStrategy(Strategy[CoxState]):
+    """``kind: cox``."""
+
+    kinds = ("cox",)
+    state_type = CoxState
+
+    def start(self, analysis: Analysis, study: Study, sites: tuple[str, ...]) -> CoxState:
+        return CoxState(analysis.name, analysis.kind, strata=analysis.strata,
+                        sites=sorted(sites))
+
+    def request(self, state: CoxState, site: str) -> Release | None:
+        if state.done or site not in state.sites:
+            return None
+        if state.phase == "setup":
+            return summary_request(state.name, state.kind)
+        assert state.newton is not None
+        return newton_request(state.name, state.columns, NewtonState.from_dict(
+            state.newton).beta, state.centre)
+
+    def combine(self, state: CoxState, analysis: Analysis, study: Study,
+                answers: Contributions) -> None:
+        state.site_errors.update(answers.failures)
+        usable = {}
+        for who, release in answers.releases.items():
+            if release.error:
+                state.site_errors[who] = release.error
+            else:
+                usable[who] = release
+        if state.phase == "setup":
+            self._setup(state, analysis, study, usable, answers)
+            return
+        deriv, bad = self._pooled(state, study, usable)
+        state.site_errors.update(bad)
+        ok = sorted(set(usable) - set(bad))
+        if answers.masked and (answers.failures or bad or not ok):
+            state.fail("the masked sum is incomplete: " + "; ".join(
+                f"{s}: {r}" for s, r in sorted(state.site_errors.items())))
+        elif not answers.masked and len(ok) < len(state.sites):
+            self._restart_without(state, study, ok)
+        else:
+            self._step(state, deriv)
+
+    def result(self, state: CoxState, analysis: Analysis) -> dict[str, Any]:
+        base: dict[str, Any] = {"kind": "cox", "strata": state.strata}
+        if state.site_errors:
+            base["site_errors"] = dict(sorted(state.site_errors.items()))
+        if state.error:
+            return {**base, "error": state.error}
+        return {**state.result, "sites": state.sites, "dropped": state.dropped,
+                "time_resolution_days": state.resolution,
+                **({"site_errors": base["site_errors"]} if state.site_errors else {})}
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _setup(self, state: CoxState, analysis: Analysis, study: Study,
+               usable: Mapping[str, Release], answers: Contributions) -> None:
+        if answers.masked:
+            try:
+                usable = {who: masked_setup(r) for who, r in usable.items()}
+            except (KeyError, ValueError, TypeError) as exc:
+                state.fail(f"malformed model description: {exc}")
+                return
+            state.sites = sorted(answers.sites) if usable else []
+        else:
+            state.sites = sorted(usable)
+        state.dropped = _sum_dropped(usable)
+        state.resolution = max([int(r.metadata.get("time_resolution_days", 1))
+                                for r in usable.values()] + [1])
+        if len(state.sites) < study.privacy.min_sites:
+            reasons = "; ".join(sorted(set(state.site_errors.values())))
+            state.fail(f"only {len(state.sites)} sites can fit this model, fewer than "
+                       f"min_sites {study.privacy.min_sites}" + (f" ({reasons})" if reasons
+                                                                  else ""))
+            return
+        levels: dict[str, set[str]] = {}
+        for r in usable.values():
+            for cov, names in (r.metadata.get("levels") or {}).items():
+                levels.setdefault(cov, set()).update(names)
+        state.columns = design_columns(analysis.covariates,
+                                       {c: sorted(v) for c, v in levels.items()})
+        state.counts = {who: [int(r.metadata["n"]), int(r.metadata["events"])]
+                        for who, r in usable.items()}
+        self._count(state)
+        if state.events == 0:
+            state.fail("no events in the pooled cohort")
+        elif not state.columns:
+            state.fail("no covariate varies in the pooled cohort")
+        else:
+            state.phase = "running"
+            state.newton = newton_start(len(state.columns)).to_dict()
+
+    def _restart_without(self, state: CoxState, study: Study, sites: list[str]) -> None:
+        state.sites = sites
+        if len(sites) < study.privacy.min_sites:
+            state.fail(f"sites dropped out during the iterations; {len(sites)} left, fewer "
+                       f"than min_sites {study.privacy.min_sites}")
+            return
+        state.restarts += 1
+        state.centre = None
+        state.phase = "running"
+        state.newton = newton_start(len(state.columns)).to_dict()
+        self._count(state)
+
+    def _pooled(self, state: CoxState, study: Study, got: Mapping[str, Release]
+                ) -> tuple[CoxDerivatives | None, dict[str, str]]:
+        """The pooled derivatives (``None``: overflow at this beta) and malformed sites."""
+        p = len(state.columns)
+        parts: list[Any] = []
+        bad: dict[str, str] = {}
+        overflow = False
+        for who, r in got.items():
+            if r.metadata.get("overflow"):
+                overflow = True
+                continue
+            try:
+                parts.append(CoxDerivatives.from_vectors(r.vectors, p) if state.strata == "site"
+                             else CoxDayStats.from_vectors(r.vectors, study.horizon_days, p))
+            except (ValueError, KeyError, TypeError) as exc:
+                bad[who] = f"malformed release: {exc}"
+        if overflow or bad or not parts:
+            return None, bad
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        if state.strata == "site":
+            return total, bad
+        if state.centre is None and total.s0[0] > 0:
+            # pooled covariate means (the first round is at beta = 0, where s0[0] = n): every
+            # later round is centred on them, which keeps exp(x'beta) in range and leaves the
+            # derivatives unchanged
+            state.centre = [float(v) for v in total.s1[0] / total.s0[0]]
+        return efron_derivatives(total), bad
+
+    def _step(self, state: CoxState, deriv: CoxDerivatives | None) -> None:
+        assert state.newton is not None
+        newton = NewtonState.from_dict(state.newton)
+        if state.phase == "finalizing":
+            self._finish(state, newton, deriv)
+            return
+        evaluated = newton.beta
+        nxt = newton_update(newton, deriv, max_iter=MAX_NEWTON_STEPS)
+        state.newton = nxt.to_dict()
+        if nxt.status == "failed":
+            state.fail(nxt.explain(state.columns))
+        elif nxt.status == "converged":
+            if nxt.beta == evaluated and deriv is not None:
+                self._finish(state, nxt, deriv)
+            else:
+                state.phase = "finalizing"  # one more round: derivatives at the optimum
+
+    @staticmethod
+    def _finish(state: CoxState, newton: NewtonState, deriv: CoxDerivatives | None) -> None:
+        if deriv is None:
+            state.fail("numerical overflow at the fitted coefficients")
+            return
+        result = cox_result(state.columns, np.asarray(newton.beta), deriv,
+                            float(newton.null_loglik or 0.0), state.n, state.events,
+                            newton.iteration, state.strata)
+        state.result = result.to_dict()
+        state.done = True
+
+    @staticmethod
+    def _count(state: CoxState) -> None:
+        keys = [MASKED_SUM] if MASKED_SUM in state.counts else state.sites
+        state.n = sum(state.counts[k][0] for k in keys)
+        state.events = sum(state.counts[k][1] for k in keys)
