@@ -204,8 +204,8 @@ class StudyEngine:
                     run = self._running[study_id].run
                     self._enter_round(study_id, run.start(
                         [s.site_id for s in self._store.study_sites(study_id)]))
-            for site in connected:
-                self._resend(site)
+            for site_id in connected:
+                self._resend(site_id)
             for study_id in resumed:
                 self._try_advance(study_id)
             logger.info("resumed %d running studies", len(resumed))

@@ -69,12 +69,12 @@ def reply_from_message(msg: pb.NodeMessage) -> TaskReply | None:
         r = msg.refusal
         return TaskReply(r.task_id, r.study_id, refusal=r.reason)
     if which == "result":
-        r = msg.result
+        res = msg.result
         try:
-            releases = tuple(decode_release(x) for x in r.releases)
+            releases = tuple(decode_release(x) for x in res.releases)
         except (ProtocolError, ValueError, TypeError) as exc:
-            return TaskReply(r.task_id, r.study_id, refusal=f"malformed release: {exc}")
-        return TaskReply(r.task_id, r.study_id, releases=releases)
+            return TaskReply(res.task_id, res.study_id, refusal=f"malformed release: {exc}")
+        return TaskReply(res.task_id, res.study_id, releases=releases)
     return None
 
 

@@ -14,8 +14,9 @@ dial ``localhost:PORT`` or ``127.0.0.1:PORT``, or pass ``target_name_override`` 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from cryptography import x509
@@ -46,7 +47,7 @@ GrpcOption: TypeAlias = tuple[str, int | str]
 
 
 class _HasAuthContext(Protocol):
-    def auth_context(self) -> dict[str, list[bytes]]: ...
+    def auth_context(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)

@@ -66,10 +66,10 @@ def pool_adverse_events(analysis: Analysis, study: Study,
     terms: dict[str, Any] = {}
     for term, acc in sums.items():
         at_risk, with_event, person_days = (int(x) for x in acc["counts"])
-        grades = {g: int(acc["grades"][i]) for i, g in enumerate(GRADES)
-                  if i < 4 or acc["grades"][i] > 0 or acc["withheld"][i + 1]}
+        shown = {g: int(acc["grades"][i]) for i, g in enumerate(GRADES)
+                 if i < 4 or acc["grades"][i] > 0 or acc["withheld"][i + 1]}
         result = ae_term_result(at_risk, with_event, float(person_days),
-                                grades if analysis.by_grade else None,
+                                shown if analysis.by_grade else None,
                                 acc["onset"] if onset_everywhere else None, min_cell)
         withheld = acc["withheld"]
         if withheld[0]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -242,9 +242,10 @@ class CoxStrategy(Strategy[CoxState]):
         if deriv is None:
             state.fail("numerical overflow at the fitted coefficients")
             return
+        strata: Literal["none", "site"] = "site" if state.strata == "site" else "none"
         result = cox_result(state.columns, np.asarray(newton.beta), deriv,
                             float(newton.null_loglik or 0.0), state.n, state.events,
-                            newton.iteration, state.strata)
+                            newton.iteration, strata)
         state.result = result.to_dict()
         state.done = True
 
