@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from analytics import CompetingCounts, SurvivalCounts
 from protocol.codec import Release
@@ -51,11 +52,12 @@ def survival_release(
     return _grouped_release(analysis, kind, groups, SURVIVAL_PARTS, metadata)
 
 
-def _grouped_release(analysis: str, kind: str, groups: Mapping[str, Any],
+def _grouped_release(analysis: str, kind: str,
+                     groups: Mapping[str, SurvivalCounts] | Mapping[str, CompetingCounts],
                      parts: tuple[str, ...], metadata: Mapping[str, Any] | None) -> Release:
     """Groups in sorted order, vector ``part`` of group ``i`` from ``groups[name].part``."""
     names = sorted(groups)
-    vectors: dict[str, np.ndarray] = {}
+    vectors: dict[str, NDArray[np.int64]] = {}
     for i, name in enumerate(names):
         for part in parts:
             vectors[group_vector(i, part)] = np.asarray(getattr(groups[name], part),
@@ -115,7 +117,7 @@ SUPPRESSED = -1
 
 def adverse_event_release(
     analysis: str,
-    terms: Mapping[str, tuple[int, int, int, np.ndarray, np.ndarray]],
+    terms: Mapping[str, tuple[int, int, int, NDArray[np.integer], NDArray[np.integer]]],
     metadata: Mapping[str, Any] | None = None,
 ) -> Release:
     """Pack per-term adverse-event statistics.
@@ -125,7 +127,7 @@ def adverse_event_release(
     person_days), ``t{i}.grades`` and ``t{i}.onset``.
     """
     names = list(terms)
-    vectors: dict[str, np.ndarray] = {}
+    vectors: dict[str, NDArray[np.int64]] = {}
     for i, name in enumerate(names):
         at_risk, with_event, person_days, grades, onset = terms[name]
         counts = np.array([at_risk, with_event, person_days], dtype=np.int64)
@@ -138,7 +140,7 @@ def adverse_event_release(
 
 def adverse_event_terms(
     release: Release, window_days: int
-) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+) -> dict[str, tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]]:
     """Unpack :func:`adverse_event_release`: term -> (counts[3], grades[5], onset[w+1])."""
     out = {}
     for i, name in enumerate(_names(release, TERMS)):
@@ -155,7 +157,7 @@ def _names(release: Release, key: str) -> list[str]:
     return names
 
 
-def _vector(release: Release, key: str, length: int) -> np.ndarray:
+def _vector(release: Release, key: str, length: int) -> NDArray[np.int64]:
     try:
         vec = np.asarray(release.vectors[key], dtype=np.int64)
     except KeyError:
