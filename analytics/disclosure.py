@@ -322,26 +322,8 @@ def _matrix(counts: SurvivalCounts | CompetingCounts, columns: CountColumns) -> 
 
 
 def coarsen_counts(counts: SurvivalCounts, min_bin_events: int, min_cell: int) -> CoarsenedCounts:
-    """Coarsen per-day survival counts (:func:`coarsen_columns` over ``[events, censored]``).
-
-    Parameters
-    ----------
-    counts : SurvivalCounts
-        One group's per-day counts at one site.
-    min_bin_events : int
-        Fewest events per time bin.
-    min_cell : int
-        Smallest non-zero count that may be released.
-
-    Returns
-    -------
-    CoarsenedCounts
-
-    Raises
-    ------
-    DisclosureError, ValueError
-        As :func:`coarsen_columns`.
-    """
+    """One group's per-day survival counts coarsened under ``min_bin_events`` and ``min_cell``:
+    :func:`coarsen_columns` over ``[events, censored]`` (same errors)."""
     out = coarsen_columns(_matrix(counts, SURVIVAL_COLUMNS), SURVIVAL_COLUMNS,
                           min_bin_events, min_cell)
     return CoarsenedCounts(SurvivalCounts(*out.counts.T), out.bin_ends, out.max_bin_width)
@@ -350,27 +332,9 @@ def coarsen_counts(counts: SurvivalCounts, min_bin_events: int, min_cell: int) -
 def coarsen_competing(
     counts: CompetingCounts, min_bin_events: int, min_cell: int
 ) -> CoarsenedCompeting:
-    """Coarsen per-day competing-risks counts (:func:`coarsen_columns` over
-    ``[cause1, cause2, censored]``; events of either cause count towards a bin).
-
-    Parameters
-    ----------
-    counts : CompetingCounts
-        One group's per-day counts at one site.
-    min_bin_events : int
-        Fewest events (either cause) per time bin.
-    min_cell : int
-        Smallest non-zero count that may be released.
-
-    Returns
-    -------
-    CoarsenedCompeting
-
-    Raises
-    ------
-    DisclosureError, ValueError
-        As :func:`coarsen_columns`.
-    """
+    """One group's per-day competing-risks counts coarsened under ``min_bin_events`` (events of
+    either cause) and ``min_cell``: :func:`coarsen_columns` over ``[cause1, cause2, censored]``
+    (same errors)."""
     out = coarsen_columns(_matrix(counts, COMPETING_COLUMNS), COMPETING_COLUMNS,
                           min_bin_events, min_cell)
     return CoarsenedCompeting(CompetingCounts(*out.counts.T), out.bin_ends, out.max_bin_width)

@@ -18,7 +18,10 @@ from analytics import DisclosureError
 from node.cohort import TableSource
 from node.errors import StudyRefused
 from node.policy import Policy
-from node.releases import adverse_events, competing, cox, survival
+from node.releases import adverse_events, cox, groups
+from node.releases.competing import COMPETING
+from node.releases.survival import KINDS as SURVIVAL_KINDS
+from node.releases.survival import SURVIVAL
 from protocol.codec import Release
 from protocol.rounds import NewtonRequest
 from protocol.study import Analysis, Study
@@ -30,10 +33,12 @@ __all__ = ["cox_step_release", "first_release", "release_summary"]
 def _release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
              site_id: str, policy: Policy, memo: dict[str, Any],
              participants: Sequence[str] | None) -> Release:
-    if analysis.kind in survival.KINDS:
-        return survival.release(analysis, study, tables, cohort, site_id, policy, participants)
+    if analysis.kind in SURVIVAL_KINDS:
+        return groups.release(SURVIVAL, analysis, study, tables, cohort, site_id, policy,
+                              participants)
     if analysis.kind == "cumulative_incidence":
-        return competing.release(analysis, study, tables, cohort, site_id, policy, participants)
+        return groups.release(COMPETING, analysis, study, tables, cohort, site_id, policy,
+                              participants)
     if analysis.kind == "adverse_events":
         return adverse_events.release(analysis, study, tables, cohort, policy,
                                       masked=participants is not None)

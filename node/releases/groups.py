@@ -24,13 +24,15 @@ import pandas as pd
 
 from analytics import CoarsenedCompeting, CoarsenedCounts, CompetingCounts, SurvivalCounts
 from analytics.errors import DisclosureError
+from node.cohort import TableSource
+from node.endpoints import group_labels
 from node.errors import StudyRefused
 from node.policy import Policy
 from protocol.codec import Release
-from protocol.study import Analysis
+from protocol.study import Analysis, Study
 from protocol.vocabulary import fixed_groups, has_fixed_levels
 
-__all__ = ["GroupedCounts", "GroupedKind", "count_groups", "fixed_levels", "present"]
+__all__ = ["GroupedCounts", "GroupedKind", "fixed_levels", "present", "release", "statistics"]
 
 C = TypeVar("C", SurvivalCounts, CompetingCounts)
 
@@ -45,8 +47,12 @@ class GroupedCounts(Generic[C]):
 
 @dataclass(frozen=True)
 class GroupedKind(Generic[C]):
-    """How one grouped kind counts, coarsens, fills an absent level and packs a release."""
+    """How one grouped kind derives its outcome, counts, coarsens, fills an absent level and
+    packs a release."""
 
+    endpoint: Callable[..., pd.DataFrame]
+    """(tables, cohort, endpoint, horizon, censor_at) -> frame with ``duration`` and ``outcome``."""
+    outcome: str
     count: Callable[[npt.NDArray[Any], npt.NDArray[Any], int], C]
     coarsen: Callable[[C, int, int], CoarsenedCounts | CoarsenedCompeting]
     zeros: Callable[[int], C]
@@ -68,14 +74,17 @@ def fixed_levels(group_by: str | None, participants: Sequence[str]) -> list[str]
     return fixed_groups(group_by, participants)
 
 
-def count_groups(kind: GroupedKind[C], labels: pd.Series | npt.NDArray[Any],
-                 durations: npt.NDArray[Any], outcomes: npt.NDArray[Any],
-                 horizon: int) -> GroupedCounts[C]:
-    """Count every group present among ``labels`` (one label per cohort row)."""
-    labels = np.asarray(labels)
+def statistics(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: TableSource,
+               cohort: pd.DataFrame, site_id: str) -> GroupedCounts[C]:
+    """Count every group present in the cohort (the analysis' sufficient statistics here)."""
+    assert analysis.endpoint is not None
+    frame = kind.endpoint(tables, cohort, analysis.endpoint, study.horizon_days,
+                          study.censor_at)
+    durations, outcomes = frame["duration"].to_numpy(), frame[kind.outcome].to_numpy()
+    labels = np.asarray(group_labels(cohort, analysis.group_by, site_id))
     return GroupedCounts({str(label): kind.count(durations[labels == label],
-                                                 outcomes[labels == label], horizon)
-                          for label in sorted(pd.unique(labels))}, horizon)
+                                                 outcomes[labels == label], study.horizon_days)
+                          for label in sorted(pd.unique(labels))}, study.horizon_days)
 
 
 def _unmasked(kind: GroupedKind[C], stats: GroupedCounts[C],
@@ -119,3 +128,12 @@ def present(kind: GroupedKind[C], analysis: Analysis, stats: GroupedCounts[C], p
     except DisclosureError as exc:
         return Release.failure(analysis.name, analysis.kind, f"disclosure rule: {exc}")
     return kind.pack(analysis, groups, metadata, False)
+
+
+def release(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: TableSource,
+            cohort: pd.DataFrame, site_id: str, policy: Policy,
+            participants: Sequence[str] | None) -> Release:
+    """Unmasked (``participants`` None) or fixed-shape release of one grouped analysis."""
+    levels = None if participants is None else fixed_levels(analysis.group_by, participants)
+    return present(kind, analysis, statistics(kind, analysis, study, tables, cohort, site_id),
+                   policy, levels)

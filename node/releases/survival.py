@@ -8,22 +8,17 @@ stratified test.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import pandas as pd
-
 from analytics import SurvivalCounts, coarsen_counts, stratum_terms, survival_counts
-from node.cohort import TableSource
-from node.endpoints import group_labels, survival_endpoint
-from node.policy import Policy
-from node.releases.groups import GroupedCounts, GroupedKind, count_groups, fixed_levels, present
+from node.endpoints import survival_endpoint
+from node.releases.groups import GroupedKind
 from protocol.codec import Release
 from protocol.releases import survival_release
-from protocol.study import Analysis, Study
+from protocol.study import Analysis
 from protocol.vocabulary import LOGRANK_COVARIANCE, LOGRANK_EXPECTED, LOGRANK_OBSERVED
 
-__all__ = ["KINDS", "SURVIVAL", "release", "statistics"]
+__all__ = ["KINDS", "SURVIVAL"]
 
 KINDS = ("kaplan_meier", "nelson_aalen", "logrank")
 
@@ -40,23 +35,6 @@ def _pack(analysis: Analysis, groups: dict[str, SurvivalCounts], metadata: dict[
 
 
 SURVIVAL: GroupedKind[SurvivalCounts] = GroupedKind(
-    count=survival_counts, coarsen=coarsen_counts, zeros=SurvivalCounts.zeros, pack=_pack)
-
-
-def statistics(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
-               site_id: str) -> GroupedCounts[SurvivalCounts]:
-    """Each group's daily events and censorings at this site."""
-    assert analysis.endpoint is not None
-    outcome = survival_endpoint(tables, cohort, analysis.endpoint, study.horizon_days,
-                                study.censor_at)
-    return count_groups(SURVIVAL, group_labels(cohort, analysis.group_by, site_id),
-                        outcome["duration"].to_numpy(), outcome["event"].to_numpy(),
-                        study.horizon_days)
-
-
-def release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
-            site_id: str, policy: Policy, participants: Sequence[str] | None) -> Release:
-    """Unmasked (``participants`` None) or fixed-shape release of one survival analysis."""
-    levels = None if participants is None else fixed_levels(analysis.group_by, participants)
-    stats = statistics(analysis, study, tables, cohort, site_id)
-    return present(SURVIVAL, analysis, stats, policy, levels)
+    endpoint=survival_endpoint, outcome="event", count=survival_counts, coarsen=coarsen_counts,
+    zeros=SurvivalCounts.zeros, pack=_pack)
+"""Survival kinds: (duration, event) per patient, :func:`analytics.coarsen_counts`."""
