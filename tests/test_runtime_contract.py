@@ -1,0 +1,227 @@
+"""The runtime contract of a study: the same study gives the same results in process and over
+real gRPC, unmasked and under secure aggregation; a site that leaves an analysis out or sends a
+malformed release in any round costs that analysis (an error or a site error naming the site),
+never the study or the other analyses, and never hangs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aggregator.transport import NodeHandler, StudyTask, TaskReply
+from heron.simulation import SimulatedNetwork, SimulatedSite, ingest_sites, make_study
+from heron.synth import synthesize
+from node.policy import Policy
+from protocol.codec import Release
+from protocol.rounds import RoundRequests, parse_requests
+
+KEY = Ed25519PrivateKey.generate()
+TODAY = dt.date(2026, 11, 1)
+DAY = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
+ANALYSES: list[dict[str, Any]] = [
+    {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival", "group_by": "route",
+     "timepoints": [365]},
+    {"name": "na", "kind": "nelson_aalen", "endpoint": "progression_free_survival"},
+    {"name": "lr", "kind": "logrank", "endpoint": "overall_survival", "group_by": "sex"},
+    {"name": "lr_site", "kind": "logrank", "endpoint": "overall_survival", "group_by": "route",
+     "stratify_by_site": True},
+    {"name": "cif", "kind": "cumulative_incidence", "endpoint": "relapse",
+     "group_by": "origin"},
+    {"name": "ae", "kind": "adverse_events", "terms": ["CRS", "ICANS"], "by_grade": True,
+     "window_days": 28},
+    {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+     "covariates": ["age_at_infusion", "sex", "ecog", "lab:LDH"]},
+    {"name": "cox_site", "kind": "cox", "endpoint": "overall_survival",
+     "covariates": ["age_at_infusion", "ecog"], "strata": "site"},
+]
+NAMES = [a["name"] for a in ANALYSES]
+IGNORED = ("sites", "time_resolution_days")
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
+    tmp = tmp_path_factory.mktemp("contract")
+    folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=3, patients=100,
+                                                     seed=11)}
+    return [dataclasses.replace(s, policy=DAY) for s in ingest_sites(tmp / "stores", folders)]
+
+
+def _study(study_id: str, secure: bool, min_sites: int = 3) -> Any:
+    return make_study(study_id, ANALYSES, cohort={}, min_sites=min_sites,
+                      secure_aggregation=secure)
+
+
+def _run(workdir: Path, sites: list[SimulatedSite], study: Any, runtime: str = "inprocess",
+         wrappers: dict[str, Callable[[NodeHandler], NodeHandler]] | None = None
+         ) -> dict[str, Any]:
+    with SimulatedNetwork(workdir, sites, KEY, runtime=runtime,  # type: ignore[arg-type]
+                          today=lambda: TODAY, site_timeout_s=10,
+                          node_wrappers=wrappers) as net:
+        return net.run(study, timeout_s=60)
+
+
+def _compare(a: Any, b: Any, *, rel: float, abs_tol: float = 1e-12, path: str = "",
+             ignore: tuple[str, ...] = ()) -> None:
+    """Structure, strings and integers exactly; reals to ``rel`` (or ``abs_tol``); keys in
+    ``ignore`` are skipped at every depth."""
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, \
+        f"{path}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, dict):
+        keys = sorted(k for k in a if k not in ignore)
+        assert keys == sorted(k for k in b if k not in ignore), path
+        for key in keys:
+            _compare(a[key], b[key], rel=rel, abs_tol=abs_tol, path=f"{path}.{key}",
+                     ignore=ignore)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _compare(x, y, rel=rel, abs_tol=abs_tol, path=f"{path}[{i}]", ignore=ignore)
+    elif isinstance(a, float) or isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            assert math.isnan(a) and math.isnan(b), path
+        else:
+            assert a == pytest.approx(b, rel=rel, abs=abs_tol), path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def test_every_kind_gives_the_same_results_in_every_runtime(tmp_path: Path,
+                                                            sites: list[SimulatedSite]) -> None:
+    plain, secure = _study("rc-plain", False), _study("rc-secure", True)
+    runs = {(s, rt): _run(tmp_path / f"{s}-{rt}", sites, plain if s == "plain" else secure, rt)
+            for s in ("plain", "secure") for rt in ("inprocess", "grpc")}
+    ids = sorted(s.site_id for s in sites)
+    for (mode, runtime), results in runs.items():
+        assert results["status"] == "completed", (mode, runtime)
+        assert results["privacy"]["secure_aggregation"] is (mode == "secure")
+        assert results["sites"]["participated"] == ids, (mode, runtime)
+        errors = {n: a for n, a in results["analyses"].items() if "error" in a}
+        assert not errors, (mode, runtime, errors)
+    for mode in ("plain", "secure"):  # the transport changes nothing
+        _compare(runs[mode, "inprocess"], runs[mode, "grpc"], rel=1e-12)
+    reference = runs["plain", "inprocess"]["analyses"]
+    masked = runs["secure", "inprocess"]["analyses"]
+    for name in NAMES:
+        if name == "ae":
+            continue
+        cox = reference[name]["kind"] == "cox"  # Newton to convergence: coefficients to 1e-6
+        _compare(masked[name], reference[name], rel=1e-9,
+                 abs_tol=1e-6 if cox else 1e-12, path=f".{name}", ignore=IGNORED)
+    for term, ref in reference["ae"]["terms"].items():
+        got = masked["ae"]["terms"][term]
+        assert got["at_risk"] == ref["at_risk"] and got["with_event"] == ref["with_event"]
+        for grade, count in ref["grades"].items():  # pooled small counts are hidden
+            if got["grades"][grade] != count:
+                assert isinstance(got["grades"][grade], str), (term, grade)
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+Fault = Callable[[Release], Release | None]
+"""What a misbehaving site sends instead of one release (``None``: nothing)."""
+
+
+def _omit(release: Release) -> Release | None:
+    return None
+
+
+def _junk(release: Release) -> Release | None:
+    return Release(release.analysis, release.kind, {"junk": np.array([1, 2, 3])},
+                   {"groups": ["x"]})
+
+
+def _short(release: Release) -> Release | None:
+    """A masked release with its first vector one element short."""
+    key = next(iter(release.vectors))
+    vectors: dict[str, Any] = dict(release.vectors)
+    vectors[key] = np.asarray(vectors[key]).ravel()[:-1]
+    return dataclasses.replace(release, vectors=vectors)
+
+
+def _summary_of(name: str) -> Callable[[RoundRequests], bool]:
+    return lambda req: name in req.summaries
+
+
+def _newton_of(name: str) -> Callable[[RoundRequests], bool]:
+    return lambda req: any(n.analysis == name for n in req.newton)
+
+
+def _faulty(name: str, when: Callable[[RoundRequests], bool], fault: Fault
+            ) -> Callable[[NodeHandler], NodeHandler]:
+    """A wrapper: in every task ``when`` matches, ``fault`` replaces the release of ``name``."""
+    def wrap(handler: NodeHandler) -> NodeHandler:
+        def answer(task: StudyTask) -> TaskReply | None:
+            reply = handler(task)
+            if reply is None or reply.refusal is not None or not when(
+                    parse_requests(task.inputs)):
+                return reply
+            out = []
+            for release in reply.releases or ():
+                if release.analysis == name:
+                    changed = fault(release)
+                    if changed is not None:
+                        out.append(changed)
+                else:
+                    out.append(release)
+            return dataclasses.replace(reply, releases=tuple(out))
+        return answer
+    return wrap
+
+
+def _names_site(entry: dict[str, Any], site: str) -> bool:
+    return site in entry.get("error", "") or site in entry.get("site_errors", {})
+
+
+CASES = [
+    pytest.param("km", "summary", "omit", False, "inprocess", id="omit-km-unmasked"),
+    pytest.param("km", "summary", "omit", True, "inprocess", id="omit-km-secure"),
+    pytest.param("cox", "newton", "omit", False, "inprocess", id="omit-cox-newton-unmasked"),
+    pytest.param("cox", "newton", "omit", True, "inprocess", id="omit-cox-newton-secure"),
+    pytest.param("km", "summary", "malformed", False, "inprocess", id="malformed-km-unmasked"),
+    pytest.param("km", "summary", "malformed", True, "inprocess", id="malformed-km-secure"),
+    pytest.param("cox", "newton", "malformed", False, "inprocess",
+                 id="malformed-cox-newton-unmasked"),
+    pytest.param("cox", "newton", "malformed", True, "inprocess",
+                 id="malformed-cox-newton-secure"),
+    # the same faults through a node daemon over gRPC
+    pytest.param("cox", "newton", "omit", False, "grpc", id="omit-cox-newton-unmasked-grpc"),
+    pytest.param("km", "summary", "malformed", True, "grpc", id="malformed-km-secure-grpc"),
+]
+
+
+@pytest.mark.parametrize(("name", "step", "fault", "secure", "runtime"), CASES)
+def test_a_faulty_release_costs_only_its_analysis(tmp_path: Path, sites: list[SimulatedSite],
+                                                  name: str, step: str, fault: str,
+                                                  secure: bool, runtime: str) -> None:
+    bad = sites[0].site_id
+    others = sorted(s.site_id for s in sites if s.site_id != bad)
+    when = _summary_of(name) if step == "summary" else _newton_of(name)
+    action = _omit if fault == "omit" else _short if secure else _junk
+    study = _study(f"rc-{fault}-{name}-{'secure' if secure else 'plain'}", secure, min_sites=2)
+    results = _run(tmp_path, sites, study, runtime, wrappers={bad: _faulty(name, when, action)})
+    assert results["status"] == "completed"
+    assert results["sites"]["participated"] == sorted(s.site_id for s in sites)
+    entry = results["analyses"][name]
+    assert _names_site(entry, bad), entry
+    if secure:
+        # a masked sum without the site (or with its bad vector) cannot be released
+        assert "error" in entry, entry
+    else:
+        # unmasked: the analysis of the other sites (a Cox fit starts again without the site)
+        assert "error" not in entry, entry
+        assert entry["sites"] == others, entry
+        assert list(entry["site_errors"]) == [bad], entry
+    if name == "cox" and secure:
+        assert bad in entry["error"], entry
+    for other in NAMES:
+        if other != name:
+            assert "error" not in results["analyses"][other], (other,
+                                                                results["analyses"][other])
