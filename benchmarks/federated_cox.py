@@ -1,33 +1,41 @@
 """Benchmark: federated Cox regression on a running loopback network versus lifelines.
 
 Prints, for S sites x N patients (default 3 x 200,000) and 5 covariates, the wall time of the
-federated Cox study (submit to results; aggregator and nodes as subprocesses talking gRPC over
-mutual TLS), lifelines' CoxPHFitter on the pooled individual data in the same run, their ratio,
-the number of Newton steps, and the time per round trip (from the aggregator's round records).
+federated Cox study (submit to results; heron.simulation's network: the aggregator and one node
+daemon per site in this process, talking gRPC over mutual TLS), lifelines' CoxPHFitter on the
+pooled individual data in the same run, their ratio, the number of Newton steps, and the time
+per round trip (from the aggregator's round records).
 
-Run: ``.venv/bin/python benchmarks/federated_cox.py [--patients 200000] [--sites 3]``
+Run: ``.venv/bin/python benchmarks/federated_cox.py [--patients 200000] [--sites 3]
+[--runtime grpc|inprocess]`` (quick: ``--patients 3000``)
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import itertools
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from lifelines import CoxPHFitter
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from heron.simulation import (
+    RUNTIMES,
+    SimulatedNetwork,
+    make_study,
+    pooled_cox_data,
+    synthetic_sites,
+)
+from node.policy import Policy
 
-from lifelines import CoxPHFitter  # noqa: E402
-
-from benchmarks.federated_km import _network  # noqa: E402
-from tests.network_helpers import make_study, run_study  # noqa: E402
-from tests.test_cox_federated import pooled_frame  # noqa: E402
+KEY = Ed25519PrivateKey.generate()
+DAY_RESOLUTION = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
+REFERENCE_TODAY = dt.date(2026, 11, 1)  # the calendar of the pooled reference data
 
 COVARIATES = ["age_at_infusion", "sex", "ecog", "prior_lines", "lab:LDH"]
 
@@ -46,27 +54,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--patients", type=int, default=200_000)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="grpc",
+                        help="grpc: node daemons over mutual TLS (default); inprocess: no wire")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         print(f"federated Cox: {args.sites} sites x {args.patients:,} patients, "
               f"covariates {', '.join(COVARIATES)}", flush=True)
-        net, stores = _network(work / "cox", [args.patients] * args.sites, "site")
+        sites = synthetic_sites(work / "cox", [args.patients] * args.sites, prefix="site",
+                                policy=DAY_RESOLUTION, progress=print)
+        stores = {s.site_id: s.store_dir for s in sites if s.store_dir is not None}
+        net = SimulatedNetwork(work / "cox" / "network", sites, KEY, runtime=args.runtime,
+                               site_timeout_s=600.0, connect_timeout_s=300.0)
         study = make_study("bench-cox", [{"name": "cox", "kind": "cox",
                                           "endpoint": "overall_survival",
                                           "covariates": COVARIATES}],
                            min_sites=args.sites, cohort={})
         try:
             t0 = time.perf_counter()
-            results = run_study(net, study, timeout_s=1800)
+            results = net.run(study, timeout_s=1800)
             federated_s = time.perf_counter() - t0
         finally:
-            net.stop()
+            net.close()
         got = results["analyses"]["cox"]
-        steps = round_times(net.workspace / "aggregator" / "aggregator.db", study.id)
+        steps = round_times(net.db_path, study.id)
         t0 = time.perf_counter()
-        data = pooled_frame(stores, study, COVARIATES)
+        data = pooled_cox_data(stores, study, COVARIATES, today=REFERENCE_TODAY)
         prepare_s = time.perf_counter() - t0
         coded = data.drop(columns="site").assign(
             sex_M=(data["sex"] == "M").astype(float), sex_U=(data["sex"] == "U").astype(float)

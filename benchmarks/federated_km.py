@@ -1,85 +1,64 @@
 """Benchmark: federated Kaplan-Meier on a running loopback network versus lifelines.
 
 Prints, for S sites x N patients (default 3 x 1,000,000), the wall time of the federated KM
-study (submit to results, all daemons running, gRPC over mutual TLS) and of lifelines'
-KaplanMeierFitter on the pooled individual data in the same run, with their ratio and the
-largest difference between the two survival curves; then the median round-trip time of a
-study task to R connected nodes (default 20).
+study (submit to results; heron.simulation's network: the aggregator and one node daemon per
+site in this process, gRPC over mutual TLS on loopback) and of lifelines' KaplanMeierFitter on
+the pooled individual data in the same run, with their ratio and the largest difference between
+the two survival curves; then the median round-trip time of a study task to R connected nodes
+(default 20).
 
-Run: ``.venv/bin/python benchmarks/federated_km.py [--patients 1000000] [--sites 3]``
+Run: ``.venv/bin/python benchmarks/federated_km.py [--patients 1000000] [--sites 3]
+[--runtime grpc|inprocess]`` (quick: ``--patients 2000 --nodes 4 --repeats 3``)
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from lifelines import KaplanMeierFitter
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from lifelines import KaplanMeierFitter  # noqa: E402
-
-from heron.network import LocalNetwork  # noqa: E402
-from heron.synth import synthesize_site  # noqa: E402
-from tests.network_helpers import (  # noqa: E402
-    DAY_RESOLUTION,
-    client,
+from heron.simulation import (
+    RUNTIMES,
+    Runtime,
+    SimulatedNetwork,
     make_study,
-    pooled_individual_data,
-    run_study,
+    pooled_survival_data,
+    synthetic_sites,
 )
+from node.policy import Policy
+
+KEY = Ed25519PrivateKey.generate()
+DAY_RESOLUTION = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
 
 
-def _network(work: Path, sizes: list[int], label: str) -> tuple[LocalNetwork, dict[str, Path]]:
-    net = LocalNetwork(work / "network", site_timeout_s=600.0, verify_at_aggregator=True)
-    net.setup_pki()
-    net.start_aggregator()
-    stores = {}
-    t0 = time.perf_counter()
-    for i, n in enumerate(sizes):
-        site = f"{label}-{i + 1:02d}"
-        t1 = time.perf_counter()
-        folder = synthesize_site(work / "sites" / site, site, n, seed=100 + i, fmt="parquet",
-                                 site_index=i)
-        t2 = time.perf_counter()
-        config = net.add_site(site, folder.path, DAY_RESOLUTION)
-        print(f"  {site}: synthesised {n:,} patients in {t2 - t1:.1f} s, "
-              f"ingested in {time.perf_counter() - t2:.1f} s", flush=True)
-        stores[site] = config.path("store_dir")
-    print(f"  synthesised and ingested {len(sizes)} sites in {time.perf_counter() - t0:.1f} s")
-    for site in stores:
-        net.start_node(net_config(net, site))
-    with client(net) as c:
-        c.wait_for_sites(set(stores), timeout_s=300)
-    return net, stores
+def _network(work: Path, sizes: list[int], label: str,
+             runtime: Runtime) -> tuple[SimulatedNetwork, dict[str, Path]]:
+    sites = synthetic_sites(work, sizes, prefix=label, policy=DAY_RESOLUTION, progress=print)
+    net = SimulatedNetwork(work / "network", sites, KEY, runtime=runtime, site_timeout_s=600.0,
+                           connect_timeout_s=300.0)
+    return net, {s.site_id: s.store_dir for s in sites if s.store_dir is not None}
 
 
-def net_config(net: LocalNetwork, site: str):
-    from node.config import resolve_config
-
-    return resolve_config(net.workspace / "nodes" / site)
-
-
-def km_benchmark(work: Path, sites: int, patients: int) -> None:
+def km_benchmark(work: Path, sites: int, patients: int, runtime: Runtime) -> None:
     print(f"federated Kaplan-Meier: {sites} sites x {patients:,} patients", flush=True)
-    net, stores = _network(work / "km", [patients] * sites, "site")
+    net, stores = _network(work / "km", [patients] * sites, "site", runtime)
     try:
         study = make_study("bench-km", [{"name": "os", "kind": "kaplan_meier",
                                          "endpoint": "overall_survival"}],
                            min_sites=sites, cohort={})
         t0 = time.perf_counter()
-        results = run_study(net, study, timeout_s=1800)
+        results = net.run(study, timeout_s=1800)
         federated_s = time.perf_counter() - t0
     finally:
-        net.stop()
+        net.close()
     t0 = time.perf_counter()
-    data = pooled_individual_data(stores, study, "overall_survival", None)
+    data = pooled_survival_data(stores, study, "overall_survival", None)
     prepare_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     kmf = KaplanMeierFitter().fit(data.duration, data.event)
@@ -95,9 +74,9 @@ def km_benchmark(work: Path, sites: int, patients: int) -> None:
     print(f"  max |S_federated - S_lifelines|:      {diff:.2e}")
 
 
-def rtt_benchmark(work: Path, nodes: int, repeats: int) -> None:
+def rtt_benchmark(work: Path, nodes: int, repeats: int, runtime: Runtime) -> None:
     print(f"study task round trip to {nodes} connected nodes ({repeats} studies)")
-    net, _ = _network(work / "rtt", [60] * nodes, "node")
+    net, _ = _network(work / "rtt", [60] * nodes, "node", runtime)
     try:
         times = []
         for i in range(repeats):
@@ -105,11 +84,11 @@ def rtt_benchmark(work: Path, nodes: int, repeats: int) -> None:
                                                        "endpoint": "overall_survival"}],
                                cohort={})
             t0 = time.perf_counter()
-            results = run_study(net, study)
+            results = net.run(study)
             times.append(time.perf_counter() - t0)
             assert len(results["sites"]["participated"]) == nodes, results["sites"]
     finally:
-        net.stop()
+        net.close()
     times.sort()
     print(f"  median round trip (submit -> all {nodes} answers pooled): "
           f"{statistics.median(times) * 1000:.0f} ms")
@@ -122,12 +101,14 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=1_000_000)
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="grpc",
+                        help="grpc: node daemons over mutual TLS (default); inprocess: no wire")
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
-        km_benchmark(work, args.sites, args.patients)
-        rtt_benchmark(work, args.nodes, args.repeats)
+        km_benchmark(work, args.sites, args.patients, args.runtime)
+        rtt_benchmark(work, args.nodes, args.repeats, args.runtime)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Benchmark: the cost of secure aggregation against unmasked release, for KM and Cox.
 
 For 3, 10 and 50 sites (each a real node engine with its own certificate, the real study
-engine, rounds and drivers, in one process over the in-process transport), prints the wall time
-of a Kaplan-Meier study and of a Cox study, unmasked (day resolution) and with secure
-aggregation, and the bytes each site sends (serialised task results, all rounds).
+engine and its round loop, in one process over the in-process transport, wired by
+heron.simulation), prints the wall time of a Kaplan-Meier study and of a Cox study, unmasked
+(day resolution) and with secure aggregation, and the bytes each site sends (serialised task
+results, all rounds).
 
 Run: ``.venv/bin/python benchmarks/secure_overhead.py [--sites 3 10 50] [--patients 300]``
+(quick: ``--sites 3 --patients 100``)
 """
 
 from __future__ import annotations
@@ -13,32 +15,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
-
-from aggregator.engine import StudyEngine  # noqa: E402
-from aggregator.pooling import pool_study  # noqa: E402
-from aggregator.secure_driver import NetworkDriver  # noqa: E402
-from aggregator.store import Store, encode_task_result  # noqa: E402
-from aggregator.transport import HelloInfo, LocalTransport, TaskReply  # noqa: E402
-from heron.synth import synthesize_site  # noqa: E402
-from node.audit import AuditTrail  # noqa: E402
-from node.engine import NodeEngine  # noqa: E402
-from node.ingest import ingest  # noqa: E402
-from node.policy import Policy  # noqa: E402
-from node.store import open_store  # noqa: E402
-from protocol.pki import init_ca, issue_site, load_credentials  # noqa: E402
-from protocol.signing import sign_study  # noqa: E402
-from tests.network_helpers import make_study  # noqa: E402
+from aggregator.store import encode_task_result
+from aggregator.transport import NodeHandler, StudyTask, TaskReply
+from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
+from heron.synth import synthesize_site
+from node.ingest import ingest
+from node.policy import Policy
+from protocol.pki import init_ca, issue_site
 
 KEY = Ed25519PrivateKey.generate()
 DAY = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
@@ -48,49 +39,42 @@ COX = {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
        "covariates": ["age_at_infusion", "ecog", "prior_lines", "lab:LDH", "lab:CRP"]}
 
 
-def make_sites(work: Path, n: int, patients: int) -> dict[str, Path]:
+def make_sites(work: Path, n: int, patients: int) -> list[SimulatedSite]:
     init_ca(work / "ca")
-    sites = {}
+    sites = []
     for i in range(n):
         site = f"site-{i + 1:02d}"
         folder = synthesize_site(work / "data" / site, site, patients, seed=40 + i,
                                  site_index=i)
         ingest(folder.path, work / site / "store", b"b" * 32)
         issue_site(work / "ca", site, work / site / "credentials")
-        sites[site] = work / site
+        sites.append(SimulatedSite(site, work / site / "store", DAY, work / site / "credentials"))
     return sites
 
 
-def run(work: Path, sites: dict[str, Path], study) -> tuple[float, float]:
+def run(work: Path, sites: list[SimulatedSite], study) -> tuple[float, float]:
     """Wall seconds of one study and mean bytes sent per site."""
-    transport = LocalTransport(max_workers=8)
-    ca = (work / "ca" / "ca.pem").read_bytes()
-    engine = StudyEngine(Store(work / f"{study.id}.db"), transport, pool_study,
-                         [KEY.public_key()], driver=NetworkDriver(ca), site_timeout_s=600)
     sent: dict[str, int] = defaultdict(int)
     lock = threading.Lock()
-    for site, folder in sites.items():
-        node = NodeEngine(site, DAY, [KEY.public_key()],
-                          lambda f=folder: open_store(f / "store"),
-                          AuditTrail(folder / f"{study.id}.audit"),
-                          today=lambda: dt.date(2026, 11, 1),
-                          credentials=load_credentials(folder / "credentials"))
 
-        def handler(task, node=node, site=site):
-            out = node.answer(task.study_id, task.signed, task.round, task.inputs)
-            with lock:
-                sent[site] += len(encode_task_result(task.task_id, task.study_id,
-                                                     out.releases or ()))
-            return TaskReply(task.task_id, task.study_id, out.releases, out.refusal)
+    def counting(site: str):
+        def wrap(handler: NodeHandler) -> NodeHandler:
+            def answer(task: StudyTask) -> TaskReply | None:
+                reply = handler(task)
+                if reply is not None:
+                    with lock:
+                        sent[site] += len(encode_task_result(task.task_id, task.study_id,
+                                                             reply.releases or ()))
+                return reply
+            return answer
+        return wrap
 
-        transport.connect(site, handler, HelloInfo(site))
-    t0 = time.perf_counter()
-    engine.submit(sign_study(study, KEY))
-    while engine.results(study.id) is None:
-        time.sleep(0.01)
-    wall = time.perf_counter() - t0
-    transport.close()
-    results = engine.results(study.id)
+    with SimulatedNetwork(work / study.id, sites, KEY, today=lambda: dt.date(2026, 11, 1),
+                          site_timeout_s=600, ca_dir=work / "ca",
+                          node_wrappers={s.site_id: counting(s.site_id) for s in sites}) as net:
+        t0 = time.perf_counter()
+        results = net.run(study, timeout_s=3600)
+        wall = time.perf_counter() - t0
     assert all("error" not in a for a in results["analyses"].values()), results["analyses"]
     return wall, sum(sent.values()) / len(sites)
 

@@ -53,7 +53,8 @@ def _simulate(a: argparse.Namespace) -> int:
 
     study = load_study(Path(a.study))
     result = simulate(_parse_sites(a.site), study, Path(a.out),
-                      policy_file=Path(a.policy) if a.policy else None, progress=_say)
+                      policy_file=Path(a.policy) if a.policy else None, progress=_say,
+                      runtime=a.runtime)
     print(f"results: {result.results_path}\nreport:  {result.report_path}")
     return 0
 
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", required=True, help="study YAML or JSON")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--policy", help="site policy TOML applied to every site")
+    p.add_argument("--runtime", choices=["daemons", "inprocess", "grpc"], default="daemons",
+                   help="daemons: aggregator and nodes as subprocesses (default); grpc: the same "
+                        "daemons as threads of this process; inprocess: no network at all")
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("synth", help="write realistic synthetic site folders")

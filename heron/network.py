@@ -2,7 +2,8 @@
 
 Used by ``heron simulate`` (the sites' own data folders and study) and ``heron demo``
 (synthetic sites and the embedded study). Everything talks gRPC with mutual TLS, exactly as
-in production; only the addresses are loopback.
+in production; only the addresses are loopback. ``heron simulate --runtime inprocess|grpc``
+runs the network of :mod:`heron.simulation` in this process instead.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from heron.coordinator import CoordinatorClient
 from heron.errors import HeronError
+from heron.simulation import Runtime, SimulatedNetwork, ingest_sites
 from node.config import NodeConfig
 from node.policy import Policy, default_policy, load_policy
 from node.service import ingest_site, init_node
@@ -30,10 +34,13 @@ from protocol.pki import init_ca, issue_aggregator, issue_coordinator, issue_sit
 from protocol.signing import sign_study
 from protocol.study import Study
 
-__all__ = ["LocalNetwork", "SimulationResult", "simulate"]
+__all__ = ["SIMULATE_RUNTIMES", "LocalNetwork", "SimulateRuntime", "SimulationResult",
+           "simulate"]
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+SimulateRuntime = Literal["daemons", "inprocess", "grpc"]
+SIMULATE_RUNTIMES: tuple[SimulateRuntime, ...] = ("daemons", "inprocess", "grpc")
 
 
 @dataclass
@@ -137,26 +144,9 @@ class LocalNetwork:
                 p.wait()
 
 
-def simulate(
-    sites: Mapping[str, Path],
-    study: Study,
-    out_dir: Path,
-    policy_file: Path | None = None,
-    progress: Progress = lambda msg: None,
-    timeout_s: float = 600.0,
-    site_timeout_s: float = 120.0,
-) -> SimulationResult:
-    """Run a study on a loopback network of the given sites; write results.json and report."""
-    if not sites:
-        raise HeronError("no sites given (use --site ID=FOLDER)")
-    for site_id, folder in sites.items():
-        if not Path(folder).is_dir():
-            raise HeronError(f"site {site_id}: {folder} is not a folder")
-    policy = load_policy(policy_file) if policy_file else default_policy()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    workspace = out_dir / "network"
-    if workspace.exists():
-        shutil.rmtree(workspace)
+def _run_daemons(sites: Mapping[str, Path], study: Study, workspace: Path, policy: Policy,
+                 progress: Progress, timeout_s: float, site_timeout_s: float) -> dict[str, Any]:
+    """Today's loopback network: the aggregator and one node per site as subprocesses."""
     net = LocalNetwork(workspace, site_timeout_s=site_timeout_s, progress=progress)
     try:
         progress("network CA, aggregator and coordinator credentials")
@@ -177,9 +167,77 @@ def simulate(
             client.submit(signed)
             progress(f"study {study.id} signed and submitted")
             client.wait_for_completion(study.id, timeout_s)
-            results = client.results(study.id)
+            return client.results(study.id)
     finally:
         net.stop()
+
+
+def _run_harness(sites: Mapping[str, Path], study: Study, workspace: Path, policy: Policy,
+                 progress: Progress, timeout_s: float, site_timeout_s: float,
+                 runtime: Runtime) -> dict[str, Any]:
+    """The network of :mod:`heron.simulation` in this process (in-process or real gRPC)."""
+    progress("loading site data into the site nodes")
+    simulated = ingest_sites(workspace, sites, policy=policy, progress=progress)
+    key = Ed25519PrivateKey.generate()
+    with SimulatedNetwork(workspace, simulated, key, runtime=runtime,
+                          site_timeout_s=site_timeout_s, ledger=True) as net:
+        where = "in process" if net.target is None else \
+            f"over gRPC with mutual TLS on {net.target}"
+        progress(f"aggregator and {len(sites)} site nodes running {where}")
+        net.submit(study)
+        progress(f"study {study.id} signed and submitted")
+        return net.wait(study.id, timeout_s)
+
+
+def simulate(
+    sites: Mapping[str, Path],
+    study: Study,
+    out_dir: Path,
+    policy_file: Path | None = None,
+    progress: Progress = lambda msg: None,
+    timeout_s: float = 600.0,
+    site_timeout_s: float = 120.0,
+    runtime: SimulateRuntime = "daemons",
+) -> SimulationResult:
+    """Run a study on a loopback network of the given sites; write results.json and report.
+
+    Parameters
+    ----------
+    sites
+        Site id -> the site's data folder.
+    study
+        The study (signed here with a fresh coordinator key the nodes trust).
+    out_dir
+        Where results.json, report.html and the network's workspace (``network/``) go.
+    policy_file
+        The site policy of every site (default: the default policy).
+    progress
+        Receives progress lines.
+    timeout_s, site_timeout_s
+        Limits of the whole study and of one site's answer.
+    runtime
+        ``"daemons"``: aggregator and nodes as subprocesses (gRPC, mutual TLS);
+        ``"grpc"``: the same daemons as threads of this process (:mod:`heron.simulation`);
+        ``"inprocess"``: no wire, the in-process transport.
+    """
+    if runtime not in SIMULATE_RUNTIMES:
+        raise HeronError(f"unknown runtime {runtime!r}; expected one of {SIMULATE_RUNTIMES}")
+    if not sites:
+        raise HeronError("no sites given (use --site ID=FOLDER)")
+    for site_id, folder in sites.items():
+        if not Path(folder).is_dir():
+            raise HeronError(f"site {site_id}: {folder} is not a folder")
+    policy = load_policy(policy_file) if policy_file else default_policy()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workspace = out_dir / "network"
+    if workspace.exists():
+        shutil.rmtree(workspace)
+    if runtime == "daemons":
+        results = _run_daemons(sites, study, workspace, policy, progress, timeout_s,
+                               site_timeout_s)
+    else:
+        results = _run_harness(sites, study, workspace, policy, progress, timeout_s,
+                               site_timeout_s, runtime)
     results_path = out_dir / "results.json"
     results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     from heron.report import render_report

@@ -52,6 +52,7 @@ from aggregator.transport import (
 )
 from heron import __version__
 from heron.errors import HeronError
+from heron.synth import synthesize_site
 from node.audit import AuditTrail
 from node.cohort import select_cohort
 from node.covariates import build_design
@@ -84,6 +85,7 @@ __all__ = [
     "node_handler",
     "pooled_cox_data",
     "pooled_survival_data",
+    "synthetic_sites",
 ]
 
 logger = logging.getLogger(__name__)
@@ -229,6 +231,48 @@ def ingest_sites(workdir: Path, folders: Mapping[str, Path], *, policy: Policy |
         if progress is not None:
             progress(f"  {site_id}: {report.summary().splitlines()[0]}")
         sites.append(SimulatedSite(site_id, node_dir / "store", policy or default_policy()))
+    return sites
+
+
+def synthetic_sites(workdir: Path, sizes: Sequence[int], *, prefix: str = "site",
+                    seed: int = 100, policy: Policy | None = None, fmt: str = "parquet",
+                    progress: Callable[[str], None] | None = None) -> list[SimulatedSite]:
+    """Synthesise sites of the given sizes and ingest each into its own store.
+
+    Site ``i`` (from 0) is called ``{prefix}-{i + 1:02d}``, its data are seeded by
+    ``(seed + i, i)`` and written under ``workdir/sites``; the stores are made by
+    :func:`ingest_sites`.
+
+    Parameters
+    ----------
+    workdir
+        The simulation workspace.
+    sizes
+        Patients of each site.
+    prefix
+        Site id prefix.
+    seed
+        Seed of the first site.
+    policy
+        The policy of every site (default: :func:`node.policy.default_policy`).
+    fmt
+        Format of the synthetic data folders (``"parquet"`` or ``"csv"``).
+    progress
+        Receives, per site, how long synthesis and ingestion took, then the total.
+    """
+    say = progress or (lambda msg: None)
+    sites = []
+    t0 = time.perf_counter()
+    for i, n in enumerate(sizes):
+        site = f"{prefix}-{i + 1:02d}"
+        t1 = time.perf_counter()
+        folder = synthesize_site(Path(workdir) / "sites" / site, site, n, seed=seed + i,
+                                 fmt=fmt, site_index=i)
+        t2 = time.perf_counter()
+        sites.extend(ingest_sites(workdir, {site: folder.path}, policy=policy))
+        say(f"  {site}: synthesised {n:,} patients in {t2 - t1:.1f} s, "
+            f"ingested in {time.perf_counter() - t2:.1f} s")
+    say(f"  synthesised and ingested {len(sizes)} sites in {time.perf_counter() - t0:.1f} s")
     return sites
 
 

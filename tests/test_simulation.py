@@ -119,3 +119,33 @@ def test_a_failing_site_refuses_and_a_stuck_study_times_out(tmp_path: Path,
                           site_timeout_s=600, node_wrappers={failing: _silent}) as net, \
             pytest.raises(SimulationTimeout):
         net.run(make_study("sim-stuck", ANALYSES[:1], cohort={}), timeout_s=0.5)
+
+
+@pytest.mark.parametrize("runtime", ["inprocess", "grpc"])
+def test_heron_simulate_runs_the_harness(tmp_path: Path, runtime: str) -> None:
+    import json
+
+    import yaml
+
+    from heron.cli import main
+
+    folders = synthesize(tmp_path / "sites", sites=3, patients=60, seed=12)
+    policy = tmp_path / "policy.toml"
+    policy.write_text('allowed_kinds = ["kaplan_meier"]\nmin_cohort = 1\nmin_cell = 1\n'
+                      "min_bin_events = 1\n")
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "heron": 1, "id": "sim-cli", "title": "simulate", "expires": "2099-01-01",
+        "horizon_days": 730,
+        "analyses": [{"name": "os", "kind": "kaplan_meier", "endpoint": "overall_survival"},
+                     {"name": "na", "kind": "nelson_aalen", "endpoint": "overall_survival"}],
+        "privacy": {"secure_aggregation": False, "min_sites": 2}}))
+    sites = [f"--site={f.site_id}={f.path}" for f in folders]
+    assert main(["simulate", *sites, "--study", str(study), "--out", str(tmp_path / "out"),
+                 "--policy", str(policy), "--runtime", runtime]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(results["sites"]["participated"]) == sorted(f.site_id for f in folders)
+    assert results["privacy"]["time_resolution_days"] == 1
+    assert "error" not in results["analyses"]["os"]
+    assert "not allowed by the site policy" in results["analyses"]["na"]["error"]
+    assert (tmp_path / "out" / "report.html").exists()
