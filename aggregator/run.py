@@ -20,9 +20,12 @@ dropped and a new key exchange among the others starts the analyses again; fewer
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from aggregator.strategy import MASKED_SUM, Contributions, Strategy
 from protocol.codec import Release
@@ -247,6 +250,11 @@ class StudyRun:
             return Contributions(releases, failures, tuple(sorted(releases)), masked=False)
         if failures:
             return Contributions({}, failures, tuple(state.participants), masked=True)
+        odd = _odd_shapes(releases)
+        if odd:
+            return Contributions({}, {s: "masked release does not match the other sites' "
+                                      "vectors (keys or lengths)" for s in odd},
+                                 tuple(state.participants), masked=True)
         try:
             summed = unmask_sum([releases[s] for s in state.participants])
         except (ProtocolError, KeyError, ValueError) as exc:
@@ -309,3 +317,16 @@ class StudyRun:
                 if pair not in state.thresholds:
                     state.thresholds.append(pair)
             state.coarsened = state.coarsened or bool(r.metadata.get("coarsened"))
+
+
+def _odd_shapes(releases: Mapping[str, Release]) -> list[str]:
+    """Sites whose vectors (names and shapes) differ from what most sites sent."""
+    shapes = {site: tuple(sorted((k, np.shape(v)) for k, v in r.vectors.items()))
+              for site, r in releases.items()}
+    counts = Counter(shapes.values())
+    if len(counts) < 2:
+        return []
+    common, n = counts.most_common(1)[0]
+    if list(counts.values()).count(n) > 1:  # no majority: cannot tell who is wrong
+        return sorted(releases)
+    return sorted(site for site, shape in shapes.items() if shape != common)

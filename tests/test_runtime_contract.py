@@ -212,8 +212,11 @@ def test_a_faulty_release_costs_only_its_analysis(tmp_path: Path, sites: list[Si
     entry = results["analyses"][name]
     assert _names_site(entry, bad), entry
     if secure:
-        # a masked sum without the site (or with its bad vector) cannot be released
+        # a masked sum without the site (or with its bad vector) cannot be released, and the
+        # error blames that site alone (the others' vectors agree with each other)
         assert "error" in entry, entry
+        assert not any(o in entry["error"] for o in others), entry
+        assert list(entry.get("site_errors", {bad: ""})) == [bad], entry
     else:
         # unmasked: the analysis of the other sites (a Cox fit starts again without the site)
         assert "error" not in entry, entry
