@@ -1,7 +1,10 @@
 """Shared pytest configuration and helpers used by several test modules.
 
-Import helpers from here (``from tests.conftest import ...``); test modules never import from
-each other.
+Test modules never import from each other. Shared helpers live here (``from tests.conftest
+import ...``) or in the helper modules beside it: ``aggregator_helpers`` (PKI, fake strategies,
+a gRPC test node), ``network_helpers`` (subprocess daemons), ``survival_cohorts``,
+``competing_cohorts`` and ``cox_cohorts`` (analytics reference cohorts) and ``site_data`` (a
+hand-checked site folder). In-process networks are :mod:`heron.simulation`'s.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""Helpers for end-to-end tests: a real loopback network of subprocess daemons."""
+"""Helpers for end-to-end tests: a real loopback network of subprocess daemons.
+
+In-process and threaded gRPC networks are :mod:`heron.simulation`'s; ``make_study`` and the
+pooled reference data come from there too.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -12,30 +15,14 @@ import pandas as pd
 
 from heron.coordinator import CoordinatorClient
 from heron.network import LocalNetwork
+from heron.simulation import make_study, pooled_survival_data
 from heron.synth import synthesize
-from node.cohort import select_cohort
-from node.endpoints import group_labels, survival_endpoint
 from node.policy import Policy
-from node.store import open_store
 from protocol.keys import load_private_key
 from protocol.signing import SignedStudy, sign_study
-from protocol.study import Study, study_from_dict
+from protocol.study import Study
 
 DAY_RESOLUTION = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
-
-
-def make_study(study_id: str, analyses: list[dict[str, Any]], *, horizon: int = 1826,
-               min_sites: int = 2, expires: dt.date | None = None,
-               cohort: dict[str, Any] | None = None) -> Study:
-    """A study over the synthetic LBCL cohort."""
-    return study_from_dict({
-        "heron": 1, "id": study_id, "title": f"test {study_id}",
-        "expires": (expires or dt.date.today() + dt.timedelta(days=30)).isoformat(),
-        "horizon_days": horizon,
-        "cohort": {"indication_group": ["LBCL"]} if cohort is None else cohort,
-        "analyses": analyses,
-        "privacy": {"secure_aggregation": False, "min_sites": min_sites},
-    })
 
 
 def start_network(tmp: Path, site_sizes: int, n_sites: int, policy: Policy,
@@ -82,15 +69,7 @@ def run_study(net: LocalNetwork, study_or_signed: Study | SignedStudy,
 def pooled_individual_data(stores: dict[str, Path], study: Study, endpoint: str,
                            group_by: str | None) -> pd.DataFrame:
     """The reference: every site's individual (duration, event, group, site) rows pooled."""
-    frames = []
-    for site, store_dir in stores.items():
-        store = open_store(store_dir)
-        cohort = select_cohort(store, study.cohort)
-        out = survival_endpoint(store, cohort, endpoint, study.horizon_days, study.censor_at)
-        frames.append(pd.DataFrame({
-            "duration": out["duration"].to_numpy(), "event": out["event"].to_numpy(dtype=bool),
-            "group": group_labels(cohort, group_by, site).to_numpy(), "site": site}))
-    return pd.concat(frames, ignore_index=True)
+    return pooled_survival_data(stores, study, endpoint, group_by)
 
 
 def wait_until(predicate: Any, timeout_s: float = 30.0) -> None:

@@ -14,7 +14,7 @@ from aggregator.engine import StudyEngine
 from aggregator.errors import DuplicateStudy, Rejected, UnknownStudy
 from aggregator.store import Store
 from aggregator.transport import HelloInfo, LocalTransport, StudyTask, TaskReply
-from tests.test_aggregator_support import (
+from tests.aggregator_helpers import (
     FakeClock,
     fake_strategies,
     make_study,

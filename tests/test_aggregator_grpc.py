@@ -20,7 +20,7 @@ from protocol.tls import channel_credentials
 from protocol.v1 import coordinator_pb2 as cpb
 from protocol.v1 import coordinator_pb2_grpc as cpb_grpc
 from protocol.v1 import node_link_pb2 as pb
-from tests.test_aggregator_support import (
+from tests.aggregator_helpers import (
     GrpcTestNode,
     Network,
     fake_strategies,

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protocol.tls import channel_credentials
-from tests.test_aggregator_support import make_network, wait_until
+from tests.aggregator_helpers import make_network, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +21,7 @@ import logging, sys
 from pathlib import Path
 from aggregator.config import resolve_config
 from aggregator.server import serve
-from tests.test_aggregator_support import fake_strategies  # FAKE statistics
+from tests.aggregator_helpers import fake_strategies  # FAKE statistics
 
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 port_file = Path(sys.argv[1])

@@ -16,7 +16,7 @@ from aggregator.link import NodeLinkServicer
 from aggregator.transport import HelloInfo, LocalTransport, NodeTransport, StudyTask, TaskReply
 from protocol.tls import server_credentials, server_options
 from protocol.v1 import node_link_pb2_grpc
-from tests.test_aggregator_support import (
+from tests.aggregator_helpers import (
     WAIT_S,
     GrpcTestNode,
     Network,

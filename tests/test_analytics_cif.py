@@ -22,7 +22,7 @@ from analytics import (
     cumulative_incidence,
     pool_competing,
 )
-from tests.test_analytics_cif_cohorts import (
+from tests.competing_cohorts import (
     COMPETING_COHORTS,
     SEEDS,
     competing_cohort,

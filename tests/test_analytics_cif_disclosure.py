@@ -22,7 +22,7 @@ from analytics import (
     pool_competing,
     round_up_to_bins,
 )
-from tests.test_analytics_cif_cohorts import SEEDS, competing_cohort, split_sites
+from tests.competing_cohorts import SEEDS, competing_cohort, split_sites
 
 TOL = {"rtol": 1e-9, "atol": 1e-9}
 

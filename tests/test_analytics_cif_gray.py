@@ -28,7 +28,7 @@ from analytics import (
     gray_test,
     pool_competing,
 )
-from tests.test_analytics_cif_cohorts import (
+from tests.competing_cohorts import (
     COMPETING_COHORTS,
     SEEDS,
     bmtcrr,

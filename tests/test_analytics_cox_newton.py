@@ -25,8 +25,8 @@ from analytics import (
     newton_update,
     site_derivatives,
 )
-from tests.test_analytics_cohorts import split_sites
-from tests.test_analytics_cox import TIGHT, CoxCohort, cox_cohort, pooled_fn
+from tests.cox_cohorts import TIGHT, CoxCohort, cox_cohort, pooled_fn
+from tests.survival_cohorts import split_sites
 
 SEPARATION = "separation: the likelihood has no maximum in covariate {} (monotone likelihood)"
 

@@ -19,7 +19,7 @@ from analytics import (
     suppress_count,
     survival_counts,
 )
-from tests.test_analytics_cohorts import SEEDS, cohort, split_sites
+from tests.survival_cohorts import SEEDS, cohort, split_sites
 
 TOL = {"rtol": 1e-9, "atol": 1e-9}
 

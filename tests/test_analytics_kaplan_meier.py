@@ -12,7 +12,7 @@ from lifelines import KaplanMeierFitter
 from lifelines.utils import median_survival_times, restricted_mean_survival_time
 
 from analytics import EstimationError, SurvivalCounts, kaplan_meier, pool_counts, survival_counts
-from tests.test_analytics_cohorts import COHORTS, SEEDS, cohort, site_counts, split_sites
+from tests.survival_cohorts import COHORTS, SEEDS, cohort, site_counts, split_sites
 
 TOL = {"rtol": 1e-9, "atol": 1e-9}
 APPROX = {"rel": 1e-9, "abs": 1e-9}

@@ -10,7 +10,7 @@ from lifelines.statistics import logrank_test, multivariate_logrank_test
 from statsmodels.duration.survfunc import _survdiff, survdiff
 
 from analytics import EstimationError, SurvivalCounts, logrank, pool_counts, survival_counts
-from tests.test_analytics_cohorts import COHORTS, SEEDS, cohort, split_sites
+from tests.survival_cohorts import COHORTS, SEEDS, cohort, split_sites
 
 APPROX = {"rel": 1e-9, "abs": 1e-9}
 

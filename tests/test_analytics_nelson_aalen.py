@@ -10,7 +10,7 @@ import pytest
 from lifelines import NelsonAalenFitter
 
 from analytics import EstimationError, SurvivalCounts, nelson_aalen, pool_counts, survival_counts
-from tests.test_analytics_cohorts import COHORTS, SEEDS, cohort, site_counts, split_sites
+from tests.survival_cohorts import COHORTS, SEEDS, cohort, site_counts, split_sites
 
 TOL = {"rtol": 1e-9, "atol": 1e-9}
 APPROX = {"rel": 1e-9, "abs": 1e-9}

@@ -7,7 +7,7 @@ import pytest
 from lifelines.utils import survival_table_from_events
 
 from analytics import SurvivalCounts, pool_counts, survival_counts
-from tests.test_analytics_cohorts import cohort, split_sites
+from tests.survival_cohorts import cohort, split_sites
 
 
 def test_counts_by_hand_with_horizon_truncation() -> None:

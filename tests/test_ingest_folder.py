@@ -15,7 +15,7 @@ import pytest
 from node.errors import IngestError
 from node.ingest import ingest, validate_folder
 from node.store import open_store
-from tests.test_ingest_sitedata import (
+from tests.site_data import (
     BASE,
     TODAY,
     assert_invariant,

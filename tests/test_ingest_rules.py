@@ -13,7 +13,7 @@ import pytest
 
 from node.ingest import ingest, validate_folder
 from node.store import open_store
-from tests.test_ingest_sitedata import TODAY, assert_invariant, write_site
+from tests.site_data import TODAY, assert_invariant, write_site
 
 SECRET = bytes(range(32))
 

@@ -1,4 +1,5 @@
-"""Repository checks CI makes: ruff is clean and .ci/run runs the README's test command."""
+"""Repository checks CI makes: ruff is clean, .ci/run runs the README's test command, test
+modules import no other test module and benchmarks import nothing from tests/."""
 
 from __future__ import annotations
 
@@ -23,3 +24,14 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands
     assert "heron demo" in commands[0]
     assert commands[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_test_modules_do_not_import_each_other_and_benchmarks_not_tests():
+    imports_test_module = re.compile(r"^\s*(from|import)\s+tests\.test_", re.M)
+    offenders = [p.name for p in (ROOT / "tests").glob("*.py")
+                 if imports_test_module.search(p.read_text(encoding="utf-8"))]
+    assert offenders == [], offenders
+    for path in (ROOT / "benchmarks").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(from|import)\s+tests\b", text, re.M), path.name
+        assert "sys.path" not in text, path.name

@@ -21,7 +21,7 @@ from node.ingest import ingest
 from node.pseudonym import pseudonymise
 from node.schema import TABLE_NAMES, get_table
 from node.store import open_store, write_snapshot
-from tests.test_ingest_sitedata import BASE, TODAY, write_site
+from tests.site_data import BASE, TODAY, write_site
 
 SECRET = bytes(range(32))
 EXPECTED_DTYPES = {"string": pd.StringDtype("pyarrow"), "Int64": pd.Int64Dtype(),
