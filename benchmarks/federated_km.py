@@ -31,7 +31,7 @@ from heron.simulation import (
     pooled_survival_data,
     synthetic_sites,
 )
-from node.policy import Policy
+from node.governance.policy import Policy
 
 KEY = Ed25519PrivateKey.generate()
 DAY_RESOLUTION = Policy(min_cohort=1, min_cell=1, min_bin_events=1)

@@ -27,8 +27,8 @@ from aggregator.store import encode_task_result
 from aggregator.transport import NodeHandler, StudyTask, TaskReply
 from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
 from heron.synth import synthesize_site
-from node.ingest import ingest
-from node.policy import Policy
+from node.governance.policy import Policy
+from node.ingestion.ingest import ingest
 from protocol.pki import init_ca, issue_site
 
 KEY = Ed25519PrivateKey.generate()

@@ -98,16 +98,16 @@ def _pki(a: argparse.Namespace) -> int:
 
 
 def _node_config(a: argparse.Namespace, **overrides: Any) -> Any:
-    from node.config import resolve_config
+    from node.runtime.config import resolve_config
 
     return resolve_config(Path(a.dir), overrides=overrides)
 
 
 def _node(a: argparse.Namespace) -> int:
-    from node import service
+    from node.runtime import service
 
     if a.node_cmd == "init":
-        from node.config import NodeConfig
+        from node.runtime.config import NodeConfig
 
         config = NodeConfig(node_dir=Path(a.dir).resolve(), site_id=a.site,
                             aggregator=a.aggregator)
@@ -115,7 +115,7 @@ def _node(a: argparse.Namespace) -> int:
         print(f"node {a.site} initialised in {a.dir} (edit policy.toml to change the policy)")
         return 0
     if a.node_cmd == "validate":
-        from node.ingest import validate_folder
+        from node.ingestion.ingest import validate_folder
 
         report = validate_folder(Path(a.source))
         _emit(report.to_dict(), a.json, report.summary())
@@ -131,7 +131,7 @@ def _node(a: argparse.Namespace) -> int:
               "\n".join(f"{k}: {v}" for k, v in status.to_dict().items()))
         return 0
     if a.node_cmd == "audit":
-        from node.audit import AuditTrail, verify_audit
+        from node.governance.audit import AuditTrail, verify_audit
 
         path = config.path("audit_file")
         if a.verify:

@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from heron.coordinator import CoordinatorClient
 from heron.errors import HeronError
 from heron.simulation import Runtime, SimulatedNetwork, ingest_sites
-from node.config import NodeConfig
-from node.policy import Policy, default_policy, load_policy
-from node.service import ingest_site, init_node
+from node.governance.policy import Policy, default_policy, load_policy
+from node.runtime.config import NodeConfig
+from node.runtime.service import ingest_site, init_node
 from protocol.keys import generate_signing_key
 from protocol.pki import init_ca, issue_aggregator, issue_coordinator, issue_site
 from protocol.signing import sign_study

@@ -1,9 +1,10 @@
 """A whole heron network in one process, for tests, benchmarks and ``heron simulate``.
 
-:class:`SimulatedNetwork` wires the real parts together: one :class:`~node.engine.NodeEngine`
-per site (its own store, audit trail, optional disclosure ledger and a site certificate for
-secure aggregation), the real :class:`~aggregator.engine.StudyEngine` on a real SQLite
-:class:`~aggregator.store.Store`, and one of two transports behind the same API:
+:class:`SimulatedNetwork` wires the real parts together: one
+:class:`~node.runtime.engine.NodeEngine` per site (its own store, audit trail, optional
+disclosure ledger and a site certificate for secure aggregation), the real
+:class:`~aggregator.engine.StudyEngine` on a real SQLite :class:`~aggregator.store.Store`,
+and one of two transports behind the same API:
 
 ``"inprocess"``
     :class:`~aggregator.transport.LocalTransport`: every site is a
@@ -12,7 +13,7 @@ secure aggregation), the real :class:`~aggregator.engine.StudyEngine` on a real 
 ``"grpc"``
     the aggregator's :class:`~aggregator.link.NodeLinkServicer` on a free loopback port with
     mutual TLS (certificates made by :mod:`protocol.pki`), and one
-    :class:`~node.daemon.NodeDaemon` per site running as a thread of this process.
+    :class:`~node.runtime.daemon.NodeDaemon` per site running as a thread of this process.
 
 Both runtimes give the same ``results.json``. ``node_wrappers`` wrap a site's handler so a test
 can make that site misbehave (stay silent, drop an analysis, send garbage) in either runtime.
@@ -53,18 +54,18 @@ from aggregator.transport import (
 from heron import __version__
 from heron.errors import HeronError
 from heron.synth import synthesize_site
-from node.audit import AuditTrail
-from node.cohort import select_cohort
-from node.covariates import build_design
-from node.daemon import NodeDaemon
-from node.endpoints import group_labels, survival_endpoint
-from node.engine import NodeEngine
+from node.cohorts.cohort import select_cohort
+from node.cohorts.covariates import build_design
+from node.cohorts.endpoints import group_labels, survival_endpoint
 from node.errors import StoreError
-from node.ingest import ingest
-from node.ledger import DisclosureLedger, load_or_create_salt
-from node.policy import Policy, default_policy
-from node.pseudonym import load_or_create_secret
-from node.store import open_store
+from node.governance.audit import AuditTrail
+from node.governance.ledger import DisclosureLedger, load_or_create_salt
+from node.governance.policy import Policy, default_policy
+from node.ingestion.ingest import ingest
+from node.ingestion.pseudonym import load_or_create_secret
+from node.ingestion.store import open_store
+from node.runtime.daemon import NodeDaemon
+from node.runtime.engine import NodeEngine
 from protocol.codec import decode_release, encode_release
 from protocol.pki import Credentials, init_ca, issue_aggregator, issue_site, load_credentials
 from protocol.signing import SignedStudy, sign_study
@@ -97,7 +98,7 @@ HandlerWrapper = Callable[[NodeHandler], NodeHandler]
 """Wraps a site's handler, e.g. to make the site misbehave in a test."""
 
 INTERNAL_ERROR = "internal error at the site node"
-"""The refusal a site sends when answering a task raised (as :mod:`node.daemon` does)."""
+"""The refusal a site sends when answering a task raised (as :mod:`node.runtime.daemon` does)."""
 
 _TICK_S = 0.25
 
@@ -218,7 +219,7 @@ def ingest_sites(workdir: Path, folders: Mapping[str, Path], *, policy: Policy |
     folders
         Site id -> site data folder (CSV or Parquet, as ``heron node ingest`` reads).
     policy
-        The policy of every site (default: :func:`node.policy.default_policy`).
+        The policy of every site (default: :func:`node.governance.policy.default_policy`).
     progress
         Receives one line per site.
     """
@@ -254,7 +255,7 @@ def synthetic_sites(workdir: Path, sizes: Sequence[int], *, prefix: str = "site"
     seed
         Seed of the first site.
     policy
-        The policy of every site (default: :func:`node.policy.default_policy`).
+        The policy of every site (default: :func:`node.governance.policy.default_policy`).
     fmt
         Format of the synthetic data folders (``"parquet"`` or ``"csv"``).
     progress
@@ -377,8 +378,8 @@ class _HandlerDaemon(NodeDaemon):
 
     def __init__(self, handler: NodeHandler, **kwargs: Any) -> None:
         if not callable(getattr(NodeDaemon, "_answer_task", None)):
-            raise HeronError("node.daemon.NodeDaemon no longer answers tasks in _answer_task; "
-                             "heron.simulation must follow it")
+            raise HeronError("node.runtime.daemon.NodeDaemon no longer answers tasks in "
+                             "_answer_task; heron.simulation must follow it")
         super().__init__(answer=_unused_answer, **kwargs)
         self._handler = handler
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from heron.errors import HeronError
-from node.schema import AE_TERM, ATMP_CLASS, DISEASE_STATUS, ORIGIN, ROUTE, SEX
+from node.ingestion.schema import AE_TERM, ATMP_CLASS, DISEASE_STATUS, ORIGIN, ROUTE, SEX
 from protocol.design import check_covariates
 from protocol.errors import StudyFormatError
 from protocol.study import AE_ENDPOINT, Study, load_study_document, study_from_dict, study_problems

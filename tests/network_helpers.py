@@ -17,7 +17,7 @@ from heron.coordinator import CoordinatorClient
 from heron.network import LocalNetwork
 from heron.simulation import make_study, pooled_survival_data
 from heron.synth import synthesize
-from node.policy import Policy
+from node.governance.policy import Policy
 from protocol.keys import load_private_key
 from protocol.signing import SignedStudy, sign_study
 from protocol.study import Study

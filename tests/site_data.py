@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from node.ingest import IngestReport
-from node.schema import TABLE_NAMES, get_table
+from node.ingestion.ingest import IngestReport
+from node.ingestion.schema import TABLE_NAMES, get_table
 
 TODAY = date(2024, 6, 1)
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from node.audit import GENESIS, AuditTrail, entry_hash, verify_audit
 from node.errors import AuditError
+from node.governance.audit import GENESIS, AuditTrail, entry_hash, verify_audit
 
 
 def _trail(tmp_path: Path, n: int = 4) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from node.cohort import COHORT_COLUMNS, get_table, select_cohort
+from node.cohorts.cohort import COHORT_COLUMNS, get_table, select_cohort
 from protocol.study import Cohort
 
 TODAY = dt.date(2025, 1, 1)
@@ -121,7 +121,7 @@ def test_empty_infusions_give_empty_cohort() -> None:
 
 
 class _ParquetStore:
-    """Stand-in for node.store: reads ``<name>.parquet`` from a folder."""
+    """Stand-in for node.ingestion.store: reads ``<name>.parquet`` from a folder."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from node.covariates import Design, build_design, design_columns
+from node.cohorts.covariates import Design, build_design, design_columns
 from node.errors import StudyRefused
-from node.store import open_store, write_snapshot
+from node.ingestion.store import open_store, write_snapshot
 
 NA = None
 

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aggregator.store import Store
 from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
 from heron.synth import synthesize
-from node.ingest import ingest
-from node.policy import Policy
+from node.governance.policy import Policy
+from node.ingestion.ingest import ingest
 from tests.conftest import lifelines_reference, pooled_frame
 from tests.conftest import site_tables as _tables
 
@@ -128,7 +128,7 @@ class _Tables:
         self.frames = frames
 
     def table(self, name):
-        from node.cohort import get_table
+        from node.cohorts.cohort import get_table
 
         return get_table(self.frames, name)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from aggregator.config import load_config
-from node.config import resolve_config
-from node.policy import load_policy
+from node.governance.policy import load_policy
+from node.runtime.config import resolve_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

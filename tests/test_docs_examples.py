@@ -2,7 +2,7 @@
 
 - ```yaml blocks are studies and must load with protocol.study's parser; a block whose first
   line is ``# fragment`` is only parsed as YAML.
-- ```toml blocks are site policies and must load with node.policy.load_policy.
+- ```toml blocks are site policies and must load with node.governance.policy.load_policy.
 - ```json blocks must be valid JSON.
 - ```bash lines starting with ``heron `` must name a real (sub)command.
 """
@@ -22,7 +22,7 @@ import yaml
 
 from heron.cli import build_parser
 from heron.study_tools import check_study_document
-from node.policy import load_policy
+from node.governance.policy import load_policy
 from protocol.study import study_from_dict
 from protocol.version import __version__
 

@@ -220,7 +220,7 @@ def test_aggregator_restarted_mid_study_finishes_it(network):
     net.aggregator.send_signal(signal.SIGKILL)  # crash mid-study
     net.aggregator.wait()
     net.start_aggregator()
-    from node.config import resolve_config
+    from node.runtime.config import resolve_config
 
     net.start_node(resolve_config(stores[victim].parent))
     with client(net) as c:

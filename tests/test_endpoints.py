@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from node.endpoints import (
+from node.cohorts.endpoints import (
     competing_endpoint,
     group_labels,
     parse_ae_endpoint,

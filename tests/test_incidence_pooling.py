@@ -19,13 +19,13 @@ from statsmodels.stats.rates import confint_poisson
 
 from aggregator.pooling import pool_study
 from heron.synth import synthesize
-from node.audit import AuditTrail
-from node.cohort import select_cohort
-from node.endpoints import competing_endpoint
-from node.engine import NodeEngine
-from node.ingest import ingest
-from node.policy import Policy
-from node.store import open_store
+from node.cohorts.cohort import select_cohort
+from node.cohorts.endpoints import competing_endpoint
+from node.governance.audit import AuditTrail
+from node.governance.policy import Policy
+from node.ingestion.ingest import ingest
+from node.ingestion.store import open_store
+from node.runtime.engine import NodeEngine
 from protocol.rounds import summary_requests
 from protocol.signing import sign_study
 from tests.network_helpers import make_study

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from node.errors import IngestError
-from node.ingest import ingest, validate_folder
-from node.store import open_store
+from node.ingestion.ingest import ingest, validate_folder
+from node.ingestion.store import open_store
 from tests.site_data import (
     BASE,
     TODAY,

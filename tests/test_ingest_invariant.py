@@ -11,9 +11,9 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.ingest import ingest, validate_folder
-from node.schema import TABLE_NAMES, get_table
-from node.store import open_store
+from node.ingestion.ingest import ingest, validate_folder
+from node.ingestion.schema import TABLE_NAMES, get_table
+from node.ingestion.store import open_store
 
 TODAY = date(2024, 6, 1)
 DATES = ["2019-12-31", "2020-01-10", "2020-06-01", "2021-01-15", "2022-03-01", "2024-07-01",

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from node.errors import SecretError
-from node.pseudonym import (
+from node.ingestion.pseudonym import (
     load_or_create_secret,
     pseudonym_map,
     pseudonymise,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from node.ingest import ingest, validate_folder
-from node.store import open_store
+from node.ingestion.ingest import ingest, validate_folder
+from node.ingestion.store import open_store
 from tests.site_data import TODAY, assert_invariant, write_site
 
 SECRET = bytes(range(32))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.ingest import validate_folder
+from node.ingestion.ingest import validate_folder
 from tests.site_data import TODAY, assert_invariant, write_site
 
 

@@ -10,7 +10,7 @@ import stat
 import numpy as np
 import pytest
 
-from node.ledger import (
+from node.governance.ledger import (
     INDEX_FILE,
     DisclosureLedger,
     LedgerError,

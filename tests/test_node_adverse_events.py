@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from node.errors import StudyRefused
+from node.ingestion.store import open_store, write_snapshot
 from node.releases.adverse_events import GRADES, TermSummary, ae_site_summary
-from node.store import open_store, write_snapshot
 
 D0 = pd.Timestamp("2020-01-01")
 X0 = pd.Timestamp("2021-06-15")  # infusion P6 starts here

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analytics import SurvivalCounts
-from node.cohort import select_cohort
-from node.policy import default_policy
+from node.cohorts.cohort import select_cohort
+from node.governance.policy import default_policy
 from node.releases import first_release
 from protocol.releases import survival_groups
 from protocol.study import study_from_dict

@@ -10,11 +10,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from heron.simulation import make_study
 from heron.synth import synthesize
-from node.audit import AuditTrail, verify_audit
-from node.engine import NodeEngine
-from node.ingest import ingest
-from node.policy import Policy
-from node.store import open_store
+from node.governance.audit import AuditTrail, verify_audit
+from node.governance.policy import Policy
+from node.ingestion.ingest import ingest
+from node.ingestion.store import open_store
+from node.runtime.engine import NodeEngine
 from protocol.rounds import summary_requests
 from protocol.signing import sign_study
 

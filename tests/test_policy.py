@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from node.errors import PolicyError
-from node.policy import (
+from node.governance.policy import (
     DEFAULT_COVARIATES,
     Policy,
     default_policy,

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aggregator.transport import NodeHandler, StudyTask, TaskReply
 from heron.simulation import SimulatedNetwork, SimulatedSite, ingest_sites, make_study
 from heron.synth import synthesize
-from node.policy import Policy
+from node.governance.policy import Policy
 from protocol.codec import Release
 from protocol.rounds import RoundRequests, parse_requests
 

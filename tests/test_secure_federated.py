@@ -23,11 +23,11 @@ from scipy.stats import chisquare
 from aggregator.store import decode_task_result
 from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
 from heron.synth import synthesize
-from node.audit import AuditTrail
-from node.engine import NodeEngine
-from node.ingest import ingest
-from node.policy import Policy
-from node.store import open_store
+from node.governance.audit import AuditTrail
+from node.governance.policy import Policy
+from node.ingestion.ingest import ingest
+from node.ingestion.store import open_store
+from node.runtime.engine import NodeEngine
 from protocol.pki import init_ca, issue_site, load_credentials
 from protocol.signing import sign_study
 

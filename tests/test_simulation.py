@@ -22,7 +22,7 @@ from heron.simulation import (
     make_study,
 )
 from heron.synth import synthesize
-from node.policy import Policy
+from node.governance.policy import Policy
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)

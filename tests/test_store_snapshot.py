@@ -14,13 +14,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import node.store as store_mod
+import node.ingestion.store as store_mod
 from heron import __version__
 from node.errors import StoreError
-from node.ingest import ingest
-from node.pseudonym import pseudonymise
-from node.schema import TABLE_NAMES, get_table
-from node.store import open_store, write_snapshot
+from node.ingestion.ingest import ingest
+from node.ingestion.pseudonym import pseudonymise
+from node.ingestion.schema import TABLE_NAMES, get_table
+from node.ingestion.store import open_store, write_snapshot
 from tests.site_data import BASE, TODAY, write_site
 
 SECRET = bytes(range(32))
@@ -199,8 +199,8 @@ def test_killed_process_during_write_leaves_previous_snapshot(tmp_path: Path) ->
     script = textwrap.dedent(f"""
         import os
         from datetime import date
-        import node.store as store_mod
-        from node.ingest import ingest
+        import node.ingestion.store as store_mod
+        from node.ingestion.ingest import ingest
         real = store_mod.write_parquet
         def dying(frame, path):
             real(frame, path)

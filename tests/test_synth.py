@@ -237,7 +237,7 @@ def test_parquet_replaces_csv_and_data_cut(tmp_path: Path) -> None:
 
 
 def test_node_validation_finds_no_errors(tmp_path: Path) -> None:
-    ingest = pytest.importorskip("node.ingest")
+    ingest = pytest.importorskip("node.ingestion.ingest")
     for folder in synthesize(tmp_path, sites=3, patients=400, seed=8):
         report = ingest.validate_folder(folder.path, today=TODAY)
         assert report.errors == 0 and report.ok, report.summary()

@@ -14,10 +14,10 @@ For each requested term, over the cohort (one row per infusion; day 0 = that inf
 - ``person_days``: days at risk of a first event within the window, summed over the cohort. A
   patient with an event contributes its first onset day; any other patient contributes
   ``min(end of follow-up, window_days)``, where the end of follow-up is the death day or else
-  the latest contact day (rules of :mod:`node.endpoints`; day 0 without follow-up). This equals
-  ``min(first onset, end of follow-up, window_days)`` whenever the onset is not after the end
-  of follow-up (ingestion guarantees onset <= death); an event recorded after the latest contact
-  extends follow-up to its onset. An event on day 0 contributes 0 days.
+  the latest contact day (rules of :mod:`node.cohorts.endpoints`; day 0 without follow-up).
+  This equals ``min(first onset, end of follow-up, window_days)`` whenever the onset is not
+  after the end of follow-up (ingestion guarantees onset <= death); an event recorded after the
+  latest contact extends follow-up to its onset. An event on day 0 contributes 0 days.
 
 Terms are the data-model enumeration, matched case-insensitively; results are keyed by the
 canonical spelling.
@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from node.cohort import TableSource, get_table
-from node.endpoints import survival_endpoint
+from node.cohorts.cohort import TableSource, get_table
+from node.cohorts.endpoints import survival_endpoint
 from node.errors import StudyRefused
-from node.policy import Policy
-from node.schema import AE_TERM
+from node.governance.policy import Policy
+from node.ingestion.schema import AE_TERM
 from protocol.codec import Release
 from protocol.releases import SUPPRESSED, adverse_event_release
 from protocol.study import Analysis, Study
@@ -166,7 +166,7 @@ def ae_site_summary(tables: Tables, cohort_df: pd.DataFrame, terms: Sequence[str
     tables : mapping or store
         Table name -> DataFrame, or an object with ``.table(name)``.
     cohort_df : DataFrame
-        Output of :func:`node.cohort.select_cohort` (infusion_id, infusion_date).
+        Output of :func:`node.cohorts.cohort.select_cohort` (infusion_id, infusion_date).
     terms : sequence of str
         Data-model adverse-event terms.
     by_grade : bool

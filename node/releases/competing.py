@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from analytics import CompetingCounts, coarsen_competing, competing_counts
-from node.endpoints import competing_endpoint
+from node.cohorts.endpoints import competing_endpoint
 from node.releases.groups import GroupedKind
 from protocol.codec import Release
 from protocol.releases import competing_release

@@ -32,11 +32,11 @@ from analytics import (
     suppress_count,
     survival_counts,
 )
-from node.cohort import TableSource
-from node.covariates import Design, build_design
-from node.endpoints import survival_endpoint
+from node.cohorts.cohort import TableSource
+from node.cohorts.covariates import Design, build_design
+from node.cohorts.endpoints import survival_endpoint
 from node.errors import StudyRefused
-from node.policy import Policy
+from node.governance.policy import Policy
 from protocol.codec import Release
 from protocol.rounds import NewtonRequest
 from protocol.study import Analysis, Study

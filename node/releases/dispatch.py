@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 
 from analytics import DisclosureError
-from node.cohort import TableSource
+from node.cohorts.cohort import TableSource
 from node.errors import StudyRefused
-from node.policy import Policy
+from node.governance.policy import Policy
 from node.releases import adverse_events, cox, groups
 from node.releases.competing import COMPETING
 from node.releases.survival import KINDS as SURVIVAL_KINDS

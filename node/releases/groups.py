@@ -24,10 +24,10 @@ import pandas as pd
 
 from analytics import CoarsenedCompeting, CoarsenedCounts, CompetingCounts, SurvivalCounts
 from analytics.errors import DisclosureError
-from node.cohort import TableSource
-from node.endpoints import group_labels
+from node.cohorts.cohort import TableSource
+from node.cohorts.endpoints import group_labels
 from node.errors import StudyRefused
-from node.policy import Policy
+from node.governance.policy import Policy
 from protocol.codec import Release
 from protocol.study import Analysis, Study
 from protocol.vocabulary import fixed_groups, has_fixed_levels

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from analytics import SurvivalCounts, coarsen_counts, stratum_terms, survival_counts
-from node.endpoints import survival_endpoint
+from node.cohorts.endpoints import survival_endpoint
 from node.releases.groups import GroupedKind
 from protocol.codec import Release
 from protocol.releases import survival_release

@@ -2,7 +2,7 @@
 
 :func:`validate_tables` takes the raw frames read from a folder and returns, per table, the
 parsed values, which rows are accepted and which are quarantined, and the list of issues.
-Parsing is vectorised per column; the rules themselves live in :mod:`node.rules`.
+Parsing is vectorised per column; the rules themselves live in :mod:`node.ingestion.rules`.
 
 Missing values are empty strings (or nulls in Parquet); whitespace around a value is ignored.
 Enumerations match case-insensitively and are stored canonically.
@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from node import rules as R
-from node.schema import TABLE_NAMES, Column, ColumnType, Table, get_table
+from node.ingestion import rules as R
+from node.ingestion.schema import TABLE_NAMES, Column, ColumnType, Table, get_table
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from node.schema import MAX_GRADE
+from node.ingestion.schema import MAX_GRADE
 
 logger = logging.getLogger(__name__)
 

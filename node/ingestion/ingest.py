@@ -24,13 +24,13 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from node import rules as R
 from node.errors import IngestError
-from node.pseudonym import pseudonymise_series
-from node.rules import Issue
-from node.schema import REQUIRED_TABLES, TABLE_NAMES, get_table
-from node.store import quarantine_dtypes, write_snapshot
-from node.validate import TEXT, RawTable, TableResult, to_text, validate_tables
+from node.ingestion import rules as R
+from node.ingestion.pseudonym import pseudonymise_series
+from node.ingestion.rules import Issue
+from node.ingestion.schema import REQUIRED_TABLES, TABLE_NAMES, get_table
+from node.ingestion.store import quarantine_dtypes, write_snapshot
+from node.ingestion.validate import TEXT, RawTable, TableResult, to_text, validate_tables
 from protocol.version import __version__
 
 __all__ = ["IngestReport", "Issue", "TableCounts", "ingest", "read_folder", "validate_folder"]

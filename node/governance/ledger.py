@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from node.errors import NodeError
-from node.pseudonym import SECRET_BYTES, load_or_create_secret
+from node.ingestion.pseudonym import SECRET_BYTES, load_or_create_secret
 
 __all__ = ["INDEX_FILE", "DisclosureLedger", "LedgerError", "digests", "load_or_create_salt"]
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from node.errors import StoreError
-from node.schema import TABLE_NAMES, all_column_names, get_table
+from node.ingestion.schema import TABLE_NAMES, all_column_names, get_table
 
 logger = logging.getLogger(__name__)
 

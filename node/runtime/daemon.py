@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from node.engine import TaskOutcome
+from node.runtime.engine import TaskOutcome
 from protocol.codec import Release, decode_release, encode_release
 from protocol.signing import SignedStudy
 from protocol.tls import channel_credentials, channel_options

@@ -11,16 +11,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from node.audit import AuditTrail, verify_audit
-from node.config import NodeConfig, write_config
-from node.daemon import NodeDaemon
-from node.engine import NodeEngine
 from node.errors import NodeError, StoreError
-from node.ingest import IngestReport, ingest
-from node.ledger import DisclosureLedger, load_or_create_salt
-from node.policy import Policy, default_policy, load_policy, write_policy
-from node.pseudonym import load_or_create_secret
-from node.store import open_store
+from node.governance.audit import AuditTrail, verify_audit
+from node.governance.ledger import DisclosureLedger, load_or_create_salt
+from node.governance.policy import Policy, default_policy, load_policy, write_policy
+from node.ingestion.ingest import IngestReport, ingest
+from node.ingestion.pseudonym import load_or_create_secret
+from node.ingestion.store import open_store
+from node.runtime.config import NodeConfig, write_config
+from node.runtime.daemon import NodeDaemon
+from node.runtime.engine import NodeEngine
 from protocol.keys import load_public_key
 from protocol.pki import load_credentials
 

@@ -18,13 +18,13 @@ from typing import Any
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from node.audit import AuditTrail
-from node.cohort import select_cohort
+from node.cohorts.cohort import select_cohort
 from node.errors import NodeError, StudyRefused
-from node.ledger import DisclosureLedger
-from node.policy import Policy
+from node.governance.audit import AuditTrail
+from node.governance.ledger import DisclosureLedger
+from node.governance.policy import Policy
 from node.releases import cox_step_release, first_release, release_summary
-from node.secure_session import MAX_ATTEMPTS, SecureSessions
+from node.runtime.secure_session import MAX_ATTEMPTS, SecureSessions
 from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.keys import key_id

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from node.cohort import TableSource, get_table
+from node.cohorts.cohort import TableSource, get_table
 from node.errors import StudyRefused
-from node.schema import BASELINE_MEASUREMENTS
+from node.ingestion.schema import BASELINE_MEASUREMENTS
 from protocol.design import (
     CATEGORICAL_COVARIATES,
     LAB_PREFIX,
@@ -191,7 +191,7 @@ def build_design(tables: Tables, cohort_df: pd.DataFrame,
     tables : mapping or store
         Table name -> DataFrame, or an object with ``.table(name)``.
     cohort_df : DataFrame
-        Output of :func:`node.cohort.select_cohort` (one row per infusion).
+        Output of :func:`node.cohorts.cohort.select_cohort` (one row per infusion).
     covariates : sequence of str
         The study's covariates, in order.
 

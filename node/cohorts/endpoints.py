@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from node.cohort import TableSource, get_table
+from node.cohorts.cohort import TableSource, get_table
 from node.errors import StudyRefused
 from protocol.study import AE_ENDPOINT, CENSOR_EVENTS
 from protocol.vocabulary import ALL, GROUP_BY, SITE, UNKNOWN
