@@ -16,12 +16,11 @@ from typing import Any, TypeVar
 import grpc
 
 from aggregator.engine import StudyEngine, StudyStatus
-from aggregator.errors import AggregatorError, PermissionDenied
+from aggregator.errors import AggregatorError
+from aggregator.peers import require_role
 from aggregator.status_codes import abort
-from protocol.errors import ProtocolError
 from protocol.pki import ROLE_COORDINATOR
 from protocol.signing import SignedStudy
-from protocol.tls import peer_identity
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -55,13 +54,7 @@ def _coordinator_only(method: _Method) -> _Method:
     @functools.wraps(method)
     def wrapper(self: CoordinatorServicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            try:
-                identity = peer_identity(context)
-            except ProtocolError as exc:
-                raise PermissionDenied(f"no valid client certificate: {exc}") from exc
-            if identity.role != ROLE_COORDINATOR:
-                raise PermissionDenied(f"{identity.common_name!r} has role {identity.role!r}; "
-                                       "only coordinators may use this service")
+            require_role(context, ROLE_COORDINATOR, "coordinators may use this service")
             return method(self, request, context)
         except AggregatorError as exc:
             abort(context, exc)

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from aggregator.errors import AggregatorError, PermissionDenied, ProtocolViolation
+from aggregator.peers import require_role
 from aggregator.status_codes import abort
 from aggregator.transport import (
     HelloInfo,
@@ -32,7 +33,6 @@ from aggregator.transport import (
 from protocol.codec import decode_release, encode_release
 from protocol.errors import ProtocolError
 from protocol.pki import ROLE_SITE
-from protocol.tls import peer_identity
 from protocol.v1 import node_link_pb2 as pb
 from protocol.v1 import node_link_pb2_grpc as pb_grpc
 
@@ -163,13 +163,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
 
     def _handshake(self, request_iterator: Iterator[pb.NodeMessage],
                    context: grpc.ServicerContext) -> tuple[str, HelloInfo]:
-        try:
-            identity = peer_identity(context)
-        except ProtocolError as exc:
-            raise PermissionDenied(f"no valid client certificate: {exc}") from exc
-        if identity.role != ROLE_SITE:
-            raise PermissionDenied(f"{identity.common_name!r} has role {identity.role!r}; "
-                                   "only sites may open a node link")
+        identity = require_role(context, ROLE_SITE, "sites may open a node link")
         first = next(request_iterator)
         if first.WhichOneof("body") != "hello":
             raise ProtocolViolation("the first message of a node link must be Hello")

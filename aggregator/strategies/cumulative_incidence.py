@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aggregator.strategies.one_shot import OneShotStrategy
+from aggregator.strategies.one_shot import OneShotStrategy, pooled_groups
 from analytics import (
-    CompetingCounts,
     EstimationError,
     cumulative_incidence,
     gray_test,
@@ -33,12 +32,8 @@ class CumulativeIncidenceStrategy(OneShotStrategy):
 
     def pool(self, analysis: Analysis, study: Study,
              releases: Mapping[str, Release]) -> dict[str, Any]:
-        merged: dict[str, list[CompetingCounts]] = {}
-        for release in releases.values():
-            for name, counts in competing_groups(release, study.horizon_days).items():
-                merged.setdefault(name, []).append(counts)
-        pooled = {name: pool_competing(parts) for name, parts in sorted(merged.items())}
-        pooled = {name: c for name, c in pooled.items() if c.n > 0}  # levels nobody is in
+        pooled = pooled_groups((competing_groups(r, study.horizon_days)
+                                for r in releases.values()), pool_competing, lambda c: c.n)
         out: dict[str, Any] = {"groups": {
             name: cumulative_incidence(c, analysis.timepoints).to_dict()
             for name, c in pooled.items()}}

@@ -7,9 +7,9 @@ the strategy asks every participant for a ``summary``, checks each site's releas
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aggregator.strategy import AnalysisState, Contributions, Strategy
 from analytics import AnalyticsError
@@ -18,7 +18,23 @@ from protocol.errors import ProtocolError
 from protocol.rounds import summary_request
 from protocol.study import Analysis, Study
 
-__all__ = ["OneShotState", "OneShotStrategy"]
+__all__ = ["OneShotState", "OneShotStrategy", "pooled_groups"]
+
+C = TypeVar("C")
+
+
+def pooled_groups(sites: Iterable[Mapping[str, C]], add: Callable[[list[C]], C],
+                  size: Callable[[C], int]) -> dict[str, C]:
+    """Sum each group's counts over the sites (``add``), by group name, sorted.
+
+    Groups nobody is in are left out: fixed-shape (secure) releases carry every level.
+    """
+    merged: dict[str, list[C]] = {}
+    for groups in sites:
+        for name, counts in groups.items():
+            merged.setdefault(name, []).append(counts)
+    pooled = {name: add(parts) for name, parts in sorted(merged.items())}
+    return {name: c for name, c in pooled.items() if size(c) > 0}
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.strategies.one_shot import OneShotStrategy
+from aggregator.strategies.one_shot import OneShotStrategy, pooled_groups
 from analytics import (
     SurvivalCounts,
     kaplan_meier,
@@ -35,13 +35,7 @@ _LR_TERMS = (LOGRANK_OBSERVED, LOGRANK_EXPECTED, LOGRANK_COVARIANCE)
 
 def pool_groups(sites: Iterable[Mapping[str, SurvivalCounts]]) -> dict[str, SurvivalCounts]:
     """Sum each group's counts over the sites; groups nobody is in are left out."""
-    merged: dict[str, list[SurvivalCounts]] = {}
-    for groups in sites:
-        for name, counts in groups.items():
-            merged.setdefault(name, []).append(counts)
-    pooled = {name: pool_counts(parts) for name, parts in merged.items()}
-    # fixed-shape (secure) releases carry every level; a group nobody is in is no group
-    return {name: c for name, c in pooled.items() if c.n > 0}
+    return pooled_groups(sites, pool_counts, lambda c: c.n)
 
 
 class EstimatorStrategy(OneShotStrategy):
