@@ -1,7 +1,23 @@
-"""heron aggregator: site nodes dial in over mutual-TLS gRPC; studies fan out, releases pool.
+"""heron aggregator: site nodes dial in over mutual-TLS gRPC; studies run as rounds of tasks.
 
-Modules: :mod:`aggregator.server` (daemon wiring), :mod:`aggregator.engine` (study state
-machine), :mod:`aggregator.store` (SQLite), :mod:`aggregator.transport` (transport abstraction
-and in-process transport), :mod:`aggregator.link` (gRPC node link),
-:mod:`aggregator.coordinator_api` (coordinator service), :mod:`aggregator.config`.
+Modules, from the core out: :mod:`aggregator.strategy` (what every analysis kind implements)
+and :mod:`aggregator.strategies` (one strategy per kind); :mod:`aggregator.run` (the pure round
+loop of a study, secure aggregation included); :mod:`aggregator.results` (results.json);
+:mod:`aggregator.engine` (the study engine: persistence, tasks, timeouts);
+:mod:`aggregator.store` (SQLite); :mod:`aggregator.transport` (the transport interface and the
+in-process transport); :mod:`aggregator.link` (the gRPC node link),
+:mod:`aggregator.coordinator_api`, :mod:`aggregator.peers` and :mod:`aggregator.status_codes`
+(the coordinator service, caller roles, domain errors to gRPC statuses);
+:mod:`aggregator.server`, :mod:`aggregator.service` and :mod:`aggregator.config` (the daemon).
 """
+
+from aggregator.engine import StudyEngine, StudyStatus
+from aggregator.run import RunState, StudyRun
+from aggregator.store import Store
+from aggregator.strategies import default_strategies
+from aggregator.strategy import Contributions, Strategy
+from aggregator.transport import LocalTransport, NodeTransport, StudyTask, TaskReply
+
+__all__ = ["Contributions", "LocalTransport", "NodeTransport", "RunState", "Store", "Strategy",
+           "StudyEngine", "StudyRun", "StudyStatus", "StudyTask", "TaskReply",
+           "default_strategies"]
