@@ -1,13 +1,14 @@
 """Benchmark: federated Cox regression on a running loopback network versus lifelines.
 
 Prints, for S sites x N patients (default 3 x 200,000) and 5 covariates, the wall time of the
-federated Cox study (submit to results; heron.simulation's network: the aggregator and one node
-daemon per site in this process, talking gRPC over mutual TLS), lifelines' CoxPHFitter on the
+federated Cox study (submit to results; by default aggregator and nodes as subprocesses talking
+gRPC over mutual TLS, see ``--runtime`` in federated_km.py), lifelines' CoxPHFitter on the
 pooled individual data in the same run, their ratio, the number of Newton steps, and the time
 per round trip (from the aggregator's round records).
 
 Run: ``.venv/bin/python benchmarks/federated_cox.py [--patients 200000] [--sites 3]
-[--runtime grpc|inprocess]`` (quick: ``--patients 3000``)
+[--runtime daemons|grpc|inprocess]`` (quick: ``--patients 3000``; run it as a script: it
+imports its sibling federated_km)
 """
 
 from __future__ import annotations
@@ -21,20 +22,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from federated_km import BENCH_RUNTIMES, RUNTIME_HELP, start_network
 from lifelines import CoxPHFitter
 
-from heron.simulation import (
-    RUNTIMES,
-    SimulatedNetwork,
-    make_study,
-    pooled_cox_data,
-    synthetic_sites,
-)
-from node.governance.policy import Policy
+from heron.simulation import make_study, pooled_cox_data
 
-KEY = Ed25519PrivateKey.generate()
-DAY_RESOLUTION = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
 REFERENCE_TODAY = dt.date(2026, 11, 1)  # the calendar of the pooled reference data
 
 COVARIATES = ["age_at_infusion", "sex", "ecog", "prior_lines", "lab:LDH"]
@@ -54,19 +46,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--patients", type=int, default=200_000)
-    parser.add_argument("--runtime", choices=RUNTIMES, default="grpc",
-                        help="grpc: node daemons over mutual TLS (default); inprocess: no wire")
+    parser.add_argument("--runtime", choices=BENCH_RUNTIMES, default="daemons",
+                        help=RUNTIME_HELP)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         print(f"federated Cox: {args.sites} sites x {args.patients:,} patients, "
               f"covariates {', '.join(COVARIATES)}", flush=True)
-        sites = synthetic_sites(work / "cox", [args.patients] * args.sites, prefix="site",
-                                policy=DAY_RESOLUTION, progress=print)
-        stores = {s.site_id: s.store_dir for s in sites if s.store_dir is not None}
-        net = SimulatedNetwork(work / "cox" / "network", sites, KEY, runtime=args.runtime,
-                               site_timeout_s=600.0, connect_timeout_s=300.0)
+        net, stores = start_network(work / "cox", [args.patients] * args.sites, "site",
+                                    args.runtime)
         study = make_study("bench-cox", [{"name": "cox", "kind": "cox",
                                           "endpoint": "overall_survival",
                                           "covariates": COVARIATES}],
