@@ -382,7 +382,13 @@ class StudyEngine:
                 answers[t.site_id] = decode_task_result(t.result or b"")
             else:
                 answers[t.site_id] = Failure(t.reason, silent=t.state == "silent")
-        return self._enter_round(study_id, self._running[study_id].run.advance(state, answers))
+        try:
+            return self._enter_round(study_id,
+                                     self._running[study_id].run.advance(state, answers))
+        except Exception as exc:  # a bug must not leave the study running for ever
+            logger.exception("study %s: round %d could not be advanced", study_id, rnd)
+            self._fail(study_id, f"internal error in round {rnd}: {exc}")
+            return True
 
     def _sync_participants(self, study_id: str, state: RunState) -> None:
         now = self._clock()
@@ -393,6 +399,14 @@ class StudyEngine:
         for site, reason in {**state.unreachable, **state.dropped}.items():
             self._store.set_site_state(study_id, site, "unreachable", now, reason=reason,
                                        only_from=final)
+
+    def _fail(self, study_id: str, reason: str) -> None:
+        run = self._running.pop(study_id)
+        doc = {"heron": 1, "study_id": study_id, "title": run.study.title, "status": "failed",
+               "error": reason,
+               "analyses": {a.name: {"kind": a.kind, "error": reason}
+                            for a in run.study.analyses}}
+        self._store.finish_study(study_id, "failed", json.dumps(doc), self._clock())
 
     def _finish(self, study_id: str, state: RunState) -> None:
         run = self._running.pop(study_id)

@@ -16,6 +16,7 @@ from aggregator.store import Store
 from aggregator.transport import HelloInfo, LocalTransport, StudyTask, TaskReply
 from tests.aggregator_helpers import (
     FakeClock,
+    FakeStrategy,
     fake_strategies,
     make_study,
     refusing_node,
@@ -294,6 +295,33 @@ def test_without_trusted_keys_only_nodes_check_signatures(tmp_path: Path,
         junk = dataclasses.replace(other, canonical_study=b"not json")
         with pytest.raises(Rejected, match="not UTF-8 JSON"):
             engine.submit(junk)
+    finally:
+        transport.close()
+        store.close()
+
+
+def test_a_bug_in_a_round_fails_the_study_instead_of_leaving_it_running(
+        tmp_path: Path, clock: FakeClock) -> None:
+    class Unstorable(FakeStrategy):  # a FAKE strategy whose finished state cannot be stored
+        def dump(self, state: Any) -> dict[str, Any]:
+            if state.done:
+                raise RuntimeError("state not serialisable")
+            return super().dump(state)
+
+    store = Store(tmp_path / "agg.sqlite")
+    transport = LocalTransport()
+    bug = Unstorable()
+    engine = StudyEngine(store, transport, [KEY.public_key()], clock=clock,
+                         strategies={"kaplan_meier": bug, "adverse_events": bug})
+    try:
+        transport.connect("site-a", releasing_node(1))
+        study = make_study(min_sites=1)
+        engine.submit(signed(study, KEY))
+        wait_until(lambda: engine.status(study.id).status != "running")
+        results = engine.results(study.id)
+        assert engine.status(study.id).status == "failed" == results["status"]
+        assert results["analyses"]["os"]["error"] == (
+            "internal error in round 1: state not serialisable")
     finally:
         transport.close()
         store.close()
