@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import norm
 
+from analytics.competing_counts import CompetingCounts
 from analytics.errors import EstimationError
 from analytics.survival_counts import SurvivalCounts
 
@@ -22,15 +23,41 @@ def readonly(values: NDArray[_ScalarT]) -> NDArray[_ScalarT]:
     return values
 
 
+class SubjectsAndEvents:
+    """``n`` and ``n_events`` of a result whose event table starts with day 0."""
+
+    at_risk: NDArray[np.int64]
+    events: NDArray[np.int64]
+
+    @property
+    def n(self) -> int:
+        """Number of subjects."""
+        return int(self.at_risk[0])
+
+    @property
+    def n_events(self) -> int:
+        """Number of events."""
+        return int(self.events.sum())
+
+
 def event_table(
-    counts: SurvivalCounts,
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-    """Rows of the life table: day 0 and every day with an event or a censoring.
+    counts: SurvivalCounts | CompetingCounts, *columns: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], ...]:
+    """Rows of the life table: day 0 and every day with a count in one of ``columns``.
+
+    Parameters
+    ----------
+    counts : SurvivalCounts or CompetingCounts
+        The per-day counts (their ``n`` and ``at_risk``).
+    *columns : numpy.ndarray
+        Per-day count columns of ``counts`` that remove subjects from the risk set (events of
+        each cause and censorings).
 
     Returns
     -------
-    time, at_risk, events, censored : numpy.ndarray
-        The index of lifelines' ``event_table`` for the equivalent individual-level data.
+    time, at_risk, *columns : numpy.ndarray
+        Read-only; ``time`` and ``at_risk`` are the index of lifelines' ``event_table`` for
+        the equivalent individual-level data, then each column at those days.
 
     Raises
     ------
@@ -39,15 +66,17 @@ def event_table(
     """
     if counts.n == 0:
         raise EstimationError("no subjects: the estimator needs at least one")
-    removed = counts.events + counts.censored
-    days = np.flatnonzero(removed)
-    time = np.union1d([0], days).astype(np.int64)
-    return (
-        readonly(time),
-        readonly(counts.at_risk[time].copy()),
-        readonly(counts.events[time].copy()),
-        readonly(counts.censored[time].copy()),
-    )
+    removed = columns[0]
+    for column in columns[1:]:
+        removed = removed + column
+    time = np.union1d([0], np.flatnonzero(removed)).astype(np.int64)
+    rows = (counts.at_risk, *columns)
+    return (readonly(time), *(readonly(column[time].copy()) for column in rows))
+
+
+def rows_at(time: NDArray[np.int64], days: Sequence[int]) -> dict[int, int]:
+    """Row of the table holding each report day's value (right-continuous steps)."""
+    return {t: step_index(time, t) for t in days}
 
 
 def check_alpha(alpha: float) -> float:
@@ -95,3 +124,30 @@ def json_floats(values: NDArray[np.floating]) -> list[float | None]:
 def json_ints(values: NDArray[np.integer]) -> list[int]:
     """List of plain ints for JSON."""
     return [int(v) for v in values.tolist()]
+
+
+def json_table(result: object, *names: str) -> dict[str, list[int] | list[float | None]]:
+    """Columns ``names`` of a result's event table for JSON (ints stay ints)."""
+    out: dict[str, list[int] | list[float | None]] = {}
+    for name in names:
+        column = getattr(result, name)
+        out[name] = json_ints(column) if np.issubdtype(column.dtype, np.integer) else json_floats(
+            column
+        )
+    return out
+
+
+def json_timepoints(
+    points: Mapping[int, Any], value: str, with_at_risk: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Curve readings by day for JSON: ``{value, ci: [lower, upper]}`` (and ``at_risk``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for t, point in points.items():
+        entry: dict[str, Any] = {
+            value: json_float(getattr(point, value)),
+            "ci": [json_float(point.ci_lower), json_float(point.ci_upper)],
+        }
+        if with_at_risk:
+            entry["at_risk"] = int(point.at_risk)
+        out[str(t)] = entry
+    return out

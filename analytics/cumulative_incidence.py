@@ -33,15 +33,14 @@ from numpy.typing import NDArray
 from analytics._event_table import (
     check_alpha,
     check_timepoints,
-    json_float,
-    json_floats,
-    json_ints,
+    event_table,
+    json_table,
+    json_timepoints,
     readonly,
-    step_index,
+    rows_at,
     z_value,
 )
 from analytics.competing_counts import CompetingCounts
-from analytics.errors import EstimationError
 
 __all__ = ["CumulativeIncidenceResult", "IncidenceAt", "cumulative_incidence"]
 
@@ -91,20 +90,8 @@ class CumulativeIncidenceResult:
             "n": self.n,
             "events": int(self.cause1.sum()),
             "competing": int(self.cause2.sum()),
-            "table": {
-                "time": json_ints(self.time),
-                "at_risk": json_ints(self.at_risk),
-                "cif": json_floats(self.cif),
-                "ci_lower": json_floats(self.ci_lower),
-                "ci_upper": json_floats(self.ci_upper),
-            },
-            "timepoints": {
-                str(t): {
-                    "cif": json_float(p.cif),
-                    "ci": [json_float(p.ci_lower), json_float(p.ci_upper)],
-                }
-                for t, p in self.timepoints.items()
-            },
+            "table": json_table(self, "time", "at_risk", "cif", "ci_lower", "ci_upper"),
+            "timepoints": json_timepoints(self.timepoints, "cif", with_at_risk=False),
         }
 
 
@@ -202,14 +189,7 @@ def cumulative_incidence(
     """
     alpha = check_alpha(alpha)
     days = check_timepoints(timepoints, counts.horizon)
-    if counts.n == 0:
-        raise EstimationError("no subjects: the estimator needs at least one")
-    removed = counts.cause1 + counts.cause2 + counts.censored
-    time = np.union1d([0], np.flatnonzero(removed)).astype(np.int64)
-    n = counts.at_risk[time].copy()
-    d1 = counts.cause1[time].copy()
-    d2 = counts.cause2[time].copy()
-    censored = counts.censored[time].copy()
+    time, n, d1, d2, censored = event_table(counts, counts.cause1, counts.cause2, counts.censored)
     d = d1 + d2
 
     # Same operations as scikit-survival: all-cause KM, then the increments of cause 1.
@@ -219,17 +199,16 @@ def cumulative_incidence(
     variance = _aalen_variance(n, d1, d, surv_before, cif)
     ci_lower, ci_upper = _log_log_band(cif, variance, z_value(alpha))
 
-    points = {}
-    for t in days:
-        i = step_index(time, t)
-        points[t] = IncidenceAt(float(cif[i]), float(ci_lower[i]), float(ci_upper[i]))
-
+    points = {
+        t: IncidenceAt(float(cif[i]), float(ci_lower[i]), float(ci_upper[i]))
+        for t, i in rows_at(time, days).items()
+    }
     return CumulativeIncidenceResult(
-        time=readonly(time),
-        at_risk=readonly(n),
-        cause1=readonly(d1),
-        cause2=readonly(d2),
-        censored=readonly(censored),
+        time=time,
+        at_risk=n,
+        cause1=d1,
+        cause2=d2,
+        censored=censored,
         cif=readonly(cif),
         variance=readonly(variance),
         ci_lower=readonly(ci_lower),

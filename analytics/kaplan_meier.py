@@ -15,14 +15,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from analytics._event_table import (
+    SubjectsAndEvents,
     check_alpha,
     check_timepoints,
     event_table,
     json_float,
-    json_floats,
-    json_ints,
+    json_table,
+    json_timepoints,
     readonly,
-    step_index,
+    rows_at,
     z_value,
 )
 from analytics.survival_counts import SurvivalCounts
@@ -58,7 +59,7 @@ class RMST:
 
 
 @dataclass(frozen=True, eq=False)
-class KaplanMeierResult:
+class KaplanMeierResult(SubjectsAndEvents):
     """Kaplan-Meier estimate with its event table.
 
     Attributes
@@ -89,40 +90,17 @@ class KaplanMeierResult:
     timepoints: dict[int, TimepointEstimate]
     rmst: RMST
 
-    @property
-    def n(self) -> int:
-        """Number of subjects."""
-        return int(self.at_risk[0])
-
-    @property
-    def n_events(self) -> int:
-        """Number of events."""
-        return int(self.events.sum())
-
     def to_dict(self) -> dict[str, Any]:
         """Group entry of a ``kaplan_meier`` analysis in results.json (JSON-ready)."""
         out: dict[str, Any] = {
             "n": self.n,
             "events": self.n_events,
-            "table": {
-                "time": json_ints(self.time),
-                "at_risk": json_ints(self.at_risk),
-                "events": json_ints(self.events),
-                "censored": json_ints(self.censored),
-                "survival": json_floats(self.survival),
-                "ci_lower": json_floats(self.ci_lower),
-                "ci_upper": json_floats(self.ci_upper),
-            },
+            "table": json_table(
+                self, "time", "at_risk", "events", "censored", "survival", "ci_lower", "ci_upper"
+            ),
             "median": json_float(self.median),
             "median_ci": [json_float(self.median_ci[0]), json_float(self.median_ci[1])],
-            "timepoints": {
-                str(t): {
-                    "survival": json_float(tp.survival),
-                    "ci": [json_float(tp.ci_lower), json_float(tp.ci_upper)],
-                    "at_risk": int(tp.at_risk),
-                }
-                for t, tp in self.timepoints.items()
-            },
+            "timepoints": json_timepoints(self.timepoints, "survival"),
             "rmst": {
                 "horizon": int(self.rmst.horizon),
                 "estimate": json_float(self.rmst.estimate),
@@ -192,7 +170,7 @@ def kaplan_meier(
     """
     alpha = check_alpha(alpha)
     days = check_timepoints(timepoints, counts.horizon)
-    time, at_risk, events, censored = event_table(counts)
+    time, at_risk, events, censored = event_table(counts, counts.events, counts.censored)
 
     # Same floating-point operations as lifelines (_additive_estimate / _bounds) so that ties
     # at exactly 0.5 resolve the median the same way.
@@ -209,17 +187,13 @@ def kaplan_meier(
     ci_lower[np.isnan(ci_lower)] = 1.0
     ci_upper[np.isnan(ci_upper)] = 1.0
 
-    points: dict[int, TimepointEstimate] = {}
     full_at_risk = counts.at_risk
-    for t in days:
-        i = step_index(time, t)
-        points[t] = TimepointEstimate(
-            survival=float(survival[i]),
-            ci_lower=float(ci_lower[i]),
-            ci_upper=float(ci_upper[i]),
-            at_risk=int(full_at_risk[t]),
+    points = {
+        t: TimepointEstimate(
+            float(survival[i]), float(ci_lower[i]), float(ci_upper[i]), int(full_at_risk[t])
         )
-
+        for t, i in rows_at(time, days).items()
+    }
     return KaplanMeierResult(
         time=time,
         at_risk=at_risk,

@@ -16,14 +16,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from analytics._event_table import (
+    SubjectsAndEvents,
     check_alpha,
     check_timepoints,
     event_table,
-    json_float,
-    json_floats,
-    json_ints,
+    json_table,
+    json_timepoints,
     readonly,
-    step_index,
+    rows_at,
     z_value,
 )
 from analytics.survival_counts import SurvivalCounts
@@ -42,7 +42,7 @@ class CumulativeHazardEstimate:
 
 
 @dataclass(frozen=True, eq=False)
-class NelsonAalenResult:
+class NelsonAalenResult(SubjectsAndEvents):
     """Nelson-Aalen estimate with its event table.
 
     Attributes
@@ -65,35 +65,13 @@ class NelsonAalenResult:
     ci_upper: NDArray[np.float64]
     timepoints: dict[int, CumulativeHazardEstimate]
 
-    @property
-    def n(self) -> int:
-        """Number of subjects."""
-        return int(self.at_risk[0])
-
-    @property
-    def n_events(self) -> int:
-        """Number of events."""
-        return int(self.events.sum())
-
     def to_dict(self) -> dict[str, Any]:
         """Group entry of a ``nelson_aalen`` analysis in results.json (JSON-ready)."""
         return {
             "n": self.n,
             "events": self.n_events,
-            "table": {
-                "time": json_ints(self.time),
-                "cumulative_hazard": json_floats(self.cumulative_hazard),
-                "ci_lower": json_floats(self.ci_lower),
-                "ci_upper": json_floats(self.ci_upper),
-            },
-            "timepoints": {
-                str(t): {
-                    "cumulative_hazard": json_float(tp.cumulative_hazard),
-                    "ci": [json_float(tp.ci_lower), json_float(tp.ci_upper)],
-                    "at_risk": int(tp.at_risk),
-                }
-                for t, tp in self.timepoints.items()
-            },
+            "table": json_table(self, "time", "cumulative_hazard", "ci_lower", "ci_upper"),
+            "timepoints": json_timepoints(self.timepoints, "cumulative_hazard"),
         }
 
 
@@ -135,7 +113,7 @@ def nelson_aalen(
     """
     alpha = check_alpha(alpha)
     days = check_timepoints(timepoints, counts.horizon)
-    time, at_risk, events, censored = event_table(counts)
+    time, at_risk, events, censored = event_table(counts, counts.events, counts.censored)
 
     hazard = np.cumsum(_harmonic_increments(at_risk, events, 1))
     variance = np.cumsum(_harmonic_increments(at_risk, events, 2))
@@ -144,17 +122,13 @@ def nelson_aalen(
     ci_lower = hazard * np.exp(-z * np.sqrt(variance) / scale)
     ci_upper = hazard * np.exp(z * np.sqrt(variance) / scale)
 
-    points: dict[int, CumulativeHazardEstimate] = {}
     full_at_risk = counts.at_risk
-    for t in days:
-        i = step_index(time, t)
-        points[t] = CumulativeHazardEstimate(
-            cumulative_hazard=float(hazard[i]),
-            ci_lower=float(ci_lower[i]),
-            ci_upper=float(ci_upper[i]),
-            at_risk=int(full_at_risk[t]),
+    points = {
+        t: CumulativeHazardEstimate(
+            float(hazard[i]), float(ci_lower[i]), float(ci_upper[i]), int(full_at_risk[t])
         )
-
+        for t, i in rows_at(time, days).items()
+    }
     return NelsonAalenResult(
         time=time,
         at_risk=at_risk,
