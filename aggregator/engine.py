@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aggregator.errors import DuplicateStudy, Rejected, UnknownStudy
-from aggregator.results import json_default, results_document
+from aggregator.results import failed_document, json_default, results_document
 from aggregator.run import Answer, Failure, RunState, StudyRun
 from aggregator.store import (
     OPEN_STATES,
@@ -312,9 +312,8 @@ class StudyEngine:
             run = StudyRun(study, self._strategies, self._ca_pem)
         except (ProtocolError, ValueError) as exc:
             logger.error("cannot resume study %s: %s", record.study_id, exc)
-            self._store.finish_study(record.study_id, "failed", json.dumps(
-                {"heron": 1, "study_id": record.study_id, "status": "failed",
-                 "error": f"stored study unreadable: {exc}"}), self._clock())
+            self._store.finish_study(record.study_id, "failed", json.dumps(failed_document(
+                record.study_id, f"stored study unreadable: {exc}")), self._clock())
             return
         self._running[record.study_id] = _Running(study, signed, run)
 
@@ -391,22 +390,15 @@ class StudyEngine:
             return True
 
     def _sync_participants(self, study_id: str, state: RunState) -> None:
-        now = self._clock()
-        final = (*OPEN_STATES, "released")
-        for site, reason in state.refused.items():
-            self._store.set_site_state(study_id, site, "refused", now, reason=reason,
-                                       only_from=final)
-        for site, reason in {**state.unreachable, **state.dropped}.items():
-            self._store.set_site_state(study_id, site, "unreachable", now, reason=reason,
-                                       only_from=final)
+        self._store.set_final_states(study_id, {
+            **{s: ("refused", r) for s, r in state.refused.items()},
+            **{s: ("unreachable", r) for s, r in {**state.unreachable, **state.dropped}.items()}},
+            self._clock())
 
     def _fail(self, study_id: str, reason: str) -> None:
         run = self._running.pop(study_id)
-        doc = {"heron": 1, "study_id": study_id, "title": run.study.title, "status": "failed",
-               "error": reason,
-               "analyses": {a.name: {"kind": a.kind, "error": reason}
-                            for a in run.study.analyses}}
-        self._store.finish_study(study_id, "failed", json.dumps(doc), self._clock())
+        self._store.finish_study(study_id, "failed", json.dumps(
+            failed_document(study_id, reason, run.study)), self._clock())
 
     def _finish(self, study_id: str, state: RunState) -> None:
         run = self._running.pop(study_id)

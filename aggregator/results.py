@@ -10,7 +10,7 @@ import numpy as np
 from aggregator.run import RunState
 from protocol.study import Study
 
-__all__ = ["json_default", "results_document"]
+__all__ = ["failed_document", "json_default", "results_document"]
 
 
 def json_default(value: Any) -> Any:
@@ -58,3 +58,13 @@ def results_document(study: Study, state: RunState,
         },
         "analyses": dict(analyses),
     }
+
+
+def failed_document(study_id: str, reason: str, study: Study | None = None) -> dict[str, Any]:
+    """results.json of a study that could not be run to its end (every analysis errs)."""
+    doc: dict[str, Any] = {"heron": 1, "study_id": study_id, "status": "failed",
+                           "error": reason}
+    if study is not None:
+        doc["title"] = study.title
+        doc["analyses"] = {a.name: {"kind": a.kind, "error": reason} for a in study.analyses}
+    return doc

@@ -5,7 +5,8 @@ results (``studies``), the state of each participant of a study (``study_sites``
 running study is in with its run state (``iterations``) and every task of every round with the
 site's answer (``round_tasks``; see :mod:`aggregator.run`). Every state change is one
 transaction, so a crash never leaves a half-written study; reopening the file gives the same
-state. Times are Unix seconds (floats) as given by the caller's clock.
+state (schema and migrations: :mod:`aggregator.schema`). Times are Unix seconds (floats) as
+given by the caller's clock.
 
 The store is shared by gRPC threads and the timeout ticker: it holds one connection guarded by a
 re-entrant lock, with the database in WAL mode.
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.errors import StoreError
+from aggregator.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from protocol.codec import Release, decode_release, encode_release
 from protocol.v1 import node_link_pb2
 
@@ -42,70 +44,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
 STUDY_STATUSES = ("running", "completed", "failed")
 SITE_STATES = ("pending", "sent", "released", "refused", "unreachable")
 OPEN_STATES = ("pending", "sent")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sites (
-    site_id TEXT PRIMARY KEY,
-    software_version TEXT NOT NULL DEFAULT '',
-    ingested_at TEXT NOT NULL DEFAULT '',
-    last_seen REAL NOT NULL,
-    connected INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS studies (
-    study_id TEXT PRIMARY KEY,
-    canonical_study BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    public_key BLOB NOT NULL,
-    title TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
-    submitted_at REAL NOT NULL,
-    completed_at REAL,
-    results_json TEXT
-);
-CREATE TABLE IF NOT EXISTS study_sites (
-    study_id TEXT NOT NULL REFERENCES studies(study_id),
-    site_id TEXT NOT NULL,
-    state TEXT NOT NULL
-        CHECK (state IN ('pending', 'sent', 'released', 'refused', 'unreachable')),
-    reason TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL,
-    task_id TEXT NOT NULL UNIQUE,
-    PRIMARY KEY (study_id, site_id)
-);
-CREATE TABLE IF NOT EXISTS iterations (
-    study_id TEXT PRIMARY KEY REFERENCES studies(study_id),
-    round INTEGER NOT NULL,
-    round_started_at REAL NOT NULL,
-    state_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS round_tasks (
-    study_id TEXT NOT NULL REFERENCES studies(study_id),
-    round INTEGER NOT NULL,
-    site_id TEXT NOT NULL,
-    task_id TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'answered', 'refused', 'silent')),
-    reason TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL,
-    result BLOB,
-    PRIMARY KEY (study_id, round, site_id)
-);
-"""
-
-_MIGRATIONS = {
-    # version 1 -> 2: sites no longer report their size; releases live in round_tasks only;
-    # run states changed shape, so studies running under version 1 cannot resume
-    1: ["ALTER TABLE sites DROP COLUMN stored_infusions",
-        "ALTER TABLE study_sites DROP COLUMN release",
-        "DROP TABLE round_tasks",
-        "DROP TABLE iterations",
-        "UPDATE studies SET status='failed', results_json='{\"heron\": 1, \"status\": "
-        "\"failed\", \"error\": \"the aggregator was upgraded while the study ran; "
-        "submit it again\"}' WHERE status='running'"],
-}
 
 
 @dataclass(frozen=True)
@@ -195,9 +137,9 @@ class Store:
         with self._tx() as conn:
             existing = conn.execute("SELECT 1 FROM sqlite_master WHERE name='sites'").fetchall()
             for old in range(version if existing else SCHEMA_VERSION, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[old]:
+                for statement in MIGRATIONS[old]:
                     conn.execute(statement)
-            for statement in _SCHEMA.split(";"):
+            for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -346,6 +288,17 @@ class Store:
                 f" WHERE study_id=? AND site_id=? AND state IN ({marks})",
                 (state, reason, now, task_id, study_id, site_id, *allowed))
             return cur.rowcount > 0
+
+    def set_final_states(self, study_id: str, states: Mapping[str, tuple[str, str]],
+                         now: float) -> None:
+        """Give participants their final state and reason (``site -> (state, reason)``) in
+        one transaction; participants already in a final state keep it."""
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE study_sites SET state=?, reason=?, updated_at=? WHERE study_id=?"
+                " AND site_id=? AND state IN ('pending', 'sent', 'released')",
+                [(st, reason, now, study_id, site) for site, (st, reason) in
+                 sorted(states.items())])
 
     # -- rounds ------------------------------------------------------------------------------
 
