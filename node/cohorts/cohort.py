@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ import pandas as pd
 from protocol.study import COHORT_LIST_KEYS, Cohort
 from protocol.vocabulary import GROUPING_COLUMNS
 
-__all__ = ["COHORT_COLUMNS", "TableSource", "get_table", "select_cohort"]
+__all__ = ["COHORT_COLUMNS", "TableSource", "Tables", "get_table", "select_cohort"]
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,18 @@ class TableSource(Protocol):
     def table(self, name: str) -> pd.DataFrame: ...
 
 
+Tables = Mapping[str, pd.DataFrame] | TableSource
+"""What the functions of :mod:`node.cohorts` and :mod:`node.releases` read: a mapping of table
+name to DataFrame, or a :class:`TableSource`."""
+
+
 def empty_table(name: str) -> pd.DataFrame:
     """An empty frame with the columns of table ``name``."""
     cols = TABLE_COLUMNS.get(name, {})
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols.items()})
 
 
-def get_table(tables: Mapping[str, pd.DataFrame] | TableSource | Any, name: str) -> pd.DataFrame:
+def get_table(tables: Tables, name: str) -> pd.DataFrame:
     """Table ``name`` from a mapping or a store; an absent table is an empty frame."""
     if isinstance(tables, Mapping):
         frame = tables.get(name)
@@ -103,7 +108,7 @@ def _patient_columns(inf: pd.DataFrame, pat: pd.DataFrame) -> pd.DataFrame:
     }, index=inf.index)
 
 
-def select_cohort(tables: Mapping[str, pd.DataFrame] | TableSource, cohort: Cohort,
+def select_cohort(tables: Tables, cohort: Cohort,
                   today: dt.date | None = None) -> pd.DataFrame:
     """The infusions of ``cohort``: one row per selected infusion.
 

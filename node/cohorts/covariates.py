@@ -27,12 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from node.cohorts.cohort import TableSource, get_table
+from node.cohorts.cohort import Tables, get_table
 from node.errors import StudyRefused
 from node.ingestion.schema import BASELINE_MEASUREMENTS
 from protocol.design import (
@@ -49,8 +48,6 @@ __all__ = ["CATEGORICAL_COVARIATES", "LAB_PREFIX", "NUMERIC_COVARIATES", "Design
            "build_design", "design_columns", "is_categorical"]
 
 log = logging.getLogger(__name__)
-
-Tables = Mapping[str, pd.DataFrame] | TableSource | Any
 
 def _check_covariates(covariates: Sequence[str]) -> tuple[str, ...]:
     """The covariates as a tuple; StudyRefused for an unknown, empty or repeated name."""
@@ -133,8 +130,9 @@ def _numeric_values(col: pd.Series) -> np.ndarray:
 
 def _categorical_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(codes, uniques) with code -1 for a missing or blank value."""
-    codes, uniques = pd.factorize(col.astype("string"))
-    uniques = np.asarray(uniques.astype(object), dtype=object)
+    codes: np.ndarray
+    codes, levels = pd.factorize(col.astype("string"))
+    uniques = np.asarray(levels.astype(object), dtype=object)
     blank = np.array([str(u).strip() == "" for u in uniques], dtype=bool)
     if blank.any():
         codes = np.where(blank[np.maximum(codes, 0)] & (codes >= 0), -1, codes)
@@ -157,7 +155,7 @@ def _baseline(tables: Tables, ids: pd.Index) -> _Labs:
     bm = get_table(tables, "baseline_measurements")
     if any(c not in bm.columns for c in ("infusion_id", "measurement", "value", "day")):
         bm = BASELINE_MEASUREMENTS.empty_frame()
-    pos = ids.get_indexer(bm["infusion_id"].astype("string"))
+    pos = ids.get_indexer(pd.Index(bm["infusion_id"].astype("string")))
     day = _numeric_values(bm["day"])
     value = _numeric_values(bm["value"])
     ok = (pos >= 0) & ~np.isnan(value) & (day <= 0)
@@ -218,7 +216,7 @@ def build_design(tables: Tables, cohort_df: pd.DataFrame,
         else:
             numeric[cov] = _numeric_values(cohort_df[cov])
         missing[:, j] = np.isnan(numeric[cov])
-    incomplete = missing.any(axis=1)
+    incomplete = np.asarray(missing.any(axis=1))
     first = missing.argmax(axis=1)[incomplete]
     counts = np.bincount(first, minlength=len(covs))
     dropped = {f"missing {cov}": int(counts[j]) for j, cov in enumerate(covs)}

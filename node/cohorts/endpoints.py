@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from node.cohorts.cohort import TableSource, get_table
+from node.cohorts.cohort import Tables, get_table
 from node.errors import StudyRefused
 from protocol.study import AE_ENDPOINT, CENSOR_EVENTS
 from protocol.vocabulary import ALL, GROUP_BY, SITE, UNKNOWN
@@ -36,8 +35,6 @@ __all__ = ["AE_TERMS", "competing_endpoint", "group_labels", "parse_ae_endpoint"
            "survival_endpoint"]
 
 log = logging.getLogger(__name__)
-
-Tables = Mapping[str, pd.DataFrame] | TableSource
 
 AE_TERMS = (
     "CRS", "ICANS", "IEC_HS", "infection_bacterial", "infection_viral", "infection_fungal",
@@ -65,7 +62,7 @@ class _Base:
 
 def _positions(cohort_ids: pd.Index, ids: pd.Series) -> np.ndarray:
     """Row position in the cohort of each id (-1 when not in the cohort)."""
-    return cohort_ids.get_indexer(ids.astype(cohort_ids.dtype))
+    return cohort_ids.get_indexer(pd.Index(ids.astype(cohort_ids.dtype)))
 
 
 def _eq(col: pd.Series, value: str) -> np.ndarray:

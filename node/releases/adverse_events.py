@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from node.cohorts.cohort import TableSource, get_table
+from node.cohorts.cohort import Tables, get_table
 from node.cohorts.endpoints import survival_endpoint
 from node.errors import StudyRefused
 from node.governance.policy import Policy
@@ -52,8 +52,6 @@ __all__ = ["GRADES", "AdverseEventStatistics", "TermSummary", "ae_site_summary",
            "canonical_terms", "release", "statistics", "window_days"]
 
 log = logging.getLogger(__name__)
-
-Tables = Mapping[str, pd.DataFrame] | TableSource | Any
 
 GRADES = AE_GRADES
 """Grade keys of :attr:`TermSummary.grades` (ASTCT 1-4, CTCAE 1-5)."""
@@ -133,7 +131,7 @@ def _window_events(tables: Tables, cohort_df: pd.DataFrame,
         return pd.DataFrame({"term": pd.Series(dtype="string"), "pos": [], "day": [],
                              "grade": []})
     ae = ae.loc[ae["term"].isin(terms).fillna(False).to_numpy(dtype=bool)]
-    pos = ids.get_indexer(ae["infusion_id"].astype("string"))
+    pos = ids.get_indexer(pd.Index(ae["infusion_id"].astype("string")))
     t0 = _epoch_days(cohort_df["infusion_date"])
     day = _epoch_days(ae["onset_date"]) - t0[pos]
     day[pos < 0] = np.nan
@@ -229,7 +227,7 @@ def window_days(analysis: Analysis, study: Study) -> int:
     return analysis.window_days if analysis.window_days is not None else study.horizon_days
 
 
-def statistics(analysis: Analysis, study: Study, tables: TableSource,
+def statistics(analysis: Analysis, study: Study, tables: Tables,
                cohort: pd.DataFrame) -> AdverseEventStatistics:
     """Each requested term's summary at this site."""
     window = window_days(analysis, study)
@@ -252,7 +250,7 @@ def _pack(analysis: Analysis, stats: AdverseEventStatistics, count: Callable[[in
         "onset_released": onset_released, **metadata})
 
 
-def release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
+def release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
             policy: Policy, masked: bool) -> Release:
     """The unmasked release (counts below ``min_cell`` withheld) or the masked one (all)."""
     stats = statistics(analysis, study, tables, cohort)

@@ -15,8 +15,8 @@ coefficients would let the receiver rebuild a patient's values).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,12 +32,12 @@ from analytics import (
     suppress_count,
     survival_counts,
 )
-from node.cohorts.cohort import TableSource
+from node.cohorts.cohort import Tables
 from node.cohorts.covariates import Design, build_design
 from node.cohorts.endpoints import survival_endpoint
 from node.errors import StudyRefused
 from node.governance.policy import Policy
-from protocol.codec import Release
+from protocol.codec import Release, Vector
 from protocol.rounds import NewtonRequest
 from protocol.study import Analysis, Study
 from protocol.vocabulary import (
@@ -65,7 +65,7 @@ class CoxSite:
     coarsened: bool
 
 
-def prepare(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
+def prepare(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
             policy: Policy, coarsen: bool) -> CoxSite:
     """Complete cases, their follow-up (coarsened when ``coarsen``) and their design.
 
@@ -125,8 +125,8 @@ def _masked_description(analysis: Analysis, site: CoxSite) -> Release:
                    metadata={"covariates": list(analysis.covariates), "levels": levels})
 
 
-def describe(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
-             policy: Policy, memo: dict[str, Any], masked: bool) -> Release:
+def describe(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
+             policy: Policy, memo: dict[str, CoxSite], masked: bool) -> Release:
     """The first release: prepare and keep the site's data, describe it.
 
     Masked releases use day-resolution follow-up only in a study with secure aggregation;
@@ -148,8 +148,8 @@ def describe(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.D
     return _unmasked_description(analysis, site, policy)
 
 
-def step(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
-         policy: Policy, memo: dict[str, Any], request: NewtonRequest) -> Release:
+def step(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
+         policy: Policy, memo: dict[str, CoxSite], request: NewtonRequest) -> Release:
     """A Newton round: the site's sums at the aggregator's coefficients.
 
     Raises
@@ -167,6 +167,7 @@ def step(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataF
         return Release.failure(analysis.name, analysis.kind,
                                "round inputs must give columns and one coefficient each")
     X = site.design.matrix(columns)
+    vectors: Mapping[str, Vector]
     try:
         if analysis.strata == "site":
             vectors = site_derivatives(site.durations, site.events, X, beta,

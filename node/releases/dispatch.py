@@ -10,16 +10,16 @@ be met becomes an error release for that analysis, never a silent change of the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pandas as pd
 
 from analytics import DisclosureError
-from node.cohorts.cohort import TableSource
+from node.cohorts.cohort import Tables
 from node.errors import StudyRefused
 from node.governance.policy import Policy
 from node.releases import adverse_events, cox, groups
 from node.releases.competing import COMPETING
+from node.releases.cox import CoxSite
 from node.releases.survival import KINDS as SURVIVAL_KINDS
 from node.releases.survival import SURVIVAL
 from protocol.codec import Release
@@ -30,8 +30,8 @@ from protocol.vocabulary import GROUPS
 __all__ = ["cox_step_release", "first_release", "release_summary"]
 
 
-def _release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
-             site_id: str, policy: Policy, memo: dict[str, Any],
+def _release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
+             site_id: str, policy: Policy, memo: dict[str, CoxSite],
              participants: Sequence[str] | None) -> Release:
     if analysis.kind in SURVIVAL_KINDS:
         return groups.release(SURVIVAL, analysis, study, tables, cohort, site_id, policy,
@@ -49,8 +49,8 @@ def _release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.D
                            f"kind {analysis.kind} is not supported by this node version")
 
 
-def first_release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
-                  site_id: str, policy: Policy, memo: dict[str, Any],
+def first_release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
+                  site_id: str, policy: Policy, memo: dict[str, CoxSite],
                   participants: Sequence[str] | None = None) -> Release:
     """What this site releases for one analysis, or an error release with the reason.
 
@@ -68,8 +68,8 @@ def first_release(analysis: Analysis, study: Study, tables: TableSource, cohort:
         return Release.failure(analysis.name, analysis.kind, str(exc))
 
 
-def cox_step_release(analysis: Analysis, study: Study, tables: TableSource, cohort: pd.DataFrame,
-                     policy: Policy, memo: dict[str, Any], request: NewtonRequest) -> Release:
+def cox_step_release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
+                     policy: Policy, memo: dict[str, CoxSite], request: NewtonRequest) -> Release:
     """One Newton round of a Cox analysis: the site's sums at ``request``'s coefficients."""
     reason = policy.check_analysis(analysis)
     if reason:

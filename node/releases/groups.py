@@ -24,7 +24,7 @@ import pandas as pd
 
 from analytics import CoarsenedCompeting, CoarsenedCounts, CompetingCounts, SurvivalCounts
 from analytics.errors import DisclosureError
-from node.cohorts.cohort import TableSource
+from node.cohorts.cohort import Tables
 from node.cohorts.endpoints import group_labels
 from node.errors import StudyRefused
 from node.governance.policy import Policy
@@ -50,7 +50,7 @@ class GroupedKind(Generic[C]):
     """How one grouped kind derives its outcome, counts, coarsens, fills an absent level and
     packs a release."""
 
-    endpoint: Callable[..., pd.DataFrame]
+    endpoint: Callable[[Tables, pd.DataFrame, str, int, tuple[str, ...]], pd.DataFrame]
     """(tables, cohort, endpoint, horizon, censor_at) -> frame with ``duration`` and ``outcome``."""
     outcome: str
     count: Callable[[npt.NDArray[Any], npt.NDArray[Any], int], C]
@@ -74,7 +74,7 @@ def fixed_levels(group_by: str | None, participants: Sequence[str]) -> list[str]
     return fixed_groups(group_by, participants)
 
 
-def statistics(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: TableSource,
+def statistics(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: Tables,
                cohort: pd.DataFrame, site_id: str) -> GroupedCounts[C]:
     """Count every group present in the cohort (the analysis' sufficient statistics here)."""
     assert analysis.endpoint is not None
@@ -130,7 +130,7 @@ def present(kind: GroupedKind[C], analysis: Analysis, stats: GroupedCounts[C], p
     return kind.pack(analysis, groups, metadata, False)
 
 
-def release(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: TableSource,
+def release(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: Tables,
             cohort: pd.DataFrame, site_id: str, policy: Policy,
             participants: Sequence[str] | None) -> Release:
     """Unmasked (``participants`` None) or fixed-shape release of one grouped analysis."""

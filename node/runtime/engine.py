@@ -13,17 +13,17 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from node.cohorts.cohort import select_cohort
+from node.cohorts.cohort import TableSource, select_cohort
 from node.errors import NodeError, StudyRefused
 from node.governance.audit import AuditTrail
 from node.governance.ledger import DisclosureLedger
 from node.governance.policy import Policy
 from node.releases import cox_step_release, first_release, release_summary
+from node.releases.cox import CoxSite
 from node.runtime.secure_session import MAX_ATTEMPTS, SecureSessions
 from protocol.codec import Release
 from protocol.errors import ProtocolError
@@ -41,13 +41,13 @@ logger = logging.getLogger(__name__)
 class _TableCache:
     """Reads each table of the store once per study (endpoints look at tables repeatedly)."""
 
-    def __init__(self, store: object) -> None:
+    def __init__(self, store: TableSource) -> None:
         self._store = store
-        self._tables: dict[str, object] = {}
+        self._tables: dict[str, pd.DataFrame] = {}
 
-    def table(self, name: str) -> object:
+    def table(self, name: str) -> pd.DataFrame:
         if name not in self._tables:
-            self._tables[name] = self._store.table(name)  # type: ignore[attr-defined]
+            self._tables[name] = self._store.table(name)
         return self._tables[name]
 
 
@@ -57,7 +57,7 @@ class _Prepared:
 
     tables: _TableCache
     cohort: pd.DataFrame
-    memo: dict[str, Any]
+    memo: dict[str, CoxSite]
 
 
 _CACHED_STUDIES = 4
@@ -83,8 +83,8 @@ class NodeEngine:
     trusted_keys
         Coordinator public keys this site trusts.
     open_tables
-        Returns the current store (an object with ``.table(name)``); called per study so a
-        re-ingestion is seen without a restart.
+        Returns the current store (a :class:`~node.cohorts.cohort.TableSource`); called per
+        study so a re-ingestion is seen without a restart.
     audit
         The site's audit trail.
     today
@@ -102,7 +102,7 @@ class NodeEngine:
         site_id: str,
         policy: Policy,
         trusted_keys: Sequence[Ed25519PublicKey],
-        open_tables: Callable[[], object],
+        open_tables: Callable[[], TableSource],
         audit: AuditTrail,
         today: Callable[[], dt.date] = dt.date.today,
         is_approved: Callable[[str], bool] = lambda study_id: False,
