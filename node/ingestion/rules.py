@@ -173,7 +173,8 @@ def codes(series: pd.Series) -> np.ndarray:
 def take(values: pd.Series, pos: np.ndarray) -> pd.Series:
     """``values[pos]`` with NA where ``pos`` is -1; index 0..len(pos)-1."""
     if len(values) == 0:
-        return pd.Series(pd.array([None] * len(pos), dtype=values.dtype))
+        # pandas-stubs overloads pd.array for specific dtypes only, not any ExtensionDtype
+        return pd.Series(pd.array([None] * len(pos), dtype=values.dtype))  # type: ignore[call-overload]
     out = values.iloc[np.maximum(pos, 0)].reset_index(drop=True)
     return out.mask(pd.Series(pos < 0))
 
@@ -185,8 +186,7 @@ def first_in_file_order_conflicts(keys: pd.Series, values: pd.Series | None = No
     conflicts when its value differs from the first row's value.  Rows with a missing key or
     value never conflict.
     """
-    present = keys.notna() if values is None else keys.notna() & values.notna()
-    present = _b(present)
+    present = _b(keys.notna() if values is None else keys.notna() & values.notna())
     out = np.zeros(len(keys), dtype=bool)
     if not present.any():
         return out

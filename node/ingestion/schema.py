@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 import pandas as pd
 
@@ -30,8 +31,11 @@ class ColumnType(StrEnum):
     BOOL = "bool"
 
 
+StoredDtype = Literal["string", "Int64", "float64", "datetime64[ns]", "boolean"]
+"""The pandas dtypes of stored columns (names pandas' ``astype`` takes)."""
+
 #: pandas dtype a stored column of each logical type has.
-PANDAS_DTYPES: dict[ColumnType, str] = {
+PANDAS_DTYPES: dict[ColumnType, StoredDtype] = {
     ColumnType.STRING: "string",
     ColumnType.ENUM: "string",
     ColumnType.INT: "Int64",
@@ -74,7 +78,7 @@ class Column:
     range_rule: str = "value_out_of_range"
 
     @property
-    def dtype(self) -> str:
+    def dtype(self) -> StoredDtype:
         """pandas dtype of the stored column."""
         return PANDAS_DTYPES[self.type]
 
@@ -110,7 +114,7 @@ class Table:
                 return col
         raise KeyError(f"table {self.name} has no column {name}")
 
-    def dtypes(self) -> dict[str, str]:
+    def dtypes(self) -> dict[str, StoredDtype]:
         """Mapping column name -> stored pandas dtype."""
         return {c.name: c.dtype for c in self.columns}
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from node.errors import StoreError
-from node.ingestion.schema import TABLE_NAMES, all_column_names, get_table
+from node.ingestion.schema import TABLE_NAMES, StoredDtype, all_column_names, get_table
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,12 @@ WARNINGS = "warnings.parquet"
 _LOCK = ".lock"
 
 #: Leading columns of quarantine.parquet; the raw fields of every table follow as strings.
-QUARANTINE_META: dict[str, str] = {
+QUARANTINE_META: dict[str, StoredDtype] = {
     "table": "string", "file": "string", "row": "Int64", "column": "string", "rule": "string",
     "message": "string", "rules": "string",
 }
 #: Columns of warnings.parquet.
-WARNING_COLUMNS: dict[str, str] = {
+WARNING_COLUMNS: dict[str, StoredDtype] = {
     "table": "string", "file": "string", "row": "Int64", "column": "string", "rule": "string",
     "message": "string", "infusion_id": "string",
 }
@@ -62,19 +62,19 @@ _ARROW_STRINGS = {pa.string(): pd.StringDtype("pyarrow"),
                   pa.large_string(): pd.StringDtype("pyarrow")}
 
 
-def quarantine_dtypes() -> dict[str, str]:
+def quarantine_dtypes() -> dict[str, StoredDtype]:
     """Column -> dtype of quarantine.parquet (meta columns, then every data-model column)."""
     return {**QUARANTINE_META, **{c: "string" for c in all_column_names()}}
 
 
-def _as(series: pd.Series, dtype: str, keep_arrow: bool = True) -> pd.Series:
+def _as(series: pd.Series, dtype: StoredDtype, keep_arrow: bool = True) -> pd.Series:
     """Cast to ``dtype``; an Arrow-backed string column stays Arrow-backed if ``keep_arrow``."""
     if keep_arrow and dtype == "string" and isinstance(series.dtype, pd.StringDtype):
         return series
     return series.astype(dtype)
 
 
-def _conform(frame: pd.DataFrame | None, dtypes: Mapping[str, str],
+def _conform(frame: pd.DataFrame | None, dtypes: Mapping[str, StoredDtype],
              keep_arrow: bool = True) -> pd.DataFrame:
     """``frame`` with exactly these columns and dtypes (absent columns are all-missing)."""
     frame = pd.DataFrame() if frame is None else frame
@@ -218,7 +218,8 @@ class Store:
         get_table(table)
         return int(self._manifest.get("tables", {}).get(table, {}).get("stored", 0))
 
-    def _read(self, filename: str, dtypes: Mapping[str, str], required: bool) -> pd.DataFrame:
+    def _read(self, filename: str, dtypes: Mapping[str, StoredDtype],
+              required: bool) -> pd.DataFrame:
         path = self.path / filename
         if not path.exists():
             if required:

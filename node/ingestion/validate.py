@@ -47,6 +47,7 @@ def to_text(series: pd.Series) -> pd.Series:
     without a decimal part, booleans as true/false, midnight timestamps as ISO dates.
     """
     s = series
+    text: pd.Series
     if pd.api.types.is_bool_dtype(s):
         text = s.astype("boolean").map({True: "true", False: "false"}, na_action="ignore")
     elif pd.api.types.is_datetime64_any_dtype(s):
@@ -106,12 +107,12 @@ def _parse_date(raw: pd.Series, text: pd.Series | None) -> tuple[pd.Series, np.n
     """(datetime64[ns] values, bad mask); text must be strict ISO YYYY-MM-DD."""
     if text is None:
         try:
-            values = raw.astype("datetime64[ns]")
-            return values, R._b(values.notna() & (values != values.dt.normalize()))
+            parsed = raw.astype("datetime64[ns]")
+            return parsed, R._b(parsed.notna() & (parsed != parsed.dt.normalize()))
         except (OverflowError, ValueError):  # out of the datetime64[ns] range
             text = to_text(raw)
     days = _cast(text, pa.date32())
-    values = None
+    values: pd.Series | None = None
     if days is not None:
         try:
             stamps = pc.cast(days, pa.timestamp("ns"))
@@ -121,6 +122,11 @@ def _parse_date(raw: pd.Series, text: pd.Series | None) -> tuple[pd.Series, np.n
     if values is None:
         values = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce")
     return values, R._b(text.notna()) & R._b(values.isna())
+
+
+def _outside(values: pd.Series, low: float, high: float) -> pd.Series:
+    """``values < low`` or ``values > high``, elementwise."""
+    return (values < low) | (values > high)
 
 
 def parse_column(raw: pd.Series, col: Column, today: date, f: R.Findings) -> pd.Series:
@@ -138,11 +144,14 @@ def parse_column(raw: pd.Series, col: Column, today: date, f: R.Findings) -> pd.
         or (t is ColumnType.BOOL and pd.api.types.is_bool_dtype(raw))
         or (t is ColumnType.DATE and pd.api.types.is_datetime64_any_dtype(raw))
     )
-    text = None if native else to_text(raw)
-    missing = R._b(raw.isna()) if native else R._b(text.isna())
+    text = None if native else to_text(raw)  # None exactly when native
+    missing = R._b(raw.isna()) if text is None else R._b(text.isna())
+    values: pd.Series
     if t is ColumnType.STRING:
+        assert text is not None  # strings and enums are never native
         values = text
     elif t is ColumnType.ENUM:
+        assert text is not None
         pos = _choose(text, col.enum)
         index = pa.array(pos, mask=pos < 0)
         values = pc.take(pa.array(col.enum, pa.large_string()), index).to_pandas(
@@ -150,10 +159,11 @@ def parse_column(raw: pd.Series, col: Column, today: date, f: R.Findings) -> pd.
         _flag(f, "unknown_enum", col, ~missing & (pos < 0),
               "value is not one of " + ", ".join(col.enum))
     elif t is ColumnType.INT:
-        ints = None if native else _cast(text, pa.int64())
-        if native or ints is not None:
-            values = raw.astype("Int64") if native else ints.to_pandas(
-                types_mapper=lambda _: pd.Int64Dtype())
+        ints = None if text is None else _cast(text, pa.int64())
+        if text is None:
+            values = raw.astype("Int64")
+        elif ints is not None:
+            values = ints.to_pandas(types_mapper=lambda _: pd.Int64Dtype())
         else:
             num, unparsed = _numbers(text, missing)
             with np.errstate(invalid="ignore"):
@@ -161,7 +171,7 @@ def parse_column(raw: pd.Series, col: Column, today: date, f: R.Findings) -> pd.
             _flag(f, "bad_type", col, ~missing & ~ok)
             values = pd.Series(np.where(ok, num, np.nan)).astype("Int64")
     elif t is ColumnType.FLOAT:
-        if native:  # a Parquet NaN is a missing value
+        if text is None:  # native: a Parquet NaN is a missing value
             num = raw.to_numpy(dtype="float64", na_value=np.nan)
             missing, unparsed = np.isnan(num), np.zeros(len(raw), dtype=bool)
         else:
@@ -176,7 +186,7 @@ def parse_column(raw: pd.Series, col: Column, today: date, f: R.Findings) -> pd.
         values = values.mask(bad)
         _flag(f, "date_in_future", col, values > pd.Timestamp(today))
     else:  # BOOL
-        if native:
+        if text is None:
             values = raw.astype("boolean")
         else:
             pos = _choose(text, _TRUE + _FALSE)
@@ -189,7 +199,7 @@ def parse_column(raw: pd.Series, col: Column, today: date, f: R.Findings) -> pd.
         high = col.max_value if col.max_value is not None else np.inf
         if col.range_rule == "birth_year_out_of_range":
             high = min(high, today.year)
-        _flag(f, col.range_rule, col, (values < low) | (values > high))
+        _flag(f, col.range_rule, col, _outside(values, low, high))
     if t in (ColumnType.STRING, ColumnType.ENUM):
         return values.astype(TEXT)
     return values.astype(col.dtype)
@@ -349,12 +359,13 @@ def _child(res: TableResult, infs: Parent, death: np.ndarray) -> None:
     pos = infs.check_reference(res, "infusion_id")
     t, f = res.typed, res.findings
     dated = _DATED.get(res.name)
-    infusion_date = infs.column("infusion_date", pos) if dated else None
-    died = _death_of(infs.codes("patient", pos), death) if dated else None
-    if res.name == "adverse_events":
-        R.check_onset_resolution(f, t)
-        R.check_grades(f, t, died.notna())
-    if dated:
+    infusion_date: pd.Series | None = None
+    if dated is not None:
+        infusion_date = infs.column("infusion_date", pos)
+        died = _death_of(infs.codes("patient", pos), death)
+        if res.name == "adverse_events":
+            R.check_onset_resolution(f, t)
+            R.check_grades(f, t, died.notna())
         R.check_not_before(f, t[dated], infusion_date, dated)
         R.check_not_after_death(f, t[dated], died, dated)
     if res.name == "responses":
@@ -363,6 +374,7 @@ def _child(res: TableResult, infs: Parent, death: np.ndarray) -> None:
         R.check_units(f, t)
     accepted = res.accept()
     if res.name == "adverse_events":
+        assert infusion_date is not None  # adverse_events is dated
         R.warn_late_onset(f, t, infusion_date, accepted)
 
 
