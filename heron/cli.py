@@ -8,10 +8,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heron import __version__
 from heron.errors import HeronError
+
+if TYPE_CHECKING:  # imported lazily by the handlers, so the CLI starts fast
+    from node.runtime.config import NodeConfig
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[argparse.Namespace], int]
@@ -97,7 +100,7 @@ def _pki(a: argparse.Namespace) -> int:
     return 0
 
 
-def _node_config(a: argparse.Namespace, **overrides: Any) -> Any:
+def _node_config(a: argparse.Namespace, **overrides: Any) -> NodeConfig:
     from node.runtime.config import resolve_config
 
     return resolve_config(Path(a.dir), overrides=overrides)
@@ -135,10 +138,10 @@ def _node(a: argparse.Namespace) -> int:
 
         path = config.path("audit_file")
         if a.verify:
-            report = verify_audit(path)
-            _emit(report.__dict__, a.json, f"audit trail {'intact' if report.ok else 'BROKEN'}: "
-                  f"{report.entries} entries" + ("" if report.ok else f"; {report.reason}"))
-            return 0 if report.ok else 1
+            audit = verify_audit(path)
+            _emit(audit.__dict__, a.json, f"audit trail {'intact' if audit.ok else 'BROKEN'}: "
+                  f"{audit.entries} entries" + ("" if audit.ok else f"; {audit.reason}"))
+            return 0 if audit.ok else 1
         entries = AuditTrail(path).entries()
         _emit(entries, a.json, "\n".join(
             f"{e['seq']:>5} {e['time']} {e['event']:<18} {e.get('study_id') or ''}"

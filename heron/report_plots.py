@@ -13,15 +13,17 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+from matplotlib.typing import RcKeyType
 
 log = logging.getLogger(__name__)
 
 # Okabe-Ito, safe for colour-blind readers; a single curve is drawn in black.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442",
            "#000000")
-_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "heron", "font.size": 9,
+_STYLE: dict[RcKeyType, Any] = {"svg.fonttype": "none", "svg.hashsalt": "heron", "font.size": 9,
           "axes.spines.top": False, "axes.spines.right": False, "axes.linewidth": 0.8,
           "xtick.direction": "out", "ytick.direction": "out", "legend.frameon": False}
 _TICK_STEPS = (7, 14, 30, 60, 90, 180, 365, 730, 1826)
@@ -64,13 +66,15 @@ def at_risk_at(table: Mapping[str, Sequence[Any]], ticks: Sequence[float]) -> li
         i = int(np.searchsorted(time, t, side="left"))
         if i < len(time):
             value = at_risk[i] if i < len(at_risk) else None
-            out.append(int(value) if as_number(value) is not None else str(value or "–"))
+            number = as_number(value)
+            out.append(int(number) if number is not None else str(value or "–"))
             continue
-        last = [as_number(seq[-1]) if seq else None for seq in (at_risk, events, censored)]
-        if len(time) == 0 or any(v is None for v in last):
+        left, gone, lost = (as_number(seq[-1]) if seq else None
+                            for seq in (at_risk, events, censored))
+        if len(time) == 0 or left is None or gone is None or lost is None:
             out.append(str(at_risk[-1]) if at_risk and isinstance(at_risk[-1], str) else "–")
         else:
-            out.append(max(int(last[0] - last[1] - last[2]), 0))
+            out.append(max(int(left - gone - lost), 0))
     return out
 
 
@@ -87,7 +91,7 @@ def _svg(fig: Figure, fmt: str = "svg") -> str | bytes:
     return re.sub(r"\s*<metadata>.*?</metadata>", "", svg, count=1, flags=re.S)
 
 
-def _step_band(ax: Any, time: np.ndarray, value: np.ndarray, lower: np.ndarray,
+def _step_band(ax: Axes, time: np.ndarray, value: np.ndarray, lower: np.ndarray,
                upper: np.ndarray, color: str, label: str) -> None:
     ax.fill_between(time, lower, upper, step="post", color=color, alpha=0.15, linewidth=0)
     ax.step(time, value, where="post", color=color, linewidth=1.5, label=label)
@@ -97,7 +101,8 @@ def _colors(n: int) -> list[str]:
     return ["#000000"] if n == 1 else [PALETTE[i % len(PALETTE)] for i in range(n)]
 
 
-def _curve(table: Mapping[str, Any], key: str, start: float) -> tuple[np.ndarray, ...]:
+def _curve(table: Mapping[str, Any], key: str,
+           start: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Time, value and band of a step curve, starting at day 0 with ``start``."""
     time = _floats(table.get("time"))
     cols = [_floats(table.get(k)) for k in (key, "ci_lower", "ci_upper")]
@@ -105,7 +110,8 @@ def _curve(table: Mapping[str, Any], key: str, start: float) -> tuple[np.ndarray
     if len(time) == 0 or time[0] > 0:
         time = np.concatenate([[0.0], time])
         cols = [np.concatenate([[start], c]) for c in cols]
-    return (time, *cols)
+    value, lower, upper = cols
+    return time, value, lower, upper
 
 
 def km_figure(groups: Mapping[str, Mapping[str, Any]], xmax: float | None = None,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import grpc
 import pandas as pd
@@ -54,7 +55,7 @@ from aggregator.transport import (
 from heron import __version__
 from heron.errors import HeronError
 from heron.synth import synthesize_site
-from node.cohorts.cohort import select_cohort
+from node.cohorts.cohort import TableSource, select_cohort
 from node.cohorts.covariates import build_design
 from node.cohorts.endpoints import group_labels, survival_endpoint
 from node.errors import StoreError
@@ -123,20 +124,21 @@ class SimulatedSite:
     credentials_dir
         The site's certificate, key and CA; ``None`` issues them from the network CA.
     tables
-        Instead of ``store_dir``: returns an object with ``.table(name)`` (hand-made tables).
+        Instead of ``store_dir``: returns a :class:`~node.cohorts.cohort.TableSource` (an object
+        with ``.table(name)``, for hand-made tables).
     """
 
     site_id: str
     store_dir: Path | None = None
     policy: Policy = field(default_factory=default_policy)
     credentials_dir: Path | None = None
-    tables: Callable[[], object] | None = None
+    tables: Callable[[], TableSource] | None = None
 
     def __post_init__(self) -> None:
         if (self.store_dir is None) == (self.tables is None):
             raise ValueError(f"site {self.site_id}: give exactly one of store_dir and tables")
 
-    def open_tables(self) -> object:
+    def open_tables(self) -> TableSource:
         """The site's current tables."""
         if self.tables is not None:
             return self.tables()
@@ -365,7 +367,7 @@ def _guarded(site_id: str, handler: NodeHandler) -> NodeHandler:
     return guarded
 
 
-def _unused_answer(*args: object) -> Any:
+def _unused_answer(*args: object) -> NoReturn:
     raise AssertionError("a handler daemon answers through its handler")
 
 
@@ -383,7 +385,7 @@ class _HandlerDaemon(NodeDaemon):
         super().__init__(answer=_unused_answer, **kwargs)
         self._handler = handler
 
-    def _answer_task(self, task: pb.StudyTask, out: Any) -> None:
+    def _answer_task(self, task: pb.StudyTask, out: queue.Queue[pb.NodeMessage | None]) -> None:
         try:
             domain = StudyTask(task.task_id, task.study_id, SignedStudy.from_proto(task.study),
                                max(task.round, 1), tuple(decode_release(r) for r in task.inputs))

@@ -299,7 +299,9 @@ def _events(rng: np.random.Generator, c: _Arrays) -> _Rows:
 
 def _adverse_events(rng: np.random.Generator, c: _Arrays) -> _Rows:
     n, end, dead, cause = int(c["n"]), c["end"], c["dead"], c["cause"]
-    terms, meddra, parts = [], [], []
+    terms: list[str] = []
+    meddra: list[str] = []
+    parts: list[tuple[np.ndarray, dict[str, Any]]] = []
 
     def add(term: str, grading: str, mask: np.ndarray, grade: Any, onset: np.ndarray,
             duration: Any, pts: list[str]) -> None:
@@ -331,8 +333,9 @@ def _adverse_events(rng: np.random.Generator, c: _Arrays) -> _Rows:
         median, sigma, lo, hi = spec["onset"]
         onset = _lognormal(rng, median, sigma, n, lo, hi)
         p = _calibrated(spec.get("risk", 0.0) * c["z"], spec["p"])
+        dur_median, dur_sigma = spec["duration"]
         duration = np.where(rng.random(n) < spec["resolved"],
-                            np.ceil(_lognormal(rng, *spec["duration"], n)), 0)
+                            np.ceil(_lognormal(rng, dur_median, dur_sigma, n)), 0)
         grade = 1 + _choice(rng, spec["grades"], n)
         args = spec["term"], spec["grading"]
         add(*args, (rng.random(n) < p) & ~fatal, grade, onset, duration, spec["meddra"])

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol.errors import PKIError, SecureAggregationError
@@ -111,7 +112,7 @@ def _check_attempt(attempt: int) -> None:
 
 
 def announce(site_id: str, study_id: str, attempt: int,
-             identity_key: ec.EllipticCurvePrivateKey,
+             identity_key: PrivateKeyTypes,
              certificate_pem: bytes) -> tuple[X25519PrivateKey, KeyAnnouncement]:
     """Make a fresh X25519 key pair and its announcement signed by ``identity_key``.
 

@@ -16,11 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 
 import grpc
 
 from node.runtime.engine import TaskOutcome
 from protocol.codec import Release, decode_release, encode_release
+from protocol.pki import Credentials
 from protocol.signing import SignedStudy
 from protocol.tls import channel_credentials, channel_options
 from protocol.v1 import node_link_pb2 as pb
@@ -68,7 +70,7 @@ class NodeDaemon:
         Returns ``ingested_at`` (ISO time of the last ingestion, "" for never) for the hello.
     """
 
-    def __init__(self, site_id: str, target: str, credentials: object, answer: Answer,
+    def __init__(self, site_id: str, target: str, credentials: Credentials, answer: Answer,
                  freshness: Callable[[], str], heartbeat_s: float = 5.0,
                  backoff_max_s: float = 30.0) -> None:
         self.site_id = site_id
@@ -195,7 +197,7 @@ class NodeDaemon:
 
     def run_until_signal(self) -> None:
         """Run in the foreground; SIGTERM and SIGINT stop gracefully."""
-        def _handler(signum: int, frame: object) -> None:
+        def _handler(signum: int, frame: FrameType | None) -> None:
             logger.info("signal %d: shutting down", signum)
             self.stop()
 
