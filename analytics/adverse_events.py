@@ -20,9 +20,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
+from analytics._day_counts import check_horizon, frozen_counts
 from analytics._event_table import check_alpha, json_float
+from analytics._pooling import Pooled
 from analytics.disclosure import suppress_count
-from analytics.survival_counts import _check_horizon, _frozen_counts
 
 __all__ = [
     "DAYS_PER_YEAR",
@@ -99,7 +100,7 @@ def median_from_histogram(hist: ArrayLike) -> float | None:
 
 
 @dataclass(frozen=True, eq=False)
-class AdverseEventStats:
+class AdverseEventStats(Pooled):
     """Per-term sufficient statistics of adverse events at one site or pooled.
 
     Attributes
@@ -126,44 +127,17 @@ class AdverseEventStats:
     def __post_init__(self) -> None:
         for name in ("at_risk", "with_event", "person_days"):
             object.__setattr__(self, name, _check_count(getattr(self, name), name))
-        grades = _frozen_counts(self.grades, "grades")
+        grades = frozen_counts(self.grades, "grades")
         if grades.size != MAX_GRADE:
             raise ValueError(f"grades must hold {MAX_GRADE} counts, got {grades.size}")
         object.__setattr__(self, "grades", grades)
-        object.__setattr__(self, "onset_histogram", _frozen_counts(self.onset_histogram, "onset"))
+        object.__setattr__(self, "onset_histogram", frozen_counts(self.onset_histogram, "onset"))
         if self.with_event > self.at_risk:
             raise ValueError("with_event exceeds at_risk")
 
-    def __add__(self, other: object) -> AdverseEventStats:
-        if not isinstance(other, AdverseEventStats):
-            return NotImplemented
+    def _check_poolable(self, other: AdverseEventStats) -> None:
         if other.onset_histogram.size != self.onset_histogram.size:
             raise ValueError("cannot pool onset histograms of different windows")
-        return AdverseEventStats(
-            at_risk=self.at_risk + other.at_risk,
-            with_event=self.with_event + other.with_event,
-            person_days=self.person_days + other.person_days,
-            grades=self.grades + other.grades,
-            onset_histogram=self.onset_histogram + other.onset_histogram,
-        )
-
-    def __radd__(self, other: object) -> AdverseEventStats:
-        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
-            return self
-        return NotImplemented
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, AdverseEventStats):
-            return NotImplemented
-        return (
-            (self.at_risk, self.with_event, self.person_days)
-            == (other.at_risk, other.with_event, other.person_days)
-            and np.array_equal(self.grades, other.grades)
-            and np.array_equal(self.onset_histogram, other.onset_histogram)
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.at_risk, self.with_event, self.person_days, self.grades.tobytes()))
 
     def to_dict(self, min_cell: int, by_grade: bool = True, alpha: float = 0.05) -> dict[str, Any]:
         """Term entry of an ``adverse_events`` analysis (see :func:`ae_term_result`).
@@ -207,7 +181,7 @@ def adverse_event_stats(
         On arrays of different lengths, onsets outside the window or negative or fractional
         days at risk.
     """
-    window_days = _check_horizon(window_days)
+    window_days = check_horizon(window_days)
     onset = np.asarray(onset_days, dtype=np.float64)
     grade = np.asarray(worst_grades, dtype=np.float64)
     days = np.asarray(days_at_risk, dtype=np.float64)

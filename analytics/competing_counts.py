@@ -14,13 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from analytics.survival_counts import _check_horizon, _check_individuals, _frozen_counts
+from analytics._day_counts import (
+    DayCounts,
+    check_horizon,
+    check_individuals,
+    tally_days,
+    zero_columns,
+)
+from analytics._pooling import pool
 
 __all__ = ["CompetingCounts", "competing_counts", "pool_competing"]
 
 
 @dataclass(frozen=True, eq=False)
-class CompetingCounts:
+class CompetingCounts(DayCounts):
     """Numbers of events of each cause and of censorings on each integer day ``0..horizon``.
 
     Attributes
@@ -42,36 +49,12 @@ class CompetingCounts:
     cause2: NDArray[np.int64]
     censored: NDArray[np.int64]
 
-    def __post_init__(self) -> None:
-        arrays = {
-            name: _frozen_counts(getattr(self, name), name)
-            for name in ("cause1", "cause2", "censored")
-        }
-        sizes = {a.size for a in arrays.values()}
-        if len(sizes) != 1:
-            raise ValueError(
-                "cause1, cause2 and censored differ in length "
-                f"({', '.join(str(a.size) for a in arrays.values())})"
-            )
-        for name, arr in arrays.items():
-            object.__setattr__(self, name, arr)
+    COLUMNS = ("cause1", "cause2", "censored")
 
     @classmethod
     def zeros(cls, horizon: int) -> CompetingCounts:
         """Return empty counts (no subjects) over days ``0..horizon``."""
-        horizon = _check_horizon(horizon)
-        empty = np.zeros(horizon + 1, dtype=np.int64)
-        return cls(cause1=empty, cause2=empty, censored=empty)
-
-    @property
-    def horizon(self) -> int:
-        """Last day covered by the counts."""
-        return int(self.cause1.size - 1)
-
-    @property
-    def n(self) -> int:
-        """Total number of subjects."""
-        return int(self.cause1.sum() + self.cause2.sum() + self.censored.sum())
+        return cls(*zero_columns(horizon, 3))
 
     @property
     def n_cause1(self) -> int:
@@ -82,45 +65,6 @@ class CompetingCounts:
     def n_cause2(self) -> int:
         """Total number of competing events."""
         return int(self.cause2.sum())
-
-    @property
-    def at_risk(self) -> NDArray[np.int64]:
-        """Numbers at risk: ``at_risk[d]`` subjects have a time ``>= d``."""
-        removed = self.cause1 + self.cause2 + self.censored
-        out = np.cumsum(removed[::-1])[::-1].astype(np.int64)
-        out.setflags(write=False)
-        return out
-
-    def __add__(self, other: object) -> CompetingCounts:
-        if not isinstance(other, CompetingCounts):
-            return NotImplemented
-        if other.horizon != self.horizon:
-            raise ValueError(
-                f"cannot pool counts with different horizons ({self.horizon} != {other.horizon})"
-            )
-        return CompetingCounts(
-            cause1=self.cause1 + other.cause1,
-            cause2=self.cause2 + other.cause2,
-            censored=self.censored + other.censored,
-        )
-
-    def __radd__(self, other: object) -> CompetingCounts:
-        # Lets the builtin ``sum`` start from 0.
-        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
-            return self
-        return NotImplemented
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CompetingCounts):
-            return NotImplemented
-        return bool(
-            np.array_equal(self.cause1, other.cause1)
-            and np.array_equal(self.cause2, other.cause2)
-            and np.array_equal(self.censored, other.censored)
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.cause1.tobytes(), self.cause2.tobytes(), self.censored.tobytes()))
 
 
 def competing_counts(durations: ArrayLike, causes: ArrayLike, horizon: int) -> CompetingCounts:
@@ -146,19 +90,11 @@ def competing_counts(durations: ArrayLike, causes: ArrayLike, horizon: int) -> C
         On negative, non-integer or non-finite durations, causes other than 0/1/2, or arrays
         of different lengths.
     """
-    horizon = _check_horizon(horizon)
-    t, c = _check_individuals(durations, causes, "causes")
+    horizon = check_horizon(horizon)
+    t, c = check_individuals(durations, causes, "causes")
     if c.size and (c.dtype == np.bool_ or not np.all((c == 0) | (c == 1) | (c == 2))):
         raise ValueError("causes must be 0 (censored), 1 (event of interest) or 2 (competing)")
-    beyond = t > horizon
-    cause = np.where(beyond, 0, c).astype(np.int64)
-    days = np.where(beyond, horizon, t).astype(np.int64)
-    size = horizon + 1
-    return CompetingCounts(
-        cause1=np.bincount(days[cause == 1], minlength=size),
-        cause2=np.bincount(days[cause == 2], minlength=size),
-        censored=np.bincount(days[cause == 0], minlength=size),
-    )
+    return CompetingCounts(*tally_days(t, c, horizon, (1, 2, 0)))
 
 
 def pool_competing(counts: Iterable[CompetingCounts]) -> CompetingCounts:
@@ -169,10 +105,4 @@ def pool_competing(counts: Iterable[CompetingCounts]) -> CompetingCounts:
     ValueError
         If ``counts`` is empty or the horizons differ.
     """
-    items = list(counts)
-    if not items:
-        raise ValueError("pool_competing needs at least one CompetingCounts")
-    total = items[0]
-    for item in items[1:]:
-        total = total + item
-    return total
+    return pool(counts, "pool_competing needs at least one CompetingCounts")

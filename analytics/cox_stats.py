@@ -28,6 +28,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from analytics._pooling import Pooled, flat_vectors
 from analytics.errors import NumericalOverflowError
 
 __all__ = ["CoxDayStats", "cox_day_stats"]
@@ -53,7 +54,7 @@ def _packed_length(p: int) -> int:
 
 
 @dataclass(frozen=True, eq=False)
-class CoxDayStats:
+class CoxDayStats(Pooled):
     """Sufficient statistics of the unstratified Cox model at one ``beta``, per day.
 
     Attributes
@@ -132,35 +133,12 @@ class CoxDayStats:
         """Total number of events."""
         return int(self.d.sum())
 
-    def __add__(self, other: object) -> CoxDayStats:
-        if not isinstance(other, CoxDayStats):
-            return NotImplemented
+    def _check_poolable(self, other: CoxDayStats) -> None:
         if (self.horizon, self.p) != (other.horizon, other.p):
             raise ValueError(
                 "cannot pool Cox statistics of different shapes "
                 f"(horizon {self.horizon} vs {other.horizon}, p {self.p} vs {other.p})"
             )
-        return CoxDayStats(
-            **{k: getattr(self, k) + getattr(other, k) for k in (*_FLOAT_KEYS, "d", "event_x")},
-            event_xb=self.event_xb + other.event_xb,
-        )
-
-    def __radd__(self, other: object) -> CoxDayStats:
-        # Lets the builtin ``sum`` start from 0.
-        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
-            return self
-        return NotImplemented
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CoxDayStats):
-            return NotImplemented
-        keys = (*_FLOAT_KEYS, "d", "event_x")
-        return self.event_xb == other.event_xb and all(
-            np.array_equal(getattr(self, k), getattr(other, k)) for k in keys
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.s0.tobytes(), self.s1.tobytes(), self.d.tobytes(), self.event_xb))
 
     def to_vectors(self) -> dict[str, NDArray[np.float64] | NDArray[np.int64]]:
         """Flat vectors for transport and (masked) summation.
@@ -198,16 +176,7 @@ class CoxDayStats:
             On a missing or unknown key or a vector of the wrong length.
         """
         lengths = expected_lengths(horizon, p)
-        if set(vectors) != set(lengths):
-            raise ValueError(
-                f"Cox statistics need exactly the vectors {sorted(lengths)}, got {sorted(vectors)}"
-            )
-        flat = {}
-        for key, length in lengths.items():
-            vec = np.asarray(vectors[key])
-            if vec.shape != (length,):
-                raise ValueError(f"vector {key!r} must have length {length}, got {vec.shape}")
-            flat[key] = vec
+        flat = flat_vectors(vectors, lengths, "Cox statistics")
         size = horizon + 1
         iu = np.triu_indices(p)
 

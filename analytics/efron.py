@@ -22,6 +22,7 @@ from typing import cast
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from analytics._pooling import Pooled, flat_vectors
 from analytics.cox_stats import CoxDayStats, cox_day_stats
 from analytics.errors import EstimationError, NumericalOverflowError
 
@@ -33,7 +34,7 @@ _NOISE_FLOOR = 1e-10
 
 
 @dataclass(frozen=True, eq=False)
-class CoxDerivatives:
+class CoxDerivatives(Pooled):
     """Log-likelihood, gradient and Hessian of a Cox model at one ``beta``.
 
     Attributes
@@ -77,34 +78,9 @@ class CoxDerivatives:
         """Number of covariates."""
         return int(self.gradient.size)
 
-    def __add__(self, other: object) -> CoxDerivatives:
-        if not isinstance(other, CoxDerivatives):
-            return NotImplemented
+    def _check_poolable(self, other: CoxDerivatives) -> None:
         if other.p != self.p:
             raise ValueError(f"cannot add derivatives of {self.p} and {other.p} covariates")
-        return CoxDerivatives(
-            loglik=self.loglik + other.loglik,
-            gradient=self.gradient + other.gradient,
-            hessian=self.hessian + other.hessian,
-        )
-
-    def __radd__(self, other: object) -> CoxDerivatives:
-        # Lets the builtin ``sum`` start from 0.
-        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
-            return self
-        return NotImplemented
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CoxDerivatives):
-            return NotImplemented
-        return (
-            self.loglik == other.loglik
-            and np.array_equal(self.gradient, other.gradient)
-            and np.array_equal(self.hessian, other.hessian)
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.loglik, self.gradient.tobytes(), self.hessian.tobytes()))
 
     def to_vectors(self) -> dict[str, NDArray[np.float64]]:
         """Flat vectors: ``loglik`` (1), ``gradient`` (p), ``hessian`` (p * p, row-major)."""
@@ -126,16 +102,7 @@ class CoxDerivatives:
         if isinstance(p, bool) or not isinstance(p, int | np.integer) or p < 1:
             raise ValueError(f"p must be a positive integer, got {p!r}")
         lengths = {"loglik": 1, "gradient": int(p), "hessian": int(p) * int(p)}
-        if set(vectors) != set(lengths):
-            raise ValueError(
-                f"Cox derivatives need exactly the vectors {sorted(lengths)}, got {sorted(vectors)}"
-            )
-        flat = {}
-        for key, length in lengths.items():
-            vec = np.asarray(vectors[key], dtype=np.float64)
-            if vec.shape != (length,):
-                raise ValueError(f"vector {key!r} must have length {length}, got {vec.shape}")
-            flat[key] = vec
+        flat = flat_vectors(vectors, lengths, "Cox derivatives", np.float64)
         return cls(
             loglik=float(flat["loglik"][0]),
             gradient=flat["gradient"],
