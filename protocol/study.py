@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,6 +259,24 @@ _ANALYSIS_KEYS: dict[str, set[str]] = {
 }
 
 
+def _strata(value: object, path: str, pr: _Problems) -> str | None:
+    s = _str(value, path, pr)
+    if s is not None and s not in ("none", "site"):
+        pr.add(path, "must be none or site")
+    return s
+
+
+# Keys of an analysis whose value is checked on its own, in the order problems are reported.
+_ANALYSIS_VALUES: dict[str, Callable[[object, str, _Problems], object]] = {
+    "stratify_by_site": _bool,
+    "covariates": _str_list,
+    "strata": _strata,
+    "terms": _str_list,
+    "by_grade": _bool,
+    "window_days": lambda value, path, pr: _int(value, path, pr, 0),
+}
+
+
 def _analysis(obj: object, path: str, horizon: int | None, pr: _Problems) -> Analysis | None:
     """One analysis; None when it has a problem (every problem is recorded)."""
     before = len(pr.items)
@@ -300,21 +318,9 @@ def _analysis(obj: object, path: str, horizon: int | None, pr: _Problems) -> Ana
                 if t is not None and horizon is not None and t > horizon:
                     pr.add(f"{path}.timepoints[{i}]", f"{t} is beyond horizon_days {horizon}")
             kw["timepoints"] = days
-    if "stratify_by_site" in obj:
-        kw["stratify_by_site"] = _bool(obj["stratify_by_site"], f"{path}.stratify_by_site", pr)
-    if "covariates" in obj:
-        kw["covariates"] = _str_list(obj["covariates"], f"{path}.covariates", pr)
-    if "strata" in obj:
-        s = _str(obj["strata"], f"{path}.strata", pr)
-        if s is not None and s not in ("none", "site"):
-            pr.add(f"{path}.strata", "must be none or site")
-        kw["strata"] = s
-    if "terms" in obj:
-        kw["terms"] = _str_list(obj["terms"], f"{path}.terms", pr)
-    if "by_grade" in obj:
-        kw["by_grade"] = _bool(obj["by_grade"], f"{path}.by_grade", pr)
-    if "window_days" in obj:
-        kw["window_days"] = _int(obj["window_days"], f"{path}.window_days", pr, 0)
+    for key, parse in _ANALYSIS_VALUES.items():
+        if key in obj:
+            kw[key] = parse(obj[key], f"{path}.{key}", pr)
     if len(pr.items) > before:
         return None
     return Analysis(**kw)
