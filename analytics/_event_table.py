@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,11 +24,20 @@ def readonly(values: NDArray[_ScalarT]) -> NDArray[_ScalarT]:
     return values
 
 
-class SubjectsAndEvents:
-    """``n`` and ``n_events`` of a result whose event table starts with day 0."""
+@dataclass(frozen=True, eq=False)
+class SurvivalTable:
+    """Event table of a survival estimate (the leading fields of its result).
 
+    Attributes
+    ----------
+    time, at_risk, events, censored : numpy.ndarray
+        Day 0 and every day with an event or a censoring, and the counts on those days.
+    """
+
+    time: NDArray[np.int64]
     at_risk: NDArray[np.int64]
     events: NDArray[np.int64]
+    censored: NDArray[np.int64]
 
     @property
     def n(self) -> int:
@@ -72,6 +82,15 @@ def event_table(
     time = np.union1d([0], np.flatnonzero(removed)).astype(np.int64)
     rows = (counts.at_risk, *columns)
     return (readonly(time), *(readonly(column[time].copy()) for column in rows))
+
+
+_Rows = tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]
+
+
+def survival_table(counts: SurvivalCounts) -> _Rows:
+    """The :class:`SurvivalTable` fields of ``counts``: time, at_risk, events, censored."""
+    time, at_risk, events, censored = event_table(counts, counts.events, counts.censored)
+    return time, at_risk, events, censored
 
 
 def rows_at(time: NDArray[np.int64], days: Sequence[int]) -> dict[int, int]:

@@ -15,15 +15,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from analytics._event_table import (
-    SubjectsAndEvents,
+    SurvivalTable,
     check_alpha,
     check_timepoints,
-    event_table,
     json_float,
     json_table,
     json_timepoints,
     readonly,
     rows_at,
+    survival_table,
     z_value,
 )
 from analytics.survival_counts import SurvivalCounts
@@ -59,13 +59,13 @@ class RMST:
 
 
 @dataclass(frozen=True, eq=False)
-class KaplanMeierResult(SubjectsAndEvents):
+class KaplanMeierResult(SurvivalTable):
     """Kaplan-Meier estimate with its event table.
 
     Attributes
     ----------
     time, at_risk, events, censored : numpy.ndarray
-        Event table: day 0 and every day with an event or a censoring.
+        Event table (:class:`SurvivalTable` fields).
     survival, ci_lower, ci_upper : numpy.ndarray
         Survival and its ``1 - alpha`` exponential Greenwood (log(-log)) band at those days.
     median : float or None
@@ -78,10 +78,6 @@ class KaplanMeierResult(SubjectsAndEvents):
         Restricted mean survival time to the horizon of the counts.
     """
 
-    time: NDArray[np.int64]
-    at_risk: NDArray[np.int64]
-    events: NDArray[np.int64]
-    censored: NDArray[np.int64]
     survival: NDArray[np.float64]
     ci_lower: NDArray[np.float64]
     ci_upper: NDArray[np.float64]
@@ -170,7 +166,8 @@ def kaplan_meier(
     """
     alpha = check_alpha(alpha)
     days = check_timepoints(timepoints, counts.horizon)
-    time, at_risk, events, censored = event_table(counts, counts.events, counts.censored)
+    table = survival_table(counts)
+    time, at_risk, events, _ = table
 
     # Same floating-point operations as lifelines (_additive_estimate / _bounds) so that ties
     # at exactly 0.5 resolve the median the same way.
@@ -195,10 +192,7 @@ def kaplan_meier(
         for t, i in rows_at(time, days).items()
     }
     return KaplanMeierResult(
-        time=time,
-        at_risk=at_risk,
-        events=events,
-        censored=censored,
+        *table,
         survival=readonly(survival),
         ci_lower=readonly(ci_lower),
         ci_upper=readonly(ci_upper),

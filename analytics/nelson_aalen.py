@@ -16,14 +16,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from analytics._event_table import (
-    SubjectsAndEvents,
+    SurvivalTable,
     check_alpha,
     check_timepoints,
-    event_table,
     json_table,
     json_timepoints,
     readonly,
     rows_at,
+    survival_table,
     z_value,
 )
 from analytics.survival_counts import SurvivalCounts
@@ -42,23 +42,19 @@ class CumulativeHazardEstimate:
 
 
 @dataclass(frozen=True, eq=False)
-class NelsonAalenResult(SubjectsAndEvents):
+class NelsonAalenResult(SurvivalTable):
     """Nelson-Aalen estimate with its event table.
 
     Attributes
     ----------
     time, at_risk, events, censored : numpy.ndarray
-        Event table: day 0 and every day with an event or a censoring.
+        Event table (:class:`SurvivalTable` fields).
     cumulative_hazard, variance, ci_lower, ci_upper : numpy.ndarray
         Cumulative hazard, its variance and its ``1 - alpha`` band at those days.
     timepoints : dict[int, CumulativeHazardEstimate]
         Curve values at the requested days.
     """
 
-    time: NDArray[np.int64]
-    at_risk: NDArray[np.int64]
-    events: NDArray[np.int64]
-    censored: NDArray[np.int64]
     cumulative_hazard: NDArray[np.float64]
     variance: NDArray[np.float64]
     ci_lower: NDArray[np.float64]
@@ -113,7 +109,8 @@ def nelson_aalen(
     """
     alpha = check_alpha(alpha)
     days = check_timepoints(timepoints, counts.horizon)
-    time, at_risk, events, censored = event_table(counts, counts.events, counts.censored)
+    table = survival_table(counts)
+    time, at_risk, events, _ = table
 
     hazard = np.cumsum(_harmonic_increments(at_risk, events, 1))
     variance = np.cumsum(_harmonic_increments(at_risk, events, 2))
@@ -130,10 +127,7 @@ def nelson_aalen(
         for t, i in rows_at(time, days).items()
     }
     return NelsonAalenResult(
-        time=time,
-        at_risk=at_risk,
-        events=events,
-        censored=censored,
+        *table,
         cumulative_hazard=readonly(hazard),
         variance=readonly(variance),
         ci_lower=readonly(ci_lower),
