@@ -18,7 +18,7 @@ import pandas as pd
 from protocol.study import COHORT_LIST_KEYS, Cohort
 from protocol.vocabulary import GROUPING_COLUMNS
 
-__all__ = ["COHORT_COLUMNS", "TableSource", "Tables", "get_table", "select_cohort"]
+__all__ = ["COHORT_COLUMNS", "TableSource", "Tables", "cohort_index", "get_table", "select_cohort"]
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +152,17 @@ def select_cohort(tables: Tables, cohort: Cohort,
     out = out.sort_values("infusion_id", kind="stable").reset_index(drop=True)
     log.debug("cohort selected: %d of %d infusions", len(out), len(inf))
     return out
+
+
+def cohort_index(cohort_df: pd.DataFrame) -> pd.Index:
+    """The cohort's infusion ids as an index (the row order of every per-infusion result).
+
+    Raises
+    ------
+    ValueError
+        When an infusion id appears twice.
+    """
+    ids = pd.Index(cohort_df["infusion_id"].astype("string"))
+    if not ids.is_unique:
+        raise ValueError("cohort_df has duplicate infusion_id values")
+    return ids

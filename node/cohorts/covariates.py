@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from node.cohorts.cohort import Tables, get_table
+from node.cohorts.cohort import Tables, cohort_index, get_table
 from node.errors import StudyRefused
 from node.ingestion.schema import BASELINE_MEASUREMENTS
 from protocol.design import (
@@ -113,12 +113,6 @@ class Design:
             out[:, j] = self._codes[cov] == code
         return out
 
-
-def _cohort_ids(cohort_df: pd.DataFrame) -> pd.Index:
-    ids = pd.Index(cohort_df["infusion_id"].astype("string"))
-    if not ids.is_unique:
-        raise ValueError("cohort_df has duplicate infusion_id values")
-    return ids
 
 
 def _numeric_values(col: pd.Series) -> np.ndarray:
@@ -211,7 +205,7 @@ def build_design(tables: Tables, cohort_df: pd.DataFrame,
             continue
         if cov.startswith(LAB_PREFIX):
             if labs is None:
-                labs = _baseline(tables, _cohort_ids(cohort_df))
+                labs = _baseline(tables, cohort_index(cohort_df))
             numeric[cov] = _lab_values(labs, n_rows, cov[len(LAB_PREFIX):])
         else:
             numeric[cov] = _numeric_values(cohort_df[cov])

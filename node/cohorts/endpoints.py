@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from node.cohorts.cohort import Tables, get_table
+from node.cohorts.cohort import Tables, cohort_index, get_table
 from node.errors import StudyRefused
 from protocol.study import AE_ENDPOINT, CENSOR_EVENTS
 from protocol.vocabulary import ALL, GROUP_BY, SITE, UNKNOWN
@@ -79,12 +79,6 @@ def _group_min(n: int, pos: np.ndarray, values: np.ndarray) -> np.ndarray:
         out[mins.index.to_numpy()] = mins.to_numpy()
     return out
 
-
-def _cohort_index(cohort_df: pd.DataFrame) -> pd.Index:
-    ids = pd.Index(cohort_df["infusion_id"].astype("string"))
-    if not ids.is_unique:
-        raise ValueError("cohort_df has duplicate infusion_id values")
-    return ids
 
 
 def _base(tables: Tables, cohort_df: pd.DataFrame, ids: pd.Index) -> _Base:
@@ -173,7 +167,7 @@ def survival_endpoint(tables: Tables, cohort_df: pd.DataFrame, endpoint: str, ho
     """
     if endpoint not in ("overall_survival", "progression_free_survival"):
         raise StudyRefused(f"endpoint {endpoint!r} is not a survival endpoint")
-    ids = _cohort_index(cohort_df)
+    ids = cohort_index(cohort_df)
     base = _base(tables, cohort_df, ids)
     event_day = base.death
     if endpoint == "progression_free_survival":
@@ -226,7 +220,7 @@ def competing_endpoint(tables: Tables, cohort_df: pd.DataFrame, endpoint: str, h
         Columns infusion_id, duration (int64 days), cause (int64 0/1/2), indexed like
         ``cohort_df``.
     """
-    ids = _cohort_index(cohort_df)
+    ids = cohort_index(cohort_df)
     if endpoint in ("relapse", "non_relapse_mortality"):
         base = _base(tables, cohort_df, ids)
         first = _first_clinical(tables, ids, base.t0, ("relapse_progression",))
