@@ -33,10 +33,14 @@ COVARIATES = ["age_at_infusion", "sex", "ecog", "prior_lines", "lab:LDH"]
 
 
 def round_times(db: Path, study_id: str) -> list[float]:
-    """Seconds between the last answers of consecutive rounds (one Newton step each)."""
+    """Seconds between the last answers of consecutive Newton rounds (one Newton step each).
+
+    Round 1, where the sites describe their part of the model, is no Newton step and is left
+    out, as before the one study runtime (whose round_tasks held only the rounds after it).
+    """
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT round, MAX(updated_at) FROM round_tasks WHERE study_id=?"
-                            " AND state='answered' GROUP BY round ORDER BY round",
+                            " AND round > 1 AND state='answered' GROUP BY round ORDER BY round",
                             (study_id,)).fetchall()
     ends = [r[1] for r in rows]
     return [b - a for a, b in itertools.pairwise(ends)]
