@@ -272,18 +272,15 @@ class StudyEngine:
             now = self._clock()
             if reply.refusal is not None:
                 reason = reply.refusal or "refused without a reason"
-                changed = self._store.set_round_task(task.task_id, "refused", now,
-                                                     reason=reason)
-                if changed and site_id not in self._state(task.study_id)[1].answered:
-                    # refused before it ever answered: out of the study (aggregator.run)
-                    self._store.set_site_state(task.study_id, site_id, "refused", now,
-                                               reason=reason)
+                # refused before it ever answered: out of the study (aggregator.run)
+                first = site_id not in self._state(task.study_id)[1].answered
+                changed = self._store.record_reply(
+                    task, "refused", now, reason=reason,
+                    participant=("refused", reason) if first else None)
             else:
                 blob = encode_task_result(task.task_id, task.study_id, reply.releases or ())
-                changed = self._store.set_round_task(task.task_id, "answered", now,
-                                                     result=blob)
-                self._store.set_site_state(task.study_id, site_id, "released", now,
-                                           only_from=(*OPEN_STATES, "released"))
+                changed = self._store.record_reply(task, "answered", now, result=blob,
+                                                   participant=("released", ""))
             if not changed:
                 logger.info("ignoring repeated reply of %s to task %s", site_id, task.task_id)
                 return
@@ -342,20 +339,19 @@ class StudyEngine:
         tasks = {site: uuid.uuid4().hex for site in sorted(requests)}
         self._store.save_round(study_id, state.round, json.dumps(state.to_dict()),
                                self._clock(), tasks)
-        for site, task_id in tasks.items():
-            self._send(study_id, state.round, site, task_id, requests[site])
+        self._send(study_id, state.round, {s: (t, requests[s]) for s, t in tasks.items()})
         return False
 
-    def _send(self, study_id: str, round: int, site: str, task_id: str,
-              requests: tuple[Any, ...]) -> None:
-        run = self._running[study_id]
-        task = StudyTask(task_id=task_id, study_id=study_id, signed=run.signed, round=round,
-                         inputs=requests)
-        if self._transport.send_task(site, task):
-            now = self._clock()
-            self._store.set_round_task(task_id, "sent", now, only_from=OPEN_STATES)
-            self._store.set_site_state(study_id, site, "sent", now, task_id=task_id,
-                                       only_from=(*OPEN_STATES, "released"))
+    def _send(self, study_id: str, round: int,
+              tasks: Mapping[str, tuple[str, tuple[Any, ...]]]) -> None:
+        """Send tasks (``site -> (task id, requests)``); record those sent in one transaction
+        (replies wait for the engine's lock, so none can overtake the record)."""
+        signed = self._running[study_id].signed
+        sent = {site: task_id for site, (task_id, requests) in tasks.items()
+                if self._transport.send_task(site, StudyTask(task_id, study_id, signed, round,
+                                                             requests))}
+        if sent:
+            self._store.mark_sent(study_id, sent, self._clock())
 
     def _resend(self, site_id: str) -> None:
         for task in self._store.open_round_tasks(site_id):
@@ -365,16 +361,16 @@ class StudyEngine:
             _, state = self._state(task.study_id)
             requests = running.run.requests(state).get(site_id)
             if requests:
-                self._send(task.study_id, task.round, site_id, task.task_id, requests)
+                self._send(task.study_id, task.round, {site_id: (task.task_id, requests)})
 
     def _try_advance(self, study_id: str) -> bool:
         """Advance the study when every task of its round is final; return if it completed."""
-        if study_id not in self._running or self._store.current_round(study_id) is None:
+        current = self._store.current_round(study_id)
+        if study_id not in self._running or current is None or \
+                self._store.open_task_count(study_id, current.round):
             return False
-        rnd, state = self._state(study_id)
+        rnd, state = current.round, RunState.from_dict(json.loads(current.state_json))
         tasks = self._store.round_tasks(study_id, rnd)
-        if any(t.state in OPEN_STATES for t in tasks):
-            return False
         answers: dict[str, Answer] = {}
         for t in tasks:
             if t.state == "answered":

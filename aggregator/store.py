@@ -329,6 +329,12 @@ class Store:
                            (study_id, round))
         return [_task(r) for r in rows]
 
+    def open_task_count(self, study_id: str, round: int) -> int:
+        """How many tasks of a round are still pending or sent (a cheap check per reply)."""
+        rows = self._query("SELECT COUNT(*) FROM round_tasks WHERE study_id=? AND round=?"
+                           " AND state IN ('pending', 'sent')", (study_id, round))
+        return int(rows[0][0])
+
     def round_task(self, task_id: str) -> RoundTaskRecord | None:
         """The task with this id, or ``None``."""
         rows = self._query(f"{_TASK_SELECT} WHERE r.task_id=?", (task_id,))
@@ -356,6 +362,37 @@ class Store:
                 "UPDATE round_tasks SET state=?, reason=?, result=?, updated_at=?"
                 f" WHERE task_id=? AND state IN ({marks})",
                 (state, reason, result, now, task_id, *allowed))
+            return cur.rowcount > 0
+
+    def mark_sent(self, study_id: str, tasks: Mapping[str, str], now: float) -> None:
+        """Record in one transaction that round tasks (``site -> task id``) were sent: the
+        tasks and their participants become ``sent``."""
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE round_tasks SET state='sent', updated_at=?"
+                " WHERE task_id=? AND state IN ('pending', 'sent')",
+                [(now, task) for task in tasks.values()])
+            conn.executemany(
+                "UPDATE study_sites SET state='sent', updated_at=?, task_id=? WHERE study_id=?"
+                " AND site_id=? AND state IN ('pending', 'sent', 'released')",
+                [(now, task, study_id, site) for site, task in sorted(tasks.items())])
+
+    def record_reply(self, task: RoundTaskRecord, state: str, now: float, *, reason: str = "",
+                     result: bytes | None = None,
+                     participant: tuple[str, str] | None = None) -> bool:
+        """Record a site's answer (``answered``) or refusal (``refused``) to an open task and,
+        in the same transaction, its participant's new ``(state, reason)``; return whether the
+        task was still open."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE round_tasks SET state=?, reason=?, result=?, updated_at=?"
+                " WHERE task_id=? AND state IN ('pending', 'sent')",
+                (state, reason, result, now, task.task_id))
+            if cur.rowcount and participant is not None:
+                conn.execute(
+                    "UPDATE study_sites SET state=?, reason=?, updated_at=? WHERE study_id=?"
+                    " AND site_id=? AND state IN ('pending', 'sent', 'released')",
+                    (*participant, now, task.study_id, task.site_id))
             return cur.rowcount > 0
 
     def reset_sent_tasks(self, now: float) -> int:
