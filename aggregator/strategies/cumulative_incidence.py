@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aggregator.strategies.one_shot import OneShotStrategy, pooled_groups
+from aggregator.strategies.one_shot import GroupedStrategy
 from analytics import (
+    CompetingCounts,
     EstimationError,
     cumulative_incidence,
     gray_test,
@@ -22,18 +23,20 @@ from protocol.study import Analysis, Study
 __all__ = ["CumulativeIncidenceStrategy"]
 
 
-class CumulativeIncidenceStrategy(OneShotStrategy):
+class CumulativeIncidenceStrategy(GroupedStrategy[CompetingCounts]):
     """``cumulative_incidence``: Aalen-Johansen per group, Gray's test with several groups."""
 
     kinds = ("cumulative_incidence",)
 
-    def check(self, release: Release, analysis: Analysis, study: Study) -> None:
-        competing_groups(release, study.horizon_days)
+    def decode(self, release: Release, horizon: int) -> Mapping[str, CompetingCounts]:
+        return competing_groups(release, horizon)
+
+    def add(self, parts: list[CompetingCounts]) -> CompetingCounts:
+        return pool_competing(parts)
 
     def pool(self, analysis: Analysis, study: Study,
              releases: Mapping[str, Release]) -> dict[str, Any]:
-        pooled = pooled_groups((competing_groups(r, study.horizon_days)
-                                for r in releases.values()), pool_competing, lambda c: c.n)
+        pooled = self.groups(study, releases.values())
         out: dict[str, Any] = {"groups": {
             name: cumulative_incidence(c, analysis.timepoints).to_dict()
             for name, c in pooled.items()}}

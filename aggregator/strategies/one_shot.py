@@ -7,9 +7,9 @@ the strategy asks every participant for a ``summary``, checks each site's releas
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from aggregator.strategy import AnalysisState, Contributions, Strategy
 from analytics import AnalyticsError
@@ -18,23 +18,8 @@ from protocol.errors import ProtocolError
 from protocol.rounds import summary_request
 from protocol.study import Analysis, Study
 
-__all__ = ["OneShotState", "OneShotStrategy", "pooled_groups"]
+__all__ = ["GroupedStrategy", "OneShotState", "OneShotStrategy"]
 
-C = TypeVar("C")
-
-
-def pooled_groups(sites: Iterable[Mapping[str, C]], add: Callable[[list[C]], C],
-                  size: Callable[[C], int]) -> dict[str, C]:
-    """Sum each group's counts over the sites (``add``), by group name, sorted.
-
-    Groups nobody is in are left out: fixed-shape (secure) releases carry every level.
-    """
-    merged: dict[str, list[C]] = {}
-    for groups in sites:
-        for name, counts in groups.items():
-            merged.setdefault(name, []).append(counts)
-    pooled = {name: add(parts) for name, parts in sorted(merged.items())}
-    return {name: c for name, c in pooled.items() if size(c) > 0}
 
 
 @dataclass
@@ -99,3 +84,41 @@ class OneShotStrategy(Strategy[OneShotState]):
         result["time_resolution_days"] = max(
             int(r.metadata.get("time_resolution_days", 1)) for r in usable.values())
         state.result = result
+
+
+class _Counts(Protocol):
+    @property
+    def n(self) -> int: ...
+
+
+C = TypeVar("C", bound=_Counts)
+
+
+class GroupedStrategy(OneShotStrategy, Generic[C]):
+    """Base of the kinds whose releases hold per-group day counts of type ``C``.
+
+    Subclasses give :meth:`decode` (one release's groups) and :meth:`add` (a group's sum).
+    """
+
+    def decode(self, release: Release, horizon: int) -> Mapping[str, C]:
+        """The groups of one release (raises :class:`ProtocolError` when malformed)."""
+        raise NotImplementedError
+
+    def add(self, parts: list[C]) -> C:
+        """One group's counts summed over the sites."""
+        raise NotImplementedError
+
+    def check(self, release: Release, analysis: Analysis, study: Study) -> None:
+        self.decode(release, study.horizon_days)
+
+    def groups(self, study: Study, releases: Iterable[Release]) -> dict[str, C]:
+        """Each group's counts summed over ``releases``, by group name, sorted.
+
+        Groups nobody is in are left out: fixed-shape (secure) releases carry every level.
+        """
+        merged: dict[str, list[C]] = {}
+        for release in releases:
+            for name, counts in self.decode(release, study.horizon_days).items():
+                merged.setdefault(name, []).append(counts)
+        pooled = {name: self.add(parts) for name, parts in sorted(merged.items())}
+        return {name: c for name, c in pooled.items() if c.n > 0}

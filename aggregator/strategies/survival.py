@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.strategies.one_shot import OneShotStrategy, pooled_groups
+from aggregator.strategies.one_shot import GroupedStrategy
 from analytics import (
     SurvivalCounts,
     kaplan_meier,
@@ -28,40 +28,37 @@ from protocol.releases import survival_groups
 from protocol.study import Analysis, Study
 from protocol.vocabulary import LOGRANK_COVARIANCE, LOGRANK_EXPECTED, LOGRANK_OBSERVED
 
-__all__ = ["EstimatorStrategy", "LogrankStrategy", "pool_groups"]
+__all__ = ["EstimatorStrategy", "LogrankStrategy", "SurvivalGroupsStrategy"]
 
 _LR_TERMS = (LOGRANK_OBSERVED, LOGRANK_EXPECTED, LOGRANK_COVARIANCE)
 
 
-def pool_groups(sites: Iterable[Mapping[str, SurvivalCounts]]) -> dict[str, SurvivalCounts]:
-    """Sum each group's counts over the sites; groups nobody is in are left out."""
-    return pooled_groups(sites, pool_counts, lambda c: c.n)
+class SurvivalGroupsStrategy(GroupedStrategy[SurvivalCounts]):
+    """Base of the kinds released as per-group events and censorings per day."""
+
+    def decode(self, release: Release, horizon: int) -> Mapping[str, SurvivalCounts]:
+        return survival_groups(release, horizon)
+
+    def add(self, parts: list[SurvivalCounts]) -> SurvivalCounts:
+        return pool_counts(parts)
 
 
-class EstimatorStrategy(OneShotStrategy):
+class EstimatorStrategy(SurvivalGroupsStrategy):
     """``kaplan_meier`` and ``nelson_aalen``: one curve per group of the pooled counts."""
 
     kinds = ("kaplan_meier", "nelson_aalen")
 
-    def check(self, release: Release, analysis: Analysis, study: Study) -> None:
-        survival_groups(release, study.horizon_days)
-
     def pool(self, analysis: Analysis, study: Study,
              releases: Mapping[str, Release]) -> dict[str, Any]:
-        pooled = pool_groups(survival_groups(r, study.horizon_days)
-                             for r in releases.values())
         estimator = kaplan_meier if analysis.kind == "kaplan_meier" else nelson_aalen
         return {"groups": {g: estimator(c, analysis.timepoints).to_dict()
-                           for g, c in sorted(pooled.items())}}
+                           for g, c in self.groups(study, releases.values()).items()}}
 
 
-class LogrankStrategy(OneShotStrategy):
+class LogrankStrategy(SurvivalGroupsStrategy):
     """``logrank``: the test on the pooled groups, or stratified by site."""
 
     kinds = ("logrank",)
-
-    def check(self, release: Release, analysis: Analysis, study: Study) -> None:
-        survival_groups(release, study.horizon_days)
 
     def pool(self, analysis: Analysis, study: Study,
              releases: Mapping[str, Release]) -> dict[str, Any]:
@@ -73,8 +70,7 @@ class LogrankStrategy(OneShotStrategy):
                       for s in sorted(releases)]
             result = logrank(strata).to_dict()
         else:
-            result = logrank([pool_groups(survival_groups(r, study.horizon_days)
-                                          for r in releases.values())]).to_dict()
+            result = logrank([self.groups(study, releases.values())]).to_dict()
         return {**result, "stratified_by_site": analysis.stratify_by_site}
 
 
