@@ -387,8 +387,8 @@ class StudyEngine:
 
     def _sync_participants(self, study_id: str, state: RunState) -> None:
         self._store.set_final_states(study_id, {
-            **{s: ("refused", r) for s, r in state.refused.items()},
-            **{s: ("unreachable", r) for s, r in {**state.unreachable, **state.dropped}.items()}},
+            **{s: ("unreachable", r) for s, r in {**state.unreachable, **state.dropped}.items()},
+            **{s: ("refused", r) for s, r in state.refused.items()}},
             self._clock())
 
     def _fail(self, study_id: str, reason: str) -> None:

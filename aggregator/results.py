@@ -46,7 +46,8 @@ def results_document(study: Study, state: RunState,
         "status": "completed",
         "sites": {"participated": participated,
                   "refused": dict(sorted(state.refused.items())),
-                  "unreachable": sorted(set(state.unreachable) | set(dropped)),
+                  "unreachable": sorted(set(state.unreachable)
+                                        | (set(dropped) - set(state.refused))),
                   **({"dropped_during_study": dropped} if dropped else {})},
         "privacy": {
             "secure_aggregation": study.privacy.secure_aggregation,

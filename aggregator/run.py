@@ -250,6 +250,13 @@ class StudyRun:
             return Contributions(releases, failures, tuple(sorted(releases)), masked=False)
         if failures:
             return Contributions({}, failures, tuple(state.participants), masked=True)
+        if any(r.metadata.get("overflow") for r in releases.values()):
+            # a site's weights overflowed at these coefficients: no sum exists, the strategy
+            # steps back (Cox halves the step), as it does unmasked
+            name_kind = next(iter(releases.values()))
+            return Contributions({MASKED_SUM: Release(name, name_kind.kind, {},
+                                                      {"overflow": True})}, {},
+                                 tuple(state.participants), masked=True)
         odd = _odd_shapes(releases)
         if odd:
             return Contributions({}, {s: "masked release does not match the other sites' "
@@ -292,6 +299,8 @@ class StudyRun:
     def _leave(self, state: RunState, site: str, failure: Failure) -> None:
         if site in state.answered:
             state.dropped[site] = failure.reason
+            if not failure.silent:
+                state.refused[site] = failure.reason or "refused without a reason"
         elif failure.silent:
             state.unreachable[site] = failure.reason
         else:

@@ -143,10 +143,14 @@ def _newton(request: Release) -> NewtonRequest:
         raise ProtocolError(f"newton request {request.analysis}: columns must list names")
     if beta.ndim != 1 or beta.size == 0 or beta.size != len(columns):
         raise ProtocolError(f"newton request {request.analysis}: one coefficient per column")
+    if not np.all(np.isfinite(beta)):
+        raise ProtocolError(f"newton request {request.analysis}: coefficients must be finite")
     centre = request.vectors.get("centre")
     centre_arr = None if centre is None else np.asarray(centre, dtype=np.float64)
-    if centre_arr is not None and centre_arr.shape != beta.shape:
-        raise ProtocolError(f"newton request {request.analysis}: centre must match beta")
+    if centre_arr is not None and (centre_arr.shape != beta.shape
+                                   or not np.all(np.isfinite(centre_arr))):
+        raise ProtocolError(f"newton request {request.analysis}: centre must be finite and "
+                            "match beta")
     return NewtonRequest(request.analysis, tuple(columns), beta, centre_arr)
 
 

@@ -98,3 +98,45 @@ def test_secure_aggregation_needs_the_site_credentials(store_dir, tmp_path):
     outcome = _engine(store_dir, tmp_path).answer(study.id, sign_study(study, KEY))
     assert outcome.refusal == ("secure aggregation needs this site's credentials, which the "
                                "node lacks")
+
+
+COX = {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+       "covariates": ["age_at_infusion"]}
+
+
+def test_a_newton_only_round_still_passes_the_disclosure_ledger(store_dir, tmp_path):
+    """A Cox step releases per-day sums over the cohort: an aggregator that skips the
+    summary round must not get them for a cohort differing by one patient from a released
+    one."""
+    from node.cohorts.cohort import select_cohort
+    from node.governance.ledger import DisclosureLedger
+    from protocol.rounds import newton_request
+
+    study = make_study("eng-newton", [COX], expires=dt.date(2026, 12, 1))
+    ledger = DisclosureLedger(tmp_path / "ledger", b"l" * 32)
+    cohort = select_cohort(open_store(store_dir), study.cohort, today=dt.date(2026, 11, 1))
+    ids = cohort["patient_id"].tolist()
+    ledger.record("earlier-study", ids[1:])  # the same cohort but one patient
+    engine = NodeEngine("se-test", Policy(min_cohort=1, min_cell=1, min_bin_events=1),
+                        [KEY.public_key()], lambda: open_store(store_dir),
+                        AuditTrail(tmp_path / "audit.jsonl"), today=lambda: dt.date(2026, 11, 1),
+                        ledger=ledger)
+    outcome = engine.answer(study.id, sign_study(study, KEY), 2,
+                            (newton_request("cox", ["age_at_infusion"], [0.0]),))
+    assert outcome.releases is None
+    assert "differ" in (outcome.refusal or "")
+    assert _events(tmp_path)[-1] == ("study_refused", {"reason": outcome.refusal})
+
+
+@pytest.mark.parametrize("beta", [float("nan"), float("inf")])
+def test_a_non_finite_coefficient_is_a_refused_malformed_round(store_dir, tmp_path, beta):
+    from protocol.rounds import newton_request
+
+    study = make_study("eng-nan", [COX], expires=dt.date(2026, 12, 1))
+    outcome = _engine(store_dir, tmp_path, Policy(min_cohort=1, min_cell=1,
+                                                  min_bin_events=1)).answer(
+        study.id, sign_study(study, KEY), 2, (newton_request("cox", ["age_at_infusion"],
+                                                             [beta]),))
+    assert outcome.refusal == ("malformed round 2: newton request cox: coefficients must be "
+                               "finite")
+    assert _events(tmp_path)[-1] == ("study_refused", {"reason": outcome.refusal})

@@ -228,3 +228,56 @@ def test_a_faulty_release_costs_only_its_analysis(tmp_path: Path, sites: list[Si
         if other != name:
             assert "error" not in results["analyses"][other], (other,
                                                                 results["analyses"][other])
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["unmasked", "secure"])
+def test_an_overflow_at_one_site_halves_the_step_and_blames_nobody(
+        tmp_path: Path, sites: list[SimulatedSite], secure: bool) -> None:
+    """A site whose weights overflow at the proposed coefficients says so (no vectors); the
+    fit steps back and converges to the uninterrupted fit, masked or not."""
+    bad = sites[0].site_id
+    sent = {"overflow": False}
+
+    def overflow_once(release: Release) -> Release | None:
+        if sent["overflow"]:
+            return release
+        sent["overflow"] = True
+        return Release(release.analysis, release.kind, {}, {"overflow": True})
+
+    def after_first_step(req: RoundRequests) -> bool:
+        return any(n.analysis == "cox" and np.any(n.beta != 0) for n in req.newton)
+
+    study = _study(f"rc-overflow-{'secure' if secure else 'plain'}", secure, min_sites=2)
+    reference = _run(tmp_path / "reference", sites, study)
+    results = _run(tmp_path / "overflow", sites, study,
+                   wrappers={bad: _faulty("cox", after_first_step, overflow_once)})
+    assert sent["overflow"]
+    entry = results["analyses"]["cox"]
+    assert "error" not in entry and "site_errors" not in entry, entry
+    assert entry["sites"] == sorted(s.site_id for s in sites)
+    assert entry["iterations"] > reference["analyses"]["cox"]["iterations"]  # a halving
+    _compare(entry["coefficients"], reference["analyses"]["cox"]["coefficients"], rel=1e-6,
+             abs_tol=1e-9)
+
+
+def test_a_site_refusing_after_it_answered_is_reported_refused(
+        tmp_path: Path, sites: list[SimulatedSite]) -> None:
+    """Secure: a site that refuses a later round leaves the study as refused (with its
+    reason), not as unreachable; the others finish without it."""
+    bad = sites[0].site_id
+
+    def refuse_data(handler: NodeHandler) -> NodeHandler:
+        def answer(task: StudyTask) -> TaskReply | None:
+            if parse_requests(task.inputs).relay is not None:
+                return TaskReply(task.task_id, task.study_id, refusal="withdrawn by steward")
+            return handler(task)
+        return answer
+
+    study = _study("rc-withdrawn", True, min_sites=2)
+    results = _run(tmp_path, sites, study, wrappers={bad: refuse_data})
+    assert results["sites"]["refused"] == {bad: "withdrawn by steward"}
+    assert bad not in results["sites"]["unreachable"]
+    assert results["sites"]["dropped_during_study"] == {bad: "withdrawn by steward"}
+    assert results["sites"]["participated"] == sorted(s.site_id for s in sites
+                                                      if s.site_id != bad)
+    assert all("error" not in e for e in results["analyses"].values())

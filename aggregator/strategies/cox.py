@@ -12,7 +12,7 @@ restarts the whole study instead, and a site that leaves the model out ends it w
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,7 +47,7 @@ class CoxState(AnalysisState):
     phase: str = "setup"  # setup | running | finalizing
     sites: list[str] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
-    counts: dict[str, list[int]] = field(default_factory=dict)  # contributor -> [n, events]
+    setups: dict[str, dict[str, Any]] = field(default_factory=dict)  # contributor -> its part
     n: int = 0
     events: int = 0
     dropped: dict[str, int | str] = field(default_factory=dict)
@@ -57,11 +57,11 @@ class CoxState(AnalysisState):
     newton: dict[str, Any] | None = None
 
 
-def _sum_dropped(setups: Mapping[str, Release]) -> dict[str, int | str]:
+def _sum_dropped(parts: Iterable[Mapping[str, Any]]) -> dict[str, int | str]:
     """Patients dropped per reason over the sites; a withheld count makes a lower bound."""
     out: dict[str, int | str] = {}
-    for release in setups.values():
-        for reason, value in (release.metadata.get("dropped") or {}).items():
+    for dropped in parts:
+        for reason, value in dropped.items():
             prev = out.get(reason, 0)
             if isinstance(value, str) or isinstance(prev, str):
                 known = (prev if isinstance(prev, int) else int(str(prev).lstrip(">=") or 0)) \
@@ -125,7 +125,7 @@ class CoxStrategy(Strategy[CoxState]):
             state.fail("the masked sum is incomplete: " + "; ".join(
                 f"{s}: {r}" for s, r in sorted(state.site_errors.items())))
         elif not answers.masked and len(ok) < len(state.sites):
-            self._restart_without(state, study, ok)
+            self._restart_without(state, analysis, study, ok)
         else:
             self._step(state, deriv)
 
@@ -152,24 +152,43 @@ class CoxStrategy(Strategy[CoxState]):
             state.sites = sorted(answers.sites) if usable else []
         else:
             state.sites = sorted(usable)
-        state.dropped = _sum_dropped(usable)
-        state.resolution = max([int(r.metadata.get("time_resolution_days", 1))
-                                for r in usable.values()] + [1])
+        try:
+            state.setups = {who: {
+                "levels": {c: sorted(v) for c, v in (r.metadata.get("levels") or {}).items()},
+                "n": int(r.metadata["n"]), "events": int(r.metadata["events"]),
+                "dropped": dict(r.metadata.get("dropped") or {}),
+                "resolution": int(r.metadata.get("time_resolution_days", 1))}
+                for who, r in usable.items()}
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            state.fail(f"malformed model description: {exc}")
+            return
         if len(state.sites) < study.privacy.min_sites:
             reasons = "; ".join(sorted(set(state.site_errors.values())))
             state.fail(f"only {len(state.sites)} sites can fit this model, fewer than "
                        f"min_sites {study.privacy.min_sites}" + (f" ({reasons})" if reasons
                                                                   else ""))
             return
+        self._design(state, analysis)
+
+    def _design(self, state: CoxState, analysis: Analysis) -> None:
+        """Fix the design over the model's current sites and start Newton at beta = 0.
+
+        Indicator columns come from the levels present at these sites only, so a fit that
+        restarts without a site equals the analysis of the sites it names.
+        """
+        parts = [state.setups[w] for w in ([MASKED_SUM] if MASKED_SUM in state.setups
+                                           else state.sites)]
         levels: dict[str, set[str]] = {}
-        for r in usable.values():
-            for cov, names in (r.metadata.get("levels") or {}).items():
+        for part in parts:
+            for cov, names in part["levels"].items():
                 levels.setdefault(cov, set()).update(names)
         state.columns = design_columns(analysis.covariates,
                                        {c: sorted(v) for c, v in levels.items()})
-        state.counts = {who: [int(r.metadata["n"]), int(r.metadata["events"])]
-                        for who, r in usable.items()}
-        self._count(state)
+        state.dropped = _sum_dropped(p["dropped"] for p in parts)
+        state.resolution = max([int(p["resolution"]) for p in parts] + [1])
+        state.n = sum(int(p["n"]) for p in parts)
+        state.events = sum(int(p["events"]) for p in parts)
+        state.centre = None
         if state.events == 0:
             state.fail("no events in the pooled cohort")
         elif not state.columns:
@@ -178,17 +197,15 @@ class CoxStrategy(Strategy[CoxState]):
             state.phase = "running"
             state.newton = newton_start(len(state.columns)).to_dict()
 
-    def _restart_without(self, state: CoxState, study: Study, sites: list[str]) -> None:
+    def _restart_without(self, state: CoxState, analysis: Analysis, study: Study,
+                         sites: list[str]) -> None:
         state.sites = sites
         if len(sites) < study.privacy.min_sites:
             state.fail(f"sites dropped out during the iterations; {len(sites)} left, fewer "
                        f"than min_sites {study.privacy.min_sites}")
             return
         state.restarts += 1
-        state.centre = None
-        state.phase = "running"
-        state.newton = newton_start(len(state.columns)).to_dict()
-        self._count(state)
+        self._design(state, analysis)
 
     def _pooled(self, state: CoxState, study: Study, got: Mapping[str, Release]
                 ) -> tuple[CoxDerivatives | None, dict[str, str]]:
@@ -249,8 +266,3 @@ class CoxStrategy(Strategy[CoxState]):
         state.result = result.to_dict()
         state.done = True
 
-    @staticmethod
-    def _count(state: CoxState) -> None:
-        keys = [MASKED_SUM] if MASKED_SUM in state.counts else state.sites
-        state.n = sum(state.counts[k][0] for k in keys)
-        state.events = sum(state.counts[k][1] for k in keys)

@@ -51,13 +51,15 @@ class _TableCache:
         return self._tables[name]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Prepared:
     """What a study needs at this site, kept between the rounds of iterative analyses."""
 
     tables: _TableCache
     cohort: pd.DataFrame
     memo: dict[str, CoxSite]
+    ledger_checked: bool = False
+    ledger_recorded: bool = False
 
 
 _CACHED_STUDIES = 4
@@ -153,9 +155,20 @@ class NodeEngine:
             self._cache.popitem(last=False)
         return prepared
 
+    def _ledger_refusal(self, study: Study, prepared: _Prepared) -> str | None:
+        """Why the ledger forbids releasing anything about this cohort (checked once per
+        prepared cohort: every round that releases or keys a release, Newton rounds too)."""
+        if self.ledger is None or prepared.ledger_checked:
+            return None
+        reason = self.ledger.check(study.id, prepared.cohort["patient_id"].tolist(),
+                                   self.policy.min_cohort_difference)
+        prepared.ledger_checked = reason is None
+        return reason
+
     def _record(self, study: Study, prepared: _Prepared) -> None:
-        if self.ledger is not None:
+        if self.ledger is not None and not prepared.ledger_recorded:
             self.ledger.record(study.id, prepared.cohort["patient_id"].tolist())
+            prepared.ledger_recorded = True
 
     def answer(self, study_id: str, signed: SignedStudy, round: int = 1,
                inputs: Sequence[Release] = ()) -> TaskOutcome:
@@ -180,9 +193,8 @@ class NodeEngine:
         masked = study.privacy.secure_aggregation
         if not masked and len(prepared.cohort) < self.policy.min_cohort:
             return self._refuse(study_id, f"cohort below {self.policy.min_cohort} patients")
-        if (requests.announce is not None or requests.summaries) and self.ledger is not None:
-            reason = self.ledger.check(study.id, prepared.cohort["patient_id"].tolist(),
-                                       self.policy.min_cohort_difference)
+        if requests.announce is not None or requests.analyses:
+            reason = self._ledger_refusal(study, prepared)
             if reason:
                 return self._refuse(study_id, reason)
         try:
@@ -191,7 +203,7 @@ class NodeEngine:
             releases = self._releases(study, prepared, requests, round)
         except StudyRefused as exc:
             return self._refuse(study_id, str(exc))
-        if requests.summaries:
+        if requests.analyses:
             self._record(study, prepared)
         for release in releases:
             if release.error:

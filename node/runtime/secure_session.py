@@ -5,8 +5,9 @@ The key-exchange round of a study with ``secure_aggregation: true`` (an ``announ
 certificate key. Every later round relays every participant's signed announcement: the node
 verifies them against the network CA, derives the pairwise masks and releases every vector
 masked. After a site dropped out, the aggregator asks for a key for the next attempt. Private
-keys live only in this process; a node restarted between rounds cannot mask, answers nothing
-for the round, and the aggregator restarts it.
+keys live only in this process; a node restarted between rounds cannot mask and refuses the
+round ("no ephemeral key"), so the aggregator drops it and restarts the key exchange among the
+others.
 """
 
 from __future__ import annotations
