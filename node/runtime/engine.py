@@ -239,7 +239,10 @@ class NodeEngine:
         participants: list[str] | None = None
         if requests.relay is not None:
             assert self.secure is not None
-            masker, participants = self.secure.masker(study.id, requests.relay)
+            masker, participants = self.secure.masker(study.id, requests.relay,
+                                                      study.privacy.min_sites)
+            self.secure.claim_round(study.id, requests.relay.attempt, round,
+                                    _requests_digest(requests))
         by_name = {a.name: a for a in study.analyses}
         unknown = [n for n in requests.analyses if n not in by_name]
         if unknown:
@@ -258,3 +261,15 @@ class NodeEngine:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _requests_digest(requests: RoundRequests) -> str:
+    """A digest of what a round asks (analyses and Newton coefficients)."""
+    h = hashlib.sha256()
+    for name in requests.summaries:
+        h.update(f"summary:{name};".encode())
+    for n in requests.newton:
+        h.update(f"newton:{n.analysis}:{','.join(n.columns)};".encode())
+        h.update(n.beta.tobytes())
+        h.update(b"-" if n.centre is None else n.centre.tobytes())
+    return h.hexdigest()

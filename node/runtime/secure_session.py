@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -33,45 +34,86 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 """Key exchanges a site takes part in for one study (the first and two restarts)."""
-_KEPT = 8
+_KEPT = 32
+"""Secure studies whose keys a node keeps (the oldest are forgotten first)."""
+
+
+@dataclass
+class _StudyKeys:
+    """What this site agreed to in one secure study (the aggregator cannot steer it)."""
+
+    attempt: int = 0
+    keys: dict[int, X25519PrivateKey] = field(default_factory=dict)
+    announced: dict[int, Release] = field(default_factory=dict)
+    participants: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    rounds: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
 class SecureSessions:
-    """Ephemeral keys of this site's running secure studies."""
+    """Ephemeral keys of this site's running secure studies, and the rules they obey.
+
+    The aggregator chooses attempts, rounds and participants; the site holds it to them:
+    attempts only move forward and each is announced once (asking again returns the same
+    key), an attempt's participants are fixed by its first relay and are at least the
+    study's ``min_sites``, and a round of an attempt is answered for one set of requests
+    only (its masks are bound to the round: two answers would differ by the plain values).
+    """
 
     def __init__(self, site_id: str, credentials: Credentials) -> None:
         self.site_id = site_id
         self._identity = load_pem_private_key(credentials.key.read_bytes(), password=None)
         self._certificate = credentials.cert.read_bytes()
         self._ca = credentials.ca.read_bytes()
-        self._keys: dict[tuple[str, int], X25519PrivateKey] = {}
+        self._studies: dict[str, _StudyKeys] = {}
+
+    def _study(self, study_id: str) -> _StudyKeys:
+        if study_id not in self._studies:
+            self._studies[study_id] = _StudyKeys()
+            while len(self._studies) > _KEPT:
+                self._studies.pop(next(iter(self._studies)))
+        return self._studies[study_id]
 
     def announce(self, study_id: str, attempt: int) -> Release:
-        """A fresh signed ephemeral key for ``attempt`` of a study."""
+        """This site's signed ephemeral key for ``attempt`` of a study (made once).
+
+        Raises
+        ------
+        StudyRefused
+            For an attempt older than one already announced.
+        """
+        keys = self._study(study_id)
+        if attempt < keys.attempt:
+            raise StudyRefused(f"secure aggregation: key exchange {attempt} comes after "
+                               f"{keys.attempt}")
+        if attempt in keys.announced:
+            return keys.announced[attempt]
         private, announcement = announce(self.site_id, study_id, attempt, self._identity,
                                          self._certificate)
-        self._keys[(study_id, attempt)] = private
-        while len(self._keys) > _KEPT:
-            self._keys.pop(next(iter(self._keys)))
-        return Release(analysis=KEYS, kind=KEY_KIND, vectors={},
-                       metadata={"announcement": announcement.to_dict()})
+        keys.attempt = attempt
+        keys.keys = {attempt: private}  # older attempts can never be used again
+        keys.announced = {attempt: Release(analysis=KEYS, kind=KEY_KIND, vectors={},
+                                           metadata={"announcement": announcement.to_dict()})}
+        return keys.announced[attempt]
 
-    def masker(self, study_id: str, keys: KeyRelay) -> tuple[PairwiseMasker, list[str]]:
+    def masker(self, study_id: str, relay: KeyRelay, min_sites: int
+               ) -> tuple[PairwiseMasker, list[str]]:
         """Verify every participant's announcement and build this site's masker.
 
         Raises
         ------
         StudyRefused
-            When an announcement is forged, replayed or not from this network, or this
-            site's own key for the attempt is not known here.
+            When an announcement is forged, replayed or not from this network, this site's
+            own key for the attempt is not known here, fewer than ``min_sites`` take part, or
+            the participants differ from those of the attempt's first relay.
         """
-        attempt = keys.attempt
-        private = self._keys.get((study_id, attempt))
+        attempt = relay.attempt
+        keys = self._study(study_id)
+        private = keys.keys.get(attempt)
         if private is None:
             raise StudyRefused(f"no ephemeral key for attempt {attempt} (node restarted?)")
         announcements: dict[str, KeyAnnouncement] = {}
         try:
-            for raw in keys.announcements:
+            for raw in relay.announcements:
                 a = KeyAnnouncement.from_dict(raw)
                 verify_announcement(a, self._ca, study_id, attempt)
                 announcements[a.site_id] = a
@@ -81,8 +123,29 @@ class SecureSessions:
         own = private.public_key().public_bytes_raw()
         if mine is None or mine.public_key != own:
             raise StudyRefused("secure aggregation: this site's own key is missing or replaced")
+        participants = tuple(sorted(announcements))
+        if len(participants) < min_sites:
+            raise StudyRefused(f"secure aggregation: {len(participants)} participants, fewer "
+                               f"than min_sites {min_sites}")
+        if keys.participants.setdefault(attempt, participants) != participants:
+            raise StudyRefused(f"secure aggregation: attempt {attempt} already has other "
+                               "participants")
         masker = PairwiseMasker(self.site_id, private, announcements, study_id, attempt)
-        return masker, sorted(announcements)
+        return masker, list(participants)
+
+    def claim_round(self, study_id: str, attempt: int, round: int, requests: str) -> None:
+        """Answer round ``round`` of ``attempt`` for one set of requests only (a digest);
+        the same requests again (a resend) are fine.
+
+        Raises
+        ------
+        StudyRefused
+            When the round was answered for other requests.
+        """
+        keys = self._study(study_id)
+        if keys.rounds.setdefault((attempt, round), requests) != requests:
+            raise StudyRefused(f"secure aggregation: round {round} was already answered for "
+                               "other requests")
 
     @staticmethod
     def mask(releases: Sequence[Release], masker: PairwiseMasker, round: int) -> list[Release]:

@@ -1,0 +1,126 @@
+"""A malicious aggregator cannot steer a site's secure-aggregation session.
+
+Each attack is what an aggregator that deviates from the protocol would send straight to the
+node engines (real keys, certificates and masking): masked rounds over subsets of the
+participants ({A,B}, {A,C}, {B,C} give A's own vector as (AB + AC - BC) / 2), a round asked
+twice with other requests (two answers under the same masks differ by the plain values), and
+key exchanges replayed to get fresh keys. Each must fail at the node.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from heron.simulation import SimulatedNetwork, SimulatedSite, ingest_sites, make_study
+from heron.synth import synthesize
+from node.governance.policy import Policy
+from protocol.codec import Release
+from protocol.rounds import announce_request, key_relay, summary_request
+from protocol.secure_agg import unmask_sum
+from protocol.signing import sign_study
+
+KEY = Ed25519PrivateKey.generate()
+TODAY = dt.date(2026, 11, 1)
+KM = {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival", "group_by": "sex"}
+NA = {"name": "na", "kind": "nelson_aalen", "endpoint": "overall_survival"}
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
+    tmp = tmp_path_factory.mktemp("guards")
+    folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=3, patients=60,
+                                                     seed=3)}
+    return ingest_sites(tmp / "stores", folders, policy=Policy())
+
+
+@pytest.fixture
+def net(tmp_path: Path, sites: list[SimulatedSite]) -> Iterator[SimulatedNetwork]:
+    with SimulatedNetwork(tmp_path / "net", sites, KEY, today=lambda: TODAY) as network:
+        yield network
+
+
+def _study(study_id: str, min_sites: int) -> Any:
+    return make_study(study_id, [KM, NA], cohort={}, min_sites=min_sites,
+                      secure_aggregation=True, expires=TODAY + dt.timedelta(days=30))
+
+
+def _announce(net: SimulatedNetwork, study: Any, attempt: int = 1) -> dict[str, Any]:
+    signed = sign_study(study, KEY)
+    out = {}
+    for site, node in sorted(net.nodes.items()):
+        answer = node.answer(study.id, signed, 1, (announce_request(attempt),))
+        assert answer.releases is not None, answer.refusal
+        out[site] = answer.releases[0].metadata["announcement"]
+    return out
+
+
+def _ask(net: SimulatedNetwork, study: Any, site: str, keys: dict[str, Any],
+         pair: tuple[str, ...], rnd: int, analysis: dict[str, str] = KM) -> Any:
+    relay = key_relay(1, [keys[s] for s in pair])
+    return net.nodes[site].answer(study.id, sign_study(study, KEY), rnd,
+                                  (relay, summary_request(analysis["name"], analysis["kind"])))
+
+
+def test_a_relay_with_fewer_than_min_sites_participants_is_refused(net: SimulatedNetwork
+                                                                   ) -> None:
+    study = _study("guard-min-sites", min_sites=3)
+    keys = _announce(net, study)
+    a, b, _ = sorted(keys)
+    for site in (a, b):
+        answer = _ask(net, study, site, keys, (a, b), 2)
+        assert answer.refusal == ("secure aggregation: 2 participants, fewer than "
+                                  "min_sites 3")
+
+
+def test_subsets_of_one_attempt_cannot_isolate_a_site(net: SimulatedNetwork) -> None:
+    study = _study("guard-subsets", min_sites=2)
+    keys = _announce(net, study)
+    a, b, c = sorted(keys)
+    ab = [_ask(net, study, s, keys, (a, b), 2) for s in (a, b)]
+    assert all(x.releases for x in ab)  # a pair is a legal participant set here
+    assert unmask_sum([x.releases[0] for x in ab]).vectors  # and its sum can be taken
+    # the attack's second and third sums: the participants of attempt 1 are fixed
+    assert _ask(net, study, a, keys, (a, c), 3).refusal == (
+        "secure aggregation: attempt 1 already has other participants")
+    assert _ask(net, study, c, keys, (b, c), 4).releases is not None  # c never agreed before
+    assert _ask(net, study, b, keys, (b, c), 4).refusal == (
+        "secure aggregation: attempt 1 already has other participants")
+
+
+def test_a_round_is_answered_for_one_set_of_requests(net: SimulatedNetwork) -> None:
+    study = _study("guard-rounds", min_sites=3)
+    keys = _announce(net, study)
+    everyone = tuple(sorted(keys))
+    site = everyone[0]
+    first = _ask(net, study, site, keys, everyone, 2)
+    again = _ask(net, study, site, keys, everyone, 2)  # a resend after a restart
+    assert first.releases is not None and again.releases is not None
+    assert all(np.array_equal(first.releases[0].vectors[k], again.releases[0].vectors[k])
+               for k in first.releases[0].vectors)
+    other = _ask(net, study, site, keys, everyone, 2, analysis=NA)
+    assert other.refusal == ("secure aggregation: round 2 was already answered for other "
+                             "requests")
+    assert _ask(net, study, site, keys, everyone, 3, analysis=NA).releases is not None
+
+
+def test_a_key_exchange_cannot_be_replayed_for_fresh_keys(net: SimulatedNetwork) -> None:
+    study = _study("guard-replay", min_sites=3)
+    signed = sign_study(study, KEY)
+    node = next(iter(net.nodes.values()))
+
+    def announce(attempt: int) -> Any:
+        return node.answer(study.id, signed, 1, (announce_request(attempt),))
+
+    first = announce(1).releases[0]
+    assert isinstance(first, Release)
+    assert announce(1).releases[0] == first  # the same key, not a fresh one
+    second = announce(2).releases[0]
+    assert second.metadata["announcement"] != first.metadata["announcement"]
+    assert announce(1).refusal == "secure aggregation: key exchange 1 comes after 2"
