@@ -33,6 +33,7 @@ __all__ = [
     "LocalTransport",
     "NodeHandler",
     "NodeTransport",
+    "NullListener",
     "StudyTask",
     "TaskReply",
     "TransportListener",
@@ -112,7 +113,9 @@ NodeHandler = Callable[[StudyTask], TaskReply | None]
 """An in-process node: answers a task, or returns ``None`` to stay silent."""
 
 
-class _NullListener:
+class NullListener:
+    """A listener that ignores every event (before one is set, or for a stopped engine)."""
+
     def on_connect(self, site_id: str, hello: HelloInfo) -> None:
         logger.debug("no listener for connect of %s", site_id)
 
@@ -142,7 +145,7 @@ class LocalTransport(NodeTransport):
         self._lock = threading.Lock()
         self._nodes: dict[str, _LocalNode] = {}
         self._generation = 0
-        self._listener: TransportListener = _NullListener()
+        self._listener: TransportListener = NullListener()
         self._executor = ThreadPoolExecutor(max_workers=max_workers,
                                             thread_name_prefix="local-node")
 

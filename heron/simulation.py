@@ -67,7 +67,7 @@ from node.ingestion.pseudonym import load_or_create_secret
 from node.ingestion.store import open_store
 from node.runtime.daemon import NodeDaemon
 from node.runtime.engine import NodeEngine
-from protocol.codec import decode_release, encode_release
+from protocol.codec import answer_message, decode_release
 from protocol.pki import Credentials, init_ca, issue_aggregator, issue_site, load_credentials
 from protocol.signing import SignedStudy, sign_study
 from protocol.study import Study, study_from_dict
@@ -397,13 +397,7 @@ class _HandlerDaemon(NodeDaemon):
             reply = self._handler(domain)
         if reply is None:
             return
-        if reply.refusal is not None:
-            out.put(pb.NodeMessage(refusal=pb.TaskRefusal(
-                task_id=reply.task_id, study_id=reply.study_id, reason=reply.refusal)))
-        else:
-            out.put(pb.NodeMessage(result=pb.TaskResult(
-                task_id=reply.task_id, study_id=reply.study_id,
-                releases=[encode_release(r) for r in reply.releases or ()])))
+        out.put(answer_message(reply.task_id, reply.study_id, reply.releases, reply.refusal))
 
 
 @dataclass

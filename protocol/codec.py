@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeAlias, TypedDict
 
@@ -27,9 +27,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from protocol.errors import ReleaseFormatError
-from protocol.v1 import common_pb2
+from protocol.v1 import common_pb2, node_link_pb2
 
-__all__ = ["LAYOUT_KEY", "Release", "Vector", "decode_release", "encode_release"]
+__all__ = ["LAYOUT_KEY", "Release", "Vector", "answer_message", "decode_release",
+           "encode_release"]
 
 logger = logging.getLogger(__name__)
 
@@ -222,3 +223,15 @@ def decode_release(pb: common_pb2.AnalysisRelease) -> Release:
         raise ReleaseFormatError(f"layout names unknown vector {unknown[0]!r}")
     return Release(analysis=pb.analysis, kind=pb.kind, vectors=vectors, metadata=metadata,
                    error=pb.error)
+
+
+def answer_message(task_id: str, study_id: str, releases: Sequence[Release] | None,
+                   refusal: str | None) -> node_link_pb2.NodeMessage:
+    """A node's answer to a task as it travels up the node link: its releases, or (when
+    ``refusal`` is not ``None``) the refusal with its reason."""
+    if refusal is not None:
+        return node_link_pb2.NodeMessage(refusal=node_link_pb2.TaskRefusal(
+            task_id=task_id, study_id=study_id, reason=refusal))
+    return node_link_pb2.NodeMessage(result=node_link_pb2.TaskResult(
+        task_id=task_id, study_id=study_id,
+        releases=[encode_release(r) for r in releases or ()]))

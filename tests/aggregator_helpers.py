@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aggregator.strategies import OneShotStrategy
 from aggregator.transport import HelloInfo, StudyTask, TaskReply
 from protocol import pki
-from protocol.codec import Release, encode_release
+from protocol.codec import Release, answer_message
 from protocol.signing import SignedStudy, sign_study
 from protocol.study import Study, study_from_dict
 from protocol.tls import channel_credentials
@@ -226,13 +226,7 @@ class GrpcTestNode:
         reply = self.handler(task)
         if reply is None:
             return
-        if reply.refusal is not None:
-            self.send(pb.NodeMessage(refusal=pb.TaskRefusal(
-                task_id=reply.task_id, study_id=reply.study_id, reason=reply.refusal)))
-        else:
-            self.send(pb.NodeMessage(result=pb.TaskResult(
-                task_id=reply.task_id, study_id=reply.study_id,
-                releases=[encode_release(r) for r in reply.releases or ()])))
+        self.send(answer_message(reply.task_id, reply.study_id, reply.releases, reply.refusal))
 
     def send(self, msg: pb.NodeMessage) -> None:
         """Send a raw message up the stream."""

@@ -10,11 +10,15 @@ hand-checked site folder). In-process networks are :mod:`heron.simulation`'s.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
+import yaml
 from lifelines import CoxPHFitter
 
 from heron.simulation import pooled_cox_data
@@ -84,3 +88,63 @@ def lifelines_reference(data: pd.DataFrame, categorical: Sequence[str],
     # 2e-5 short of the maximum; run it to full convergence to compare at 1e-6
     return CoxPHFitter().fit(coded, "duration", "event", strata=strata,
                              fit_options={"precision": 1e-14, "max_steps": 200})
+
+
+EVERY_KIND: list[dict[str, Any]] = [
+    {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival", "group_by": "route",
+     "timepoints": [365]},
+    {"name": "na", "kind": "nelson_aalen", "endpoint": "progression_free_survival"},
+    {"name": "lr", "kind": "logrank", "endpoint": "overall_survival", "group_by": "sex"},
+    {"name": "lr_site", "kind": "logrank", "endpoint": "overall_survival", "group_by": "route",
+     "stratify_by_site": True},
+    {"name": "cif", "kind": "cumulative_incidence", "endpoint": "relapse",
+     "group_by": "origin"},
+    {"name": "ae", "kind": "adverse_events", "terms": ["CRS", "ICANS"], "by_grade": True,
+     "window_days": 28},
+    {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+     "covariates": ["age_at_infusion", "sex", "ecog", "lab:LDH"]},
+    {"name": "cox_site", "kind": "cox", "endpoint": "overall_survival",
+     "covariates": ["age_at_infusion", "ecog"], "strata": "site"},
+]
+"""One analysis of every kind (and both Cox strata), all usable under secure aggregation."""
+
+
+def assert_close(a: Any, b: Any, *, rel: float, abs_tol: float = 1e-12, path: str = "",
+                 ignore: tuple[str, ...] = ()) -> None:
+    """Two results.json parts agree: structure, strings and integers exactly; reals to ``rel``
+    (or ``abs_tol``); keys in ``ignore`` are skipped at every depth."""
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, \
+        f"{path}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, dict):
+        keys = sorted(k for k in a if k not in ignore)
+        assert keys == sorted(k for k in b if k not in ignore), path
+        for key in keys:
+            assert_close(a[key], b[key], rel=rel, abs_tol=abs_tol, path=f"{path}.{key}",
+                         ignore=ignore)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close(x, y, rel=rel, abs_tol=abs_tol, path=f"{path}[{i}]", ignore=ignore)
+    elif isinstance(a, float) or isinstance(b, float):
+        if math.isnan(a) or math.isnan(b):
+            assert math.isnan(a) and math.isnan(b), path
+        else:
+            assert a == pytest.approx(b, rel=rel, abs=abs_tol), path
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def write_simulate_inputs(folder: Path, study_id: str) -> tuple[Path, Path]:
+    """A day-resolution site policy allowing only Kaplan-Meier, and a study of a KM and a
+    Nelson-Aalen analysis, as files for ``heron simulate``: ``(study, policy)``."""
+    policy = folder / "policy.toml"
+    policy.write_text('allowed_kinds = ["kaplan_meier"]\nmin_cohort = 1\nmin_cell = 1\n'
+                      "min_bin_events = 1\n")
+    study = folder / "study.yaml"
+    study.write_text(yaml.safe_dump({
+        "heron": 1, "id": study_id, "title": "simulate", "expires": "2099-01-01",
+        "horizon_days": 730,
+        "analyses": [{"name": "os", "kind": "kaplan_meier", "endpoint": "overall_survival"},
+                     {"name": "na", "kind": "nelson_aalen", "endpoint": "overall_survival"}],
+        "privacy": {"secure_aggregation": False, "min_sites": 2}}))
+    return study, policy

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from aggregator.engine import StudyEngine
 from aggregator.errors import DuplicateStudy, Rejected, UnknownStudy
 from aggregator.store import Store
-from aggregator.transport import HelloInfo, LocalTransport, StudyTask, TaskReply
+from aggregator.transport import HelloInfo, LocalTransport, NullListener, StudyTask, TaskReply
 from tests.aggregator_helpers import (
     FakeClock,
     FakeStrategy,
@@ -266,15 +266,10 @@ def test_restarted_aggregator_finishes_the_study(tmp_path: Path, clock: FakeCloc
         assert results["analyses"]["os"]["total"] == 3 * (1 + 2 + 3)
     finally:
         second.close()
-        first.transport.set_listener(_Deaf())  # the first engine is gone with its store
+        first.transport.set_listener(NullListener())  # the first engine is gone with its store
         first.transport.close()
 
 
-class _Deaf:
-    """A transport listener that ignores everything."""
-
-    def on_connect(self, site_id: str, hello: HelloInfo) -> None:
-        pass
 
     def on_disconnect(self, site_id: str) -> None:
         pass

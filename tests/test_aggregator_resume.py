@@ -11,14 +11,20 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator.engine import StudyEngine
 from aggregator.store import Store
-from aggregator.transport import HelloInfo, LocalTransport, NodeHandler, StudyTask, TaskReply
+from aggregator.transport import (
+    HelloInfo,
+    LocalTransport,
+    NodeHandler,
+    NullListener,
+    StudyTask,
+    TaskReply,
+)
 from heron.simulation import (
     SimulatedNetwork,
     SimulatedSite,
@@ -29,6 +35,7 @@ from heron.simulation import (
 from node.governance.policy import Policy
 from protocol.rounds import parse_requests
 from protocol.signing import sign_study
+from tests.conftest import assert_close
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date.today()
@@ -43,33 +50,6 @@ ANALYSES = [
 def sites(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
     return synthetic_sites(tmp_path_factory.mktemp("resume"), [110, 100, 90], seed=31,
                            policy=Policy(min_cohort=1, min_cell=1, min_bin_events=1))
-
-
-def _close(a: Any, b: Any, path: str = "") -> None:
-    """Integers and strings exactly, reals to 1e-9 (both runs are masked sums)."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for key in a:
-            _close(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) or isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
-    else:
-        assert a == b, path
-
-
-class _Deaf:
-    def on_connect(self, site_id: str, hello: HelloInfo) -> None:
-        pass
-
-    def on_disconnect(self, site_id: str) -> None:
-        pass
-
-    def on_reply(self, site_id: str, reply: TaskReply) -> None:
-        pass
 
 
 def test_restart_in_a_secure_cox_round_resumes_and_gives_the_same_results(
@@ -96,7 +76,7 @@ def test_restart_in_a_secure_cox_round_resumes_and_gives_the_same_results(
                            node_wrappers={s.site_id: hold_newton for s in sites})
     study_id = net.submit(sign_study(study, KEY))
     assert holding.wait(60), "no Newton round was reached"
-    net.transport.set_listener(_Deaf())  # the first aggregator dies mid-round
+    net.transport.set_listener(NullListener())  # the first aggregator dies mid-round
 
     store = Store(net.db_path)
     transport = LocalTransport()
@@ -120,5 +100,5 @@ def test_restart_in_a_secure_cox_round_resumes_and_gives_the_same_results(
         net.close()
     assert held  # the resumed round was the one the first aggregator never saw answered
     assert results["status"] == "completed"
-    _close(results["analyses"], expected["analyses"])
+    assert_close(results["analyses"], expected["analyses"], rel=1e-9)
     assert results["sites"] == expected["sites"]

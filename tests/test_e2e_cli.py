@@ -12,6 +12,7 @@ import sys
 
 import yaml
 
+from tests.conftest import write_simulate_inputs
 from tests.network_helpers import DAY_RESOLUTION, start_network
 
 
@@ -66,16 +67,7 @@ def test_simulate_runs_a_study_on_site_folders_under_a_policy_file(tmp_path):
     from heron.synth import synthesize
 
     folders = synthesize(tmp_path / "sites", sites=4, patients=60, seed=12)
-    policy = tmp_path / "policy.toml"
-    policy.write_text('allowed_kinds = ["kaplan_meier"]\nmin_cohort = 1\nmin_cell = 1\n'
-                      "min_bin_events = 1\n")
-    study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({
-        "heron": 1, "id": "sim-study", "title": "simulate", "expires": "2099-01-01",
-        "horizon_days": 730,
-        "analyses": [{"name": "os", "kind": "kaplan_meier", "endpoint": "overall_survival"},
-                     {"name": "na", "kind": "nelson_aalen", "endpoint": "overall_survival"}],
-        "privacy": {"secure_aggregation": False, "min_sites": 2}}))
+    study, policy = write_simulate_inputs(tmp_path, "sim-study")
     sites = [f"--site={f.site_id}={f.path}" for f in folders]
     out = heron("simulate", *sites, "--study", str(study), "--out", str(tmp_path / "out"),
                 "--policy", str(policy))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,26 +21,12 @@ from heron.synth import synthesize
 from node.governance.policy import Policy
 from protocol.codec import Release
 from protocol.rounds import RoundRequests, parse_requests
+from tests.conftest import EVERY_KIND, assert_close
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
 DAY = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
-ANALYSES: list[dict[str, Any]] = [
-    {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival", "group_by": "route",
-     "timepoints": [365]},
-    {"name": "na", "kind": "nelson_aalen", "endpoint": "progression_free_survival"},
-    {"name": "lr", "kind": "logrank", "endpoint": "overall_survival", "group_by": "sex"},
-    {"name": "lr_site", "kind": "logrank", "endpoint": "overall_survival", "group_by": "route",
-     "stratify_by_site": True},
-    {"name": "cif", "kind": "cumulative_incidence", "endpoint": "relapse",
-     "group_by": "origin"},
-    {"name": "ae", "kind": "adverse_events", "terms": ["CRS", "ICANS"], "by_grade": True,
-     "window_days": 28},
-    {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
-     "covariates": ["age_at_infusion", "sex", "ecog", "lab:LDH"]},
-    {"name": "cox_site", "kind": "cox", "endpoint": "overall_survival",
-     "covariates": ["age_at_infusion", "ecog"], "strata": "site"},
-]
+ANALYSES = EVERY_KIND
 NAMES = [a["name"] for a in ANALYSES]
 IGNORED = ("sites", "time_resolution_days")
 
@@ -68,31 +53,6 @@ def _run(workdir: Path, sites: list[SimulatedSite], study: Any, runtime: str = "
         return net.run(study, timeout_s=60)
 
 
-def _compare(a: Any, b: Any, *, rel: float, abs_tol: float = 1e-12, path: str = "",
-             ignore: tuple[str, ...] = ()) -> None:
-    """Structure, strings and integers exactly; reals to ``rel`` (or ``abs_tol``); keys in
-    ``ignore`` are skipped at every depth."""
-    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, \
-        f"{path}: {type(a).__name__} vs {type(b).__name__}"
-    if isinstance(a, dict):
-        keys = sorted(k for k in a if k not in ignore)
-        assert keys == sorted(k for k in b if k not in ignore), path
-        for key in keys:
-            _compare(a[key], b[key], rel=rel, abs_tol=abs_tol, path=f"{path}.{key}",
-                     ignore=ignore)
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _compare(x, y, rel=rel, abs_tol=abs_tol, path=f"{path}[{i}]", ignore=ignore)
-    elif isinstance(a, float) or isinstance(b, float):
-        if math.isnan(a) or math.isnan(b):
-            assert math.isnan(a) and math.isnan(b), path
-        else:
-            assert a == pytest.approx(b, rel=rel, abs=abs_tol), path
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
-
-
 def test_every_kind_gives_the_same_results_in_every_runtime(tmp_path: Path,
                                                             sites: list[SimulatedSite]) -> None:
     plain, secure = _study("rc-plain", False), _study("rc-secure", True)
@@ -106,14 +66,14 @@ def test_every_kind_gives_the_same_results_in_every_runtime(tmp_path: Path,
         errors = {n: a for n, a in results["analyses"].items() if "error" in a}
         assert not errors, (mode, runtime, errors)
     for mode in ("plain", "secure"):  # the transport changes nothing
-        _compare(runs[mode, "inprocess"], runs[mode, "grpc"], rel=1e-12)
+        assert_close(runs[mode, "inprocess"], runs[mode, "grpc"], rel=1e-12)
     reference = runs["plain", "inprocess"]["analyses"]
     masked = runs["secure", "inprocess"]["analyses"]
     for name in NAMES:
         if name == "ae":
             continue
         cox = reference[name]["kind"] == "cox"  # Newton to convergence: coefficients to 1e-6
-        _compare(masked[name], reference[name], rel=1e-9,
+        assert_close(masked[name], reference[name], rel=1e-9,
                  abs_tol=1e-6 if cox else 1e-12, path=f".{name}", ignore=IGNORED)
     for term, ref in reference["ae"]["terms"].items():
         got = masked["ae"]["terms"][term]
@@ -256,7 +216,7 @@ def test_an_overflow_at_one_site_halves_the_step_and_blames_nobody(
     assert "error" not in entry and "site_errors" not in entry, entry
     assert entry["sites"] == sorted(s.site_id for s in sites)
     assert entry["iterations"] > reference["analyses"]["cox"]["iterations"]  # a halving
-    _compare(entry["coefficients"], reference["analyses"]["cox"]["coefficients"], rel=1e-6,
+    assert_close(entry["coefficients"], reference["analyses"]["cox"]["coefficients"], rel=1e-6,
              abs_tol=1e-9)
 
 

@@ -30,26 +30,12 @@ from node.ingestion.store import open_store
 from node.runtime.engine import NodeEngine
 from protocol.pki import init_ca, issue_site, load_credentials
 from protocol.signing import sign_study
+from tests.conftest import EVERY_KIND
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
 DAY = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
-ANALYSES = [
-    {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival", "group_by": "route",
-     "timepoints": [365]},
-    {"name": "na", "kind": "nelson_aalen", "endpoint": "progression_free_survival"},
-    {"name": "lr", "kind": "logrank", "endpoint": "overall_survival", "group_by": "sex"},
-    {"name": "lr_site", "kind": "logrank", "endpoint": "overall_survival", "group_by": "route",
-     "stratify_by_site": True},
-    {"name": "cif", "kind": "cumulative_incidence", "endpoint": "relapse",
-     "group_by": "origin"},
-    {"name": "ae", "kind": "adverse_events", "terms": ["CRS", "ICANS"], "by_grade": True,
-     "window_days": 28},
-    {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
-     "covariates": ["age_at_infusion", "sex", "ecog", "lab:LDH"]},
-    {"name": "cox_site", "kind": "cox", "endpoint": "overall_survival",
-     "covariates": ["age_at_infusion", "ecog"], "strata": "site"},
-]
+ANALYSES = EVERY_KIND
 
 
 @pytest.fixture(scope="module")

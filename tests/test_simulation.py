@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from heron.simulation import (
 )
 from heron.synth import synthesize
 from node.governance.policy import Policy
+from tests.conftest import assert_close, write_simulate_inputs
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
@@ -40,24 +40,6 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
     tmp = tmp_path_factory.mktemp("simulation")
     folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=3, patients=80, seed=4)}
     return [dataclasses.replace(s, policy=DAY) for s in ingest_sites(tmp / "stores", folders)]
-
-
-def _same(a: Any, b: Any, path: str = "") -> None:
-    """Integers, strings and structure exactly; reals to 1e-12."""
-    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, path
-    if isinstance(a, dict):
-        assert sorted(a) == sorted(b), path
-        for key in a:
-            _same(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) or isinstance(b, float):
-        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12,
-                                                                        abs=1e-12), path
-    else:
-        assert a == b, path
 
 
 def _run(workdir: Path, sites: list[SimulatedSite], runtime: str, study: Any) -> dict[str, Any]:
@@ -78,7 +60,7 @@ def test_in_process_and_grpc_give_identical_results(tmp_path: Path, sites: list[
     assert local["privacy"]["secure_aggregation"] is secure
     assert local["sites"]["participated"] == sorted(s.site_id for s in sites)
     assert all("error" not in a for a in local["analyses"].values()), local["analyses"]
-    _same(local, remote)
+    assert_close(local, remote, rel=1e-12)
 
 
 def _silent(handler: NodeHandler) -> NodeHandler:
@@ -125,21 +107,10 @@ def test_a_failing_site_refuses_and_a_stuck_study_times_out(tmp_path: Path,
 def test_heron_simulate_runs_the_harness(tmp_path: Path, runtime: str) -> None:
     import json
 
-    import yaml
-
     from heron.cli import main
 
     folders = synthesize(tmp_path / "sites", sites=3, patients=60, seed=12)
-    policy = tmp_path / "policy.toml"
-    policy.write_text('allowed_kinds = ["kaplan_meier"]\nmin_cohort = 1\nmin_cell = 1\n'
-                      "min_bin_events = 1\n")
-    study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({
-        "heron": 1, "id": "sim-cli", "title": "simulate", "expires": "2099-01-01",
-        "horizon_days": 730,
-        "analyses": [{"name": "os", "kind": "kaplan_meier", "endpoint": "overall_survival"},
-                     {"name": "na", "kind": "nelson_aalen", "endpoint": "overall_survival"}],
-        "privacy": {"secure_aggregation": False, "min_sites": 2}}))
+    study, policy = write_simulate_inputs(tmp_path, "sim-cli")
     sites = [f"--site={f.site_id}={f.path}" for f in folders]
     assert main(["simulate", *sites, "--study", str(study), "--out", str(tmp_path / "out"),
                  "--policy", str(policy), "--runtime", runtime]) == 0

@@ -21,7 +21,7 @@ from types import FrameType
 import grpc
 
 from node.runtime.engine import TaskOutcome
-from protocol.codec import Release, decode_release, encode_release
+from protocol.codec import Release, answer_message, decode_release
 from protocol.pki import Credentials
 from protocol.signing import SignedStudy
 from protocol.tls import channel_credentials, channel_options
@@ -143,13 +143,7 @@ class NodeDaemon:
         except Exception:  # the node must keep running; the reason goes upstream
             logger.exception("task %s for study %s failed", task.task_id, task.study_id)
             outcome = TaskOutcome(refusal="internal error at the site node")
-        if outcome.refusal is not None:
-            out.put(pb.NodeMessage(refusal=pb.TaskRefusal(
-                task_id=task.task_id, study_id=task.study_id, reason=outcome.refusal)))
-        else:
-            out.put(pb.NodeMessage(result=pb.TaskResult(
-                task_id=task.task_id, study_id=task.study_id,
-                releases=[encode_release(r) for r in outcome.releases or ()])))
+        out.put(answer_message(task.task_id, task.study_id, outcome.releases, outcome.refusal))
 
     def _session(self) -> None:
         out: queue.Queue[pb.NodeMessage | None] = queue.Queue()
