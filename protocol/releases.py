@@ -23,10 +23,17 @@ from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.vocabulary import (
     COMPETING_PARTS,
+    COX_DROPPED,
+    COX_EVENTS,
+    COX_N,
     GROUPS,
+    LOGRANK_COVARIANCE,
+    LOGRANK_EXPECTED,
+    LOGRANK_OBSERVED,
     SURVIVAL_PARTS,
     TERM_PARTS,
     TERMS,
+    cox_levels_vector,
     group_vector,
     term_vector,
 )
@@ -37,6 +44,8 @@ __all__ = [
     "adverse_event_terms",
     "competing_groups",
     "competing_release",
+    "logrank_terms",
+    "masked_cox_description",
     "survival_groups",
     "survival_release",
 ]
@@ -165,3 +174,33 @@ def _vector(release: Release, key: str, length: int) -> NDArray[np.int64]:
     if vec.shape != (length,):
         raise ProtocolError(f"release {release.analysis}: {key} must have length {length}")
     return vec
+
+
+def logrank_terms(release: Release) -> tuple[NDArray[np.float64], NDArray[np.float64],
+                                             NDArray[np.float64]] | None:
+    """A fixed-shape log-rank release's observed, expected and covariance (k x k) terms,
+    or ``None`` when the release carries per-group counts only."""
+    keys = (LOGRANK_OBSERVED, LOGRANK_EXPECTED, LOGRANK_COVARIANCE)
+    if not set(keys) <= set(release.vectors):
+        return None
+    o, e, v = (np.asarray(release.vectors[k], dtype=np.float64) for k in keys)
+    if o.shape != e.shape or v.size != o.size * o.size:
+        raise ProtocolError(f"release {release.analysis}: log-rank terms of unequal sizes")
+    return o, e, v.reshape(o.size, o.size)
+
+
+def masked_cox_description(release: Release
+                           ) -> tuple[dict[str, list[str]], int, int, dict[str, int]]:
+    """A (summed) fixed-shape Cox description: the levels present per categorical covariate,
+    patients, events, and patients dropped per covariate with a missing value."""
+    try:
+        levels = {cov: [lv for lv, c in zip(names, release.vectors[cox_levels_vector(cov)],
+                                            strict=True) if c > 0]
+                  for cov, names in (release.metadata.get("levels") or {}).items()}
+        dropped = {str(c): int(v) for c, v in zip(release.metadata.get("covariates", []),
+                                                  release.vectors[COX_DROPPED], strict=True)}
+        return (levels, int(release.vectors[COX_N][0]), int(release.vectors[COX_EVENTS][0]),
+                dropped)
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise ProtocolError(f"release {release.analysis}: malformed Cox description: "
+                            f"{exc}") from None

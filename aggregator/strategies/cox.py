@@ -31,6 +31,8 @@ from analytics import (
 )
 from protocol.codec import Release
 from protocol.design import design_columns
+from protocol.errors import ProtocolError
+from protocol.releases import masked_cox_description
 from protocol.rounds import newton_request, summary_request
 from protocol.study import Analysis, Study
 
@@ -74,16 +76,12 @@ def _sum_dropped(parts: Iterable[Mapping[str, Any]]) -> dict[str, int | str]:
 
 
 def masked_setup(summed: Release) -> Release:
-    """A summed fixed-shape description (secure aggregation) in the unmasked form."""
-    covariates = summed.metadata.get("covariates", [])
-    levels = {cov: [lv for lv, c in zip(names, summed.vectors[f"levels.{cov}"], strict=True)
-                    if c > 0]
-              for cov, names in (summed.metadata.get("levels") or {}).items()}
-    dropped = {f"missing {c}": suppress_count(int(v), 5)
-               for c, v in zip(covariates, summed.vectors["dropped"], strict=True)}
+    """A summed fixed-shape description (secure aggregation) in the unmasked form; pooled
+    dropped counts below 5 are shown as ``"<5"``."""
+    levels, n, events, dropped = masked_cox_description(summed)
     return Release(summed.analysis, "cox", {}, {
-        "levels": levels, "n": int(summed.vectors["n"][0]),
-        "events": int(summed.vectors["events"][0]), "dropped": dropped,
+        "levels": levels, "n": n, "events": events,
+        "dropped": {f"missing {c}": suppress_count(v, 5) for c, v in dropped.items()},
         "time_resolution_days": 1})
 
 
@@ -146,8 +144,8 @@ class CoxStrategy(Strategy[CoxState]):
         if answers.masked:
             try:
                 usable = {who: masked_setup(r) for who, r in usable.items()}
-            except (KeyError, ValueError, TypeError) as exc:
-                state.fail(f"malformed model description: {exc}")
+            except ProtocolError as exc:
+                state.fail(str(exc))
                 return
             state.sites = sorted(answers.sites) if usable else []
         else:

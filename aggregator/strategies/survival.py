@@ -24,13 +24,11 @@ from analytics import (
     pool_counts,
 )
 from protocol.codec import Release
-from protocol.releases import survival_groups
+from protocol.releases import logrank_terms, survival_groups
 from protocol.study import Analysis, Study
-from protocol.vocabulary import LOGRANK_COVARIANCE, LOGRANK_EXPECTED, LOGRANK_OBSERVED
 
 __all__ = ["EstimatorStrategy", "LogrankStrategy", "SurvivalGroupsStrategy"]
 
-_LR_TERMS = (LOGRANK_OBSERVED, LOGRANK_EXPECTED, LOGRANK_COVARIANCE)
 
 
 class SurvivalGroupsStrategy(GroupedStrategy[SurvivalCounts]):
@@ -63,8 +61,8 @@ class LogrankStrategy(SurvivalGroupsStrategy):
     def pool(self, analysis: Analysis, study: Study,
              releases: Mapping[str, Release]) -> dict[str, Any]:
         if analysis.stratify_by_site and all(
-                set(_LR_TERMS) <= set(r.vectors) for r in releases.values()):
-            result = _from_terms(releases.values())
+                logrank_terms(r) is not None for r in releases.values()):
+            result = _from_terms(releases.values(), study.horizon_days)
         elif analysis.stratify_by_site:
             strata = [survival_groups(releases[s], study.horizon_days)
                       for s in sorted(releases)]
@@ -74,17 +72,14 @@ class LogrankStrategy(SurvivalGroupsStrategy):
         return {**result, "stratified_by_site": analysis.stratify_by_site}
 
 
-def _from_terms(releases: Iterable[Release]) -> dict[str, Any]:
+def _from_terms(releases: Iterable[Release], horizon: int) -> dict[str, Any]:
     """The stratified test from summed per-site terms (fixed-shape releases)."""
     parts = list(releases)
-    names = list(parts[0].metadata["groups"])
-    k = len(names)
-    n = sum(np.array([r.vectors[f"g{i}.events"].sum() + r.vectors[f"g{i}.censored"].sum()
-                      for i in range(k)]) for r in parts)
+    groups = [survival_groups(r, horizon) for r in parts]
+    names = list(groups[0])
+    n = sum(np.array([g[name].n for name in names]) for g in groups)
     keep = np.flatnonzero(n > 0)
-    o = sum(np.asarray(r.vectors["lr.observed"], dtype=np.float64) for r in parts)
-    e = sum(np.asarray(r.vectors["lr.expected"], dtype=np.float64) for r in parts)
-    v = sum(np.asarray(r.vectors["lr.covariance"], dtype=np.float64) for r in parts)
-    v = np.asarray(v).reshape(k, k)[np.ix_(keep, keep)]
+    terms = [logrank_terms(r) for r in parts]
+    o, e, v = (sum(t[j] for t in terms if t is not None) for j in range(3))
     return logrank_from_terms([names[i] for i in keep], np.asarray(o)[keep],
-                              np.asarray(e)[keep], v).to_dict()
+                              np.asarray(e)[keep], np.asarray(v)[np.ix_(keep, keep)]).to_dict()
