@@ -253,10 +253,10 @@ class StudyRun:
         if any(r.metadata.get("overflow") for r in releases.values()):
             # a site's weights overflowed at these coefficients: no sum exists, the strategy
             # steps back (Cox halves the step), as it does unmasked
-            name_kind = next(iter(releases.values()))
-            return Contributions({MASKED_SUM: Release(name, name_kind.kind, {},
-                                                      {"overflow": True})}, {},
-                                 tuple(state.participants), masked=True)
+            kind = next(iter(releases.values())).kind
+            overflow = Release(name, kind, {}, {"overflow": True})
+            return Contributions({MASKED_SUM: overflow}, {}, tuple(state.participants),
+                                 masked=True)
         odd = _odd_shapes(releases)
         if odd:
             return Contributions({}, {s: "masked release does not match the other sites' "
