@@ -267,7 +267,8 @@ class StudyRun:
         except (ProtocolError, KeyError, ValueError) as exc:
             return Contributions({}, {s: f"masked releases do not add up: {exc}"
                                       for s in state.participants}, (), masked=True)
-        return Contributions({MASKED_SUM: summed}, {}, tuple(state.participants), masked=True)
+        return Contributions({MASKED_SUM: summed}, {}, tuple(state.participants), masked=True,
+                             signed=dict(releases))
 
     def _combine(self, state: RunState, name: str, answers: Contributions) -> None:
         strategy, st = self._strategy(name), self._state(state, name)

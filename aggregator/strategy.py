@@ -43,12 +43,16 @@ class Contributions:
         The sites whose data :attr:`releases` hold.
     masked
         Whether the round was masked (secure aggregation).
+    signed
+        Masked: every participant's own (masked, signed) release of this analysis, for a
+        strategy that relays them so the nodes can check the sum themselves (Cox).
     """
 
     releases: Mapping[str, Release]
     failures: Mapping[str, str] = field(default_factory=dict)
     sites: tuple[str, ...] = ()
     masked: bool = False
+    signed: Mapping[str, Release] = field(default_factory=dict)
 
 
 @dataclass
