@@ -8,10 +8,12 @@ loop of a study, secure aggregation included); :mod:`aggregator.results` (result
 in-process transport); :mod:`aggregator.link` (the gRPC node link),
 :mod:`aggregator.coordinator_api`, :mod:`aggregator.peers` and :mod:`aggregator.status_codes`
 (the coordinator service, caller roles, domain errors to gRPC statuses);
-:mod:`aggregator.server`, :mod:`aggregator.service` and :mod:`aggregator.config` (the daemon).
+:mod:`aggregator.server`, :mod:`aggregator.service` and :mod:`aggregator.config` (the daemon);
+:mod:`aggregator.inspect` (everything the database gives about a study, for an audit).
 """
 
 from aggregator.engine import StudyEngine, StudyStatus
+from aggregator.inspect import StudyInspection, inspect_study
 from aggregator.run import RunState, StudyRun
 from aggregator.store import Store
 from aggregator.strategies import default_strategies
@@ -19,5 +21,5 @@ from aggregator.strategy import Contributions, Strategy
 from aggregator.transport import LocalTransport, NodeTransport, StudyTask, TaskReply
 
 __all__ = ["Contributions", "LocalTransport", "NodeTransport", "RunState", "Store", "Strategy",
-           "StudyEngine", "StudyRun", "StudyStatus", "StudyTask", "TaskReply",
-           "default_strategies"]
+           "StudyEngine", "StudyInspection", "StudyRun", "StudyStatus", "StudyTask", "TaskReply",
+           "default_strategies", "inspect_study"]

@@ -156,6 +156,13 @@ def _node(a: argparse.Namespace) -> int:
 
 
 def _aggregator(a: argparse.Namespace) -> int:
+    if a.agg_cmd == "inspect":
+        from aggregator.inspect import inspect_database, resolve_db_path
+
+        db = resolve_db_path(Path(a.config) if a.config else None, Path(a.db) if a.db else None)
+        inspection = inspect_database(db, a.study_id)
+        print(inspection.to_json() if a.json else inspection.to_text())
+        return 0
     from aggregator.service import run_aggregator
 
     overrides = {
@@ -329,6 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site-timeout", type=float, help="seconds before a silent site is "
                    "reported unreachable")
     p.add_argument("--port-file", help="write the bound port to this file once serving")
+    p = agg_sub.add_parser("inspect", help="print every pooled sum and request the aggregator's "
+                           "database holds for a study (for an audit of the threat model)")
+    p.add_argument("study_id")
+    p.add_argument("--config", help="aggregator TOML file (its db_path)")
+    p.add_argument("--db", help="SQLite database path (overrides the config)")
+    p.add_argument("--json", action="store_true")
     agg.set_defaults(func=_aggregator)
 
     study = sub.add_parser("study", help="coordinator and researcher side")
@@ -372,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from protocol.errors import ProtocolError
 
     args = build_parser().parse_args(argv)
-    daemon = getattr(args, "node_cmd", None) == "run" or args.command == "aggregator"
+    daemon = getattr(args, "node_cmd", None) == "run" or getattr(args, "agg_cmd", None) == "run"
     logging.basicConfig(level=logging.INFO if args.verbose or daemon else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
