@@ -14,6 +14,16 @@ from analytics.adverse_events import (
 )
 from analytics.competing_counts import CompetingCounts, competing_counts, pool_competing
 from analytics.cox import CoxResult, cox_result
+from analytics.cox_bins import (
+    MAX_NEWTON_ROUNDS,
+    MAX_NEWTON_STEPS,
+    MIN_BIN_EVENTS,
+    CoxStep,
+    bin_index,
+    cox_bins,
+    cox_step,
+    pooled_derivatives,
+)
 from analytics.cox_stats import CoxDayStats, cox_day_stats
 from analytics.cumulative_incidence import (
     CumulativeIncidenceResult,
@@ -46,6 +56,9 @@ from analytics.newton import NewtonState, fit_cox, newton_start, newton_update
 from analytics.survival_counts import SurvivalCounts, pool_counts, survival_counts
 
 __all__ = [
+    "MAX_NEWTON_ROUNDS",
+    "MAX_NEWTON_STEPS",
+    "MIN_BIN_EVENTS",
     "RMST",
     "AdverseEventStats",
     "AnalyticsError",
@@ -57,6 +70,7 @@ __all__ = [
     "CoxDayStats",
     "CoxDerivatives",
     "CoxResult",
+    "CoxStep",
     "CumulativeHazardEstimate",
     "CumulativeIncidenceResult",
     "DisclosureError",
@@ -72,12 +86,15 @@ __all__ = [
     "TimepointEstimate",
     "adverse_event_stats",
     "ae_term_result",
+    "bin_index",
     "coarsen_columns",
     "coarsen_competing",
     "coarsen_counts",
     "competing_counts",
+    "cox_bins",
     "cox_day_stats",
     "cox_result",
+    "cox_step",
     "cumulative_incidence",
     "efron_derivatives",
     "fit_cox",
@@ -92,6 +109,7 @@ __all__ = [
     "poisson_rate_ci",
     "pool_competing",
     "pool_counts",
+    "pooled_derivatives",
     "proportion_ci",
     "round_up_to_bins",
     "site_derivatives",

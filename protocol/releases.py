@@ -23,6 +23,8 @@ from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.vocabulary import (
     COMPETING_PARTS,
+    COX_DAY_EVENTS,
+    COX_DAY_EXITS,
     COX_DROPPED,
     COX_EVENTS,
     COX_N,
@@ -46,6 +48,7 @@ __all__ = [
     "competing_release",
     "logrank_terms",
     "masked_cox_description",
+    "masked_cox_event_table",
     "survival_groups",
     "survival_release",
 ]
@@ -204,3 +207,10 @@ def masked_cox_description(release: Release
     except (KeyError, ValueError, IndexError, TypeError) as exc:
         raise ProtocolError(f"release {release.analysis}: malformed Cox description: "
                             f"{exc}") from None
+
+
+def masked_cox_event_table(release: Release, horizon: int
+                           ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """A (summed) fixed-shape Cox description's per-day events and exits over ``0..horizon``."""
+    return (_vector(release, COX_DAY_EVENTS, horizon + 1),
+            _vector(release, COX_DAY_EXITS, horizon + 1))

@@ -18,8 +18,10 @@ Release vectors
     ``t{i}.grades``, ``t{i}.onset``). A site-stratified log-rank release under secure
     aggregation adds the stratum terms :data:`LOGRANK_OBSERVED`, :data:`LOGRANK_EXPECTED` and
     :data:`LOGRANK_COVARIANCE`. A masked Cox description carries :data:`COX_N`,
-    :data:`COX_EVENTS`, :data:`COX_DROPPED` and, per categorical covariate with fixed levels,
-    :func:`cox_levels_vector`. Cox Newton rounds use :mod:`analytics.cox`'s own vector names.
+    :data:`COX_EVENTS`, :data:`COX_DROPPED`, the event table :data:`COX_DAY_EVENTS` and
+    :data:`COX_DAY_EXITS` (from which the model's time bins are chosen) and, per categorical
+    covariate with fixed levels, :func:`cox_levels_vector`. Cox Newton rounds use
+    :mod:`analytics.cox`'s own vector names.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = [
     "ALL",
     "ATMP_CLASS",
     "COMPETING_PARTS",
+    "COX_DAY_EVENTS",
+    "COX_DAY_EXITS",
     "COX_DROPPED",
     "COX_EVENTS",
     "COX_N",
@@ -149,6 +153,10 @@ LOGRANK_COVARIANCE = "lr.covariance"
 COX_N = "n"
 COX_EVENTS = "events"
 COX_DROPPED = "dropped"
+COX_DAY_EVENTS = "day_events"
+"""Per-day events of a masked Cox description's complete cases (days ``0..horizon``)."""
+COX_DAY_EXITS = "day_exits"
+"""Per-day exits (events and censorings) of a masked Cox description's complete cases."""
 
 
 def group_vector(i: int, part: str) -> str:
