@@ -13,13 +13,31 @@ a given pseudonym is in a cohort; pseudonyms and patient ids are never stored. T
 patients share a 64-bit digest with probability about 3e-8; a collision merges them and can only
 make a difference look one patient smaller.
 
+Analyses run on infusions (cohort rows), not patients: two cohorts of the same patients that
+differ by one second infusion (``first_infusion_only`` true and false) would give that
+infusion's follow-up by subtraction. So a release records *sets*: ``patients`` (the cohort's
+patient pseudonyms), ``infusions`` (the cohort's infusion ids) and, for an analysis that uses
+only part of the cohort, that part (``cox:<analysis>``, the complete cases of a Cox model).
+Infusion digests are HMAC-SHA256(salt, ``"infusion\0" + infusion_id``), so they never equal
+a patient digest. A new patient set is compared with every recorded patient set; a new
+infusion-level set with every recorded infusion-level set, except the other sets of the same
+study (one study's analyses are one release). Either kind differing by 1 to ``k - 1`` refuses.
+
+:meth:`DisclosureLedger.check_and_record` checks and records in one step under the ledger's
+lock, so two studies answered concurrently (threads or processes) cannot both pass the check
+before either is recorded. The node calls it at the first round that releases anything or
+announces a key (the announcement reserves the cohort), whatever its round number.
+
 On disk, in ``directory`` (mode 0700):
 
-- ``<study_id>.npy``: the sorted unique uint64 digests of the released cohort (mode 0600);
-  ``<study_id>~<n>.npy`` for a later release of the same study over a different cohort
-  (re-ingested data), so every cohort that ever left the site stays in the ledger;
-- ``index.json``: ``{"version": 1, "studies": {study_id: [{"file", "patients", "sha256"}]}}``
-  (mode 0600); ``sha256`` is the digest of the file's bytes, checked on every load.
+- ``<study_id>.npy``: the sorted unique uint64 digests of one recorded set (mode 0600);
+  ``<study_id>~<n>.npy`` for the study's further sets, and for a later release of the same
+  study over a different cohort (re-ingested data), so every set that ever left the site stays
+  in the ledger;
+- ``index.json``: ``{"version": 2, "studies": {study_id: [{"file", "set", "patients" or
+  "infusions", "sha256"}]}}`` (mode 0600); ``set`` is the set's name, the count key its kind;
+  ``sha256`` is the digest of the file's bytes, checked on every load. A version 1 index (no
+  ``set``: patient sets only) is read as is and rewritten as version 2 on the next record.
 
 Every file is written to a temporary file and moved into place with ``os.replace``; the
 ``.npy`` files are written before the index that names them. Writers take an exclusive
@@ -37,7 +55,7 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,13 +65,21 @@ import numpy as np
 from node.errors import NodeError
 from node.ingestion.pseudonym import SECRET_BYTES, load_or_create_secret
 
-__all__ = ["INDEX_FILE", "DisclosureLedger", "LedgerError", "digests", "load_or_create_salt"]
+__all__ = ["INDEX_FILE", "INFUSIONS", "PATIENTS", "DisclosureLedger", "LedgerError", "digests",
+           "infusion_digests", "load_or_create_salt"]
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 _LOCK_FILE = ".lock"
-_VERSION = 1
+_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+PATIENTS = "patients"
+"""Name (and kind) of a release's set of patient pseudonyms."""
+INFUSIONS = "infusions"
+"""Name of a release's set of cohort infusions; the kind of every set but ``patients``."""
+_INFUSION_DOMAIN = "infusion\0"
+_SET_NAME = re.compile(r"[a-z][a-z0-9_:.-]{0,80}", re.IGNORECASE)
 _STUDY_ID = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
 
 
@@ -93,6 +119,20 @@ def digests(pseudonyms: Iterable[str], salt: bytes) -> np.ndarray:
         append(outer.digest()[:8])
     raw = np.frombuffer(b"".join(out), dtype=">u8")
     return _sorted_unique(raw.astype(np.uint64))
+
+
+def infusion_digests(infusion_ids: Iterable[str], salt: bytes) -> np.ndarray:
+    """Sorted unique uint64 digests of infusion ids, in a domain apart from patients'."""
+    return digests((_INFUSION_DOMAIN + str(i) for i in infusion_ids), salt)
+
+
+def _kind(set_name: str) -> str:
+    return PATIENTS if set_name == PATIENTS else INFUSIONS
+
+
+def _entry_set(entry: Mapping[str, Any]) -> str:
+    """The set an index entry records (a version 1 entry: the patients)."""
+    return str(entry.get("set", PATIENTS))
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -167,7 +207,7 @@ class DisclosureLedger:
             return {}
         except (OSError, ValueError) as exc:
             raise LedgerError(f"{path}: unreadable ledger index: {exc}") from exc
-        if (not isinstance(obj, dict) or obj.get("version") != _VERSION
+        if (not isinstance(obj, dict) or obj.get("version") not in _READABLE_VERSIONS
                 or not isinstance(obj.get("studies"), dict)):
             raise LedgerError(f"{path}: malformed ledger index")
         return obj["studies"]
@@ -183,10 +223,56 @@ class DisclosureLedger:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
         return arr.astype(np.uint64, copy=False)
 
-    def _released(self) -> Iterator[tuple[str, np.ndarray]]:
-        for study_id, versions in sorted(self._index().items()):
+    def _released(self, studies: dict[str, list[dict[str, Any]]] | None = None
+                  ) -> Iterator[tuple[str, str, np.ndarray]]:
+        """(study id, set name, digests) of every recorded set."""
+        for study_id, versions in sorted((self._index() if studies is None else studies).items()):
             for entry in versions:
-                yield study_id, self._load(entry)
+                yield study_id, _entry_set(entry), self._load(entry)
+
+    def _conflict(self, study_id: str, sets: Mapping[str, np.ndarray], k: int,
+                  studies: dict[str, list[dict[str, Any]]]) -> str | None:
+        """Why ``sets`` may not be released next to the recorded ones, or None."""
+        for earlier, name, released in self._released(studies):
+            for new_name, cohort in sets.items():
+                kind = _kind(new_name)
+                if _kind(name) != kind or (earlier == study_id and name != new_name):
+                    continue  # one study's own sets are one release
+                if abs(int(released.size) - int(cohort.size)) >= k:
+                    continue  # the difference is at least the difference in sizes
+                d = difference_size(cohort, released)
+                if 0 < d < k:
+                    logger.info("ledger: study %s refused (differencing risk against study "
+                                "%s, %s)", study_id, earlier, kind)
+                    if kind == PATIENTS:
+                        return (f"cohort differs from the cohort released for study {earlier} "
+                                f"by fewer than {k} patients (differencing risk)")
+                    return (f"the infusions analysed differ from those released for study "
+                            f"{earlier} by fewer than {k} infusions (differencing risk)")
+        return None
+
+    def _write(self, study_id: str, sets: Mapping[str, np.ndarray],
+               studies: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """Record the sets not recorded as they are; the names recorded (lock held)."""
+        versions = studies.setdefault(study_id, [])
+        added = []
+        for name, cohort in sets.items():
+            if any(_entry_set(e) == name and np.array_equal(self._load(e), cohort)
+                   for e in versions):
+                continue
+            file = f"{study_id}.npy" if not versions else f"{study_id}~{len(versions) + 1}.npy"
+            data = _npy_bytes(cohort)
+            _write_atomic(self.directory / file, data)
+            versions.append({"file": file, "set": name, _kind(name): int(cohort.size),
+                             "sha256": hashlib.sha256(data).hexdigest()})
+            added.append(name)
+        if added:
+            doc = {"version": _VERSION, "studies": studies}
+            _write_atomic(self.directory / INDEX_FILE,
+                          (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode("ascii"))
+        elif not versions:
+            del studies[study_id]
+        return added
 
     # -- public API ------------------------------------------------------------------------
 
@@ -194,12 +280,46 @@ class DisclosureLedger:
         """Sorted unique uint64 digests of ``pseudonyms`` under this ledger's salt."""
         return digests(pseudonyms, self._salt)
 
+    def infusion_digests(self, infusion_ids: Iterable[str]) -> np.ndarray:
+        """Sorted unique uint64 digests of infusion ids under this ledger's salt."""
+        return infusion_digests(infusion_ids, self._salt)
+
     def entries(self) -> list[str]:
         """Ids of the studies whose cohorts were recorded, sorted."""
         return sorted(self._index())
 
+    def check_and_record(self, study_id: str, sets: Mapping[str, np.ndarray], k: int
+                         ) -> str | None:
+        """Check a release's sets against every recorded one and, if allowed, record them, in
+        one step under the ledger's lock. Returns the refusal reason, or None (recorded).
+
+        ``sets`` maps a set name (:data:`PATIENTS`, :data:`INFUSIONS`, ``cox:<analysis>``) to
+        its digests (:meth:`digests` for patients, :meth:`infusion_digests` for the rest).
+        Sets already recorded as they are for this study are checked and left alone, so a
+        later round of the same study costs one comparison per recorded set (difference 0).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, not {k}")
+        if not _STUDY_ID.fullmatch(study_id):
+            raise LedgerError(f"bad study id {study_id!r} for the ledger")
+        bad = [n for n in sets if not _SET_NAME.fullmatch(n)]
+        if bad:
+            raise LedgerError(f"bad ledger set name {bad[0]!r}")
+        clean = {name: _sorted_unique(arr) for name, arr in sets.items()}
+        with self._locked():
+            studies = self._index()
+            reason = self._conflict(study_id, clean, k, studies)
+            if reason is not None:
+                return reason
+            added = self._write(study_id, clean, studies)
+        if added:
+            logger.info("ledger: recorded %s of study %s", ", ".join(
+                f"{n} ({clean[n].size})" for n in added), study_id)
+        return None
+
     def check(self, study_id: str, pseudonyms: Iterable[str] | np.ndarray, k: int) -> str | None:
-        """The reason to refuse releasing this cohort, or None when it is allowed.
+        """The reason to refuse releasing this cohort, or None when it is allowed (patients
+        only, nothing recorded; the node uses :meth:`check_and_record`).
 
         Refused when the cohort differs from any recorded cohort (of any study, this one
         included) by 1 to ``k - 1`` patients. ``pseudonyms`` may also be the output of
@@ -207,37 +327,17 @@ class DisclosureLedger:
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, not {k}")
-        cohort = self._as_digests(pseudonyms)
-        for earlier, released in self._released():
-            if abs(int(released.size) - int(cohort.size)) >= k:
-                continue  # the difference is at least the difference in sizes
-            d = difference_size(cohort, released)
-            if 0 < d < k:
-                logger.info("ledger: study %s refused (differencing risk against study %s)",
-                            study_id, earlier)
-                return (f"cohort differs from the cohort released for study {earlier} by fewer "
-                        f"than {k} patients (differencing risk)")
-        return None
+        return self._conflict(study_id, {PATIENTS: self._as_digests(pseudonyms)}, k,
+                              self._index())
 
     def record(self, study_id: str, pseudonyms: Iterable[str] | np.ndarray) -> None:
-        """Record the cohort released for ``study_id`` (no-op if already recorded as is)."""
+        """Record the cohort (patients) released for ``study_id``, unchecked (no-op if already
+        recorded as is)."""
         if not _STUDY_ID.fullmatch(study_id):
             raise LedgerError(f"bad study id {study_id!r} for the ledger")
         cohort = self._as_digests(pseudonyms)
         with self._locked():
-            studies = self._index()
-            versions = studies.setdefault(study_id, [])
-            for entry in versions:
-                if np.array_equal(self._load(entry), cohort):
-                    return
-            name = study_id if not versions else f"{study_id}~{len(versions) + 1}"
-            data = _npy_bytes(cohort)
-            _write_atomic(self.directory / f"{name}.npy", data)
-            versions.append({"file": f"{name}.npy", "patients": int(cohort.size),
-                             "sha256": hashlib.sha256(data).hexdigest()})
-            doc = {"version": _VERSION, "studies": studies}
-            _write_atomic(self.directory / INDEX_FILE,
-                          (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode("ascii"))
+            self._write(study_id, {PATIENTS: cohort}, self._index())
         logger.info("ledger: recorded the cohort released for study %s (%d patients)",
                     study_id, cohort.size)
 

@@ -14,13 +14,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node.cohorts.cohort import TableSource, select_cohort
 from node.errors import NodeError, StudyRefused
 from node.governance.audit import AuditTrail
-from node.governance.ledger import DisclosureLedger
+from node.governance.ledger import INFUSIONS, PATIENTS, DisclosureLedger
 from node.governance.policy import Policy
 from node.releases import cox_step_release, first_release, release_summary
 from node.releases.cox import CoxSite
@@ -58,8 +59,8 @@ class _Prepared:
     tables: _TableCache
     cohort: pd.DataFrame
     memo: dict[str, CoxSite]
-    ledger_checked: bool = False
-    ledger_recorded: bool = False
+    ledger_sets: frozenset[str] = frozenset()
+    """Ledger sets (patients, infusions, Cox complete cases) checked and recorded already."""
 
 
 _CACHED_STUDIES = 4
@@ -156,19 +157,36 @@ class NodeEngine:
         return prepared
 
     def _ledger_refusal(self, study: Study, prepared: _Prepared) -> str | None:
-        """Why the ledger forbids releasing anything about this cohort (checked once per
-        prepared cohort: every round that releases or keys a release, Newton rounds too)."""
-        if self.ledger is None or prepared.ledger_checked:
-            return None
-        reason = self.ledger.check(study.id, prepared.cohort["patient_id"].tolist(),
-                                   self.policy.min_cohort_difference)
-        prepared.ledger_checked = reason is None
-        return reason
+        """Why the ledger forbids releasing anything about this cohort, else None with the
+        cohort's patients and infusions recorded: one atomic check-and-record at the first
+        round that releases or keys a release (an announcement reserves the cohort), whatever
+        its number; later rounds of the same prepared study skip it."""
+        return self._ledger_check(study, prepared, (PATIENTS, INFUSIONS))
 
-    def _record(self, study: Study, prepared: _Prepared) -> None:
-        if self.ledger is not None and not prepared.ledger_recorded:
-            self.ledger.record(study.id, prepared.cohort["patient_id"].tolist())
-            prepared.ledger_recorded = True
+    def _record(self, study: Study, prepared: _Prepared) -> str | None:
+        """Check and record the parts of the cohort this round's releases were computed over
+        (the complete cases of each Cox model), or why they may not leave the site."""
+        return self._ledger_check(study, prepared, tuple(f"cox:{n}" for n in prepared.memo))
+
+    def _ledger_check(self, study: Study, prepared: _Prepared,
+                      names: tuple[str, ...]) -> str | None:
+        new = [n for n in names if n not in prepared.ledger_sets]
+        if self.ledger is None or not new:
+            return None
+        ids = prepared.cohort["infusion_id"].astype(str).to_numpy()
+        sets: dict[str, np.ndarray] = {}
+        for name in new:
+            if name == PATIENTS:
+                sets[name] = self.ledger.digests(prepared.cohort["patient_id"].astype(str))
+            elif name == INFUSIONS:
+                sets[name] = self.ledger.infusion_digests(ids)
+            else:
+                mask = prepared.memo[name.removeprefix("cox:")].design.mask
+                sets[name] = self.ledger.infusion_digests(ids[mask])
+        reason = self.ledger.check_and_record(study.id, sets, self.policy.min_cohort_difference)
+        if reason is None:
+            prepared.ledger_sets = prepared.ledger_sets | sets.keys()
+        return reason
 
     def answer(self, study_id: str, signed: SignedStudy, round: int = 1,
                inputs: Sequence[Release] = ()) -> TaskOutcome:
@@ -182,6 +200,9 @@ class NodeEngine:
         if isinstance(checked, str):
             return self._refuse(study_id, checked)
         study = checked
+        if self.secure is not None:  # erase the ephemeral keys of expired studies
+            self.secure.sweep(self.today(), study.id if study.privacy.secure_aggregation
+                              else None, study.expires)
         try:
             requests = parse_requests(inputs)
         except ProtocolError as exc:
@@ -204,7 +225,9 @@ class NodeEngine:
         except StudyRefused as exc:
             return self._refuse(study_id, str(exc))
         if requests.analyses:
-            self._record(study, prepared)
+            reason = self._record(study, prepared)
+            if reason:  # computed over too few records apart from a release: not sent
+                return self._refuse(study_id, reason)
         for release in releases:
             if release.error:
                 self.audit.append("analysis_refused", study_id, analysis=release.analysis,

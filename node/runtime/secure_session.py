@@ -12,6 +12,7 @@ others.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class _StudyKeys:
     announced: dict[int, Release] = field(default_factory=dict)
     participants: dict[int, tuple[str, ...]] = field(default_factory=dict)
     rounds: dict[tuple[int, int], str] = field(default_factory=dict)
+    erased: set[int] = field(default_factory=set)
+    """Attempts whose private key was erased (the attempt ended)."""
+    expires: dt.date | None = None
 
 
 class SecureSessions:
@@ -89,8 +93,9 @@ class SecureSessions:
             return keys.announced[attempt]
         private, announcement = announce(self.site_id, study_id, attempt, self._identity,
                                          self._certificate)
+        self._erase(keys)  # a newer attempt ends the older ones: their keys go
         keys.attempt = attempt
-        keys.keys = {attempt: private}  # older attempts can never be used again
+        keys.keys = {attempt: private}
         keys.announced = {attempt: Release(analysis=KEYS, kind=KEY_KIND, vectors={},
                                            metadata={"announcement": announcement.to_dict()})}
         return keys.announced[attempt]
@@ -110,6 +115,9 @@ class SecureSessions:
         keys = self._study(study_id)
         private = keys.keys.get(attempt)
         if private is None:
+            if attempt in keys.erased:
+                raise StudyRefused(f"secure aggregation: attempt {attempt} has ended; its "
+                                   "ephemeral key was erased")
             raise StudyRefused(f"no ephemeral key for attempt {attempt} (node restarted?)")
         announcements: dict[str, KeyAnnouncement] = {}
         try:
@@ -132,6 +140,29 @@ class SecureSessions:
                                "participants")
         masker = PairwiseMasker(self.site_id, private, announcements, study_id, attempt)
         return masker, list(participants)
+
+    @staticmethod
+    def _erase(keys: _StudyKeys) -> None:
+        """Drop every private key of a study (its public announcements stay, so an attempt
+        asked again gets the same, now unusable, key rather than a fresh one)."""
+        keys.erased.update(keys.keys)
+        keys.keys.clear()
+
+    def sweep(self, today: dt.date, study_id: str | None = None,
+              expires: dt.date | None = None) -> None:
+        """Note ``study_id``'s expiry and erase the keys of every study expired by ``today``
+        (no round of an expired study is answered, so its keys serve nothing)."""
+        if study_id is not None:
+            self._study(study_id).expires = expires
+        for name, keys in self._studies.items():
+            if keys.keys and keys.expires is not None and keys.expires < today:
+                self._erase(keys)
+                logger.info("secure aggregation: study %s expired; ephemeral keys erased", name)
+
+    def end(self, study_id: str) -> None:
+        """Erase the study's ephemeral keys now (its last round is answered)."""
+        if study_id in self._studies:
+            self._erase(self._studies[study_id])
 
     def claim_round(self, study_id: str, attempt: int, round: int, requests: str) -> None:
         """Answer round ``round`` of ``attempt`` for one set of requests only (a digest);
