@@ -53,6 +53,7 @@ from analytics.kaplan_meier import RMST, KaplanMeierResult, TimepointEstimate, k
 from analytics.logrank import LogRankResult, logrank, logrank_from_terms, stratum_terms
 from analytics.nelson_aalen import CumulativeHazardEstimate, NelsonAalenResult, nelson_aalen
 from analytics.newton import NewtonState, fit_cox, newton_start, newton_update
+from analytics.suppression import hide_cells, withhold_groups
 from analytics.survival_counts import SurvivalCounts, pool_counts, survival_counts
 
 __all__ = [
@@ -99,6 +100,7 @@ __all__ = [
     "efron_derivatives",
     "fit_cox",
     "gray_test",
+    "hide_cells",
     "kaplan_meier",
     "logrank",
     "logrank_from_terms",
@@ -116,4 +118,5 @@ __all__ = [
     "stratum_terms",
     "suppress_count",
     "survival_counts",
+    "withhold_groups",
 ]

@@ -230,10 +230,10 @@ def _bins(
         start, _, before = bins.pop()
         cells = [b + c for b, c in zip(before, cells, strict=True)]
     if not bins and not rules.safe(cells):
-        held = ", ".join(f"{c} {d}" for c, d in zip(cells, columns.described, strict=True))
+        # the reason travels to the aggregator: it names the rule, never the counts
         raise DisclosureError(
-            f"cannot coarsen {n} subjects ({held}) into bins with at least "
-            f"{rules.min_events} events and no count below {rules.min_cell}"
+            f"cannot coarsen into bins with at least {rules.min_events} events and no count "
+            f"below {rules.min_cell}"
         )
     bins.append((start, end, cells))
     return bins
@@ -305,7 +305,7 @@ def coarsen_columns(
     if n == 0:
         return CoarsenedColumns(matrix, (horizon,), max_bin_width=1)
     if n < min_cell:
-        raise DisclosureError(f"group has {n} subjects, fewer than min_cell={min_cell}")
+        raise DisclosureError(f"fewer than min_cell={min_cell} subjects")
     rules = _Rules(columns.events, max(min_bin_events, min_cell), min_cell)
     bins = _bins(matrix.tolist(), rules, columns, n)
     released = np.zeros_like(matrix)

@@ -29,6 +29,7 @@ from protocol.key_exchange import KeyAnnouncement, canonical_bytes
 __all__ = ["MASK_LABEL", "PairwiseMasker", "sum_masked"]
 
 MASK_LABEL = "heron-sa-v1 mask"
+CHANNEL_LABEL = "heron-sa-v1 channel"
 _NONCE = bytes(16)  # ChaCha20 in cryptography: 4-byte counter + 12-byte nonce, all zero
 
 
@@ -105,6 +106,16 @@ class PairwiseMasker:
     def _seed(self, peer: str, round: int, key: str) -> bytes:
         low, high = sorted((self.site_id, peer))
         info = canonical_bytes(MASK_LABEL, self.study_id, self.attempt, round, key, low, high)
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=info).derive(self._shared[peer])
+
+    def channel_key(self, peer: str, label: str) -> bytes:
+        """A 32-byte key only this site and ``peer`` can derive (for ``label``, this study and
+        attempt): it seals what one site sends another through the aggregator."""
+        if peer not in self._shared:
+            raise SecureAggregationError(f"{peer!r} is not a peer of {self.site_id!r}")
+        low, high = sorted((self.site_id, peer))
+        info = canonical_bytes(CHANNEL_LABEL, label, self.study_id, self.attempt, low, high)
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                     info=info).derive(self._shared[peer])
 

@@ -183,6 +183,7 @@ def test_to_dict_is_json_ready_and_complete(tmp_path: Path) -> None:
         "allowed_kinds": list(ANALYSIS_KINDS), "allowed_group_by": list(GROUP_BY),
         "allowed_covariates": list(DEFAULT_COVARIATES),
         "min_cohort": 10, "min_cell": 5, "min_bin_events": 5, "min_cohort_difference": 5,
+        "site_level_release": False,
     }
 
 

@@ -22,8 +22,7 @@ from heron.simulation import SimulatedNetwork, SimulatedSite, ingest_sites, make
 from heron.synth import synthesize
 from node.governance.policy import Policy
 from protocol.codec import Release
-from protocol.rounds import announce_request, key_relay, summary_request
-from protocol.secure_agg import unmask_sum
+from protocol.rounds import announce_request, key_relay, screen_request, summary_request
 from protocol.signing import sign_study
 
 KEY = Ed25519PrivateKey.generate()
@@ -62,10 +61,12 @@ def _announce(net: SimulatedNetwork, study: Any, attempt: int = 1) -> dict[str, 
 
 
 def _ask(net: SimulatedNetwork, study: Any, site: str, keys: dict[str, Any],
-         pair: tuple[str, ...], rnd: int, analysis: dict[str, str] = KM) -> Any:
+         pair: tuple[str, ...], rnd: int, analysis: dict[str, str] | None = None) -> Any:
+    """A masked round over ``pair``: the screening round, or a summary of ``analysis``."""
     relay = key_relay(1, [keys[s] for s in pair])
-    return net.nodes[site].answer(study.id, sign_study(study, KEY), rnd,
-                                  (relay, summary_request(analysis["name"], analysis["kind"])))
+    request = screen_request() if analysis is None else summary_request(analysis["name"],
+                                                                         analysis["kind"])
+    return net.nodes[site].answer(study.id, sign_study(study, KEY), rnd, (relay, request))
 
 
 def test_a_relay_with_fewer_than_min_sites_participants_is_refused(net: SimulatedNetwork
@@ -85,7 +86,8 @@ def test_subsets_of_one_attempt_cannot_isolate_a_site(net: SimulatedNetwork) -> 
     a, b, c = sorted(keys)
     ab = [_ask(net, study, s, keys, (a, b), 2) for s in (a, b)]
     assert all(x.releases for x in ab)  # a pair is a legal participant set here
-    assert unmask_sum([x.releases[0] for x in ab]).vectors  # and its sum can be taken
+    # each sealed its counts for the other (the aggregator cannot open them)
+    assert [set(x.releases[0].metadata["sealed"]) for x in ab] == [{b}, {a}]
     # the attack's second and third sums: the participants of attempt 1 are fixed
     assert _ask(net, study, a, keys, (a, c), 3).refusal == (
         "secure aggregation: attempt 1 already has other participants")
@@ -107,7 +109,11 @@ def test_a_round_is_answered_for_one_set_of_requests(net: SimulatedNetwork) -> N
     other = _ask(net, study, site, keys, everyone, 2, analysis=NA)
     assert other.refusal == ("secure aggregation: round 2 was already answered for other "
                              "requests")
-    assert _ask(net, study, site, keys, everyone, 3, analysis=NA).releases is not None
+    assert _ask(net, study, site, keys, everyone, 3).releases is not None
+    # and no analysis is released without every participant's screening counts
+    assert _ask(net, study, site, keys, everyone, 4, analysis=NA).refusal == (
+        "secure aggregation: analyses are released only with the screening counts of every "
+        "participant")
 
 
 def test_a_key_exchange_cannot_be_replayed_for_fresh_keys(net: SimulatedNetwork) -> None:

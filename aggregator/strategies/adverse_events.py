@@ -57,9 +57,17 @@ def pool_adverse_events(analysis: Analysis, study: Study,
             acc = sums.setdefault(term, {"counts": np.zeros(3, np.int64),
                                          "grades": np.zeros(5, np.int64),
                                          "onset": np.zeros(window + 1, np.int64),
-                                         "withheld": np.zeros(6, bool)})
+                                         "withheld": np.zeros(6, bool),
+                                         "time_withheld": False})
             acc["withheld"] |= np.concatenate([[counts[1] == SUPPRESSED],
                                                grades == SUPPRESSED])
+            acc["time_withheld"] |= bool(counts[2] == SUPPRESSED)
+            if term in (release.metadata.get("withheld_terms") or []):
+                acc["withheld"][:] = True  # screened out for everyone (secure)
+                acc["time_withheld"] = True
+            hidden = (release.metadata.get("hidden_grades") or {}).get(term) or []
+            acc["withheld"][1:] |= np.array([g in hidden for g in GRADES])
+            acc["screened"] = set(hidden)
             acc["counts"] += np.where(counts == SUPPRESSED, 0, counts)
             acc["grades"] += np.where(grades == SUPPRESSED, 0, grades)
             acc["onset"] += onset
@@ -75,10 +83,16 @@ def pool_adverse_events(analysis: Analysis, study: Study,
         if withheld[0]:
             result.update(with_event=_cell(with_event, True, min_cell), proportion=None,
                           ci=None, rate_per_100py=None, rate_ci=None, median_onset_day=None)
+        if acc["time_withheld"]:
+            # person-time of a term few patients have would give their onset days away
+            result.update(person_years=None, rate_per_100py=None, rate_ci=None)
         if analysis.by_grade and result.get("grades"):
             for i, g in enumerate(GRADES):
                 if g in result["grades"] and withheld[i + 1]:
                     result["grades"][g] = _cell(int(acc["grades"][i]), True, min_cell)
+            for g in acc.get("screened", ()):
+                if g in result["grades"]:
+                    result["grades"][g] = "suppressed"  # hidden for everyone (secure)
             complement_grades(result["grades"], result["with_event"], min_cell)
         terms[term] = result
     return {"window_days": window, "terms": terms,

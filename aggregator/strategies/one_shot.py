@@ -80,6 +80,12 @@ class OneShotStrategy(Strategy[OneShotState]):
         except (AnalyticsError, ProtocolError, ValueError) as exc:
             state.fail(str(exc))
             return
+        withheld = sorted({str(g) for r in usable.values()
+                           for g in r.metadata.get("withheld") or []})
+        if withheld:
+            # groups a site (unmasked) or every site (screened, secure) withheld: never
+            # shown, and no count says how small they were
+            result["withheld_groups"] = withheld
         result["sites"] = sites
         result["time_resolution_days"] = max(
             int(r.metadata.get("time_resolution_days", 1)) for r in usable.values())
@@ -116,9 +122,12 @@ class GroupedStrategy(OneShotStrategy, Generic[C]):
 
         Groups nobody is in are left out: fixed-shape (secure) releases carry every level.
         """
+        releases = list(releases)
+        withheld = {str(g) for r in releases for g in r.metadata.get("withheld") or []}
         merged: dict[str, list[C]] = {}
         for release in releases:
             for name, counts in self.decode(release, study.horizon_days).items():
-                merged.setdefault(name, []).append(counts)
+                if name not in withheld:
+                    merged.setdefault(name, []).append(counts)
         pooled = {name: self.add(parts) for name, parts in sorted(merged.items())}
         return {name: c for name, c in pooled.items() if c.n > 0}

@@ -80,6 +80,7 @@ class Policy:
     min_cell: int = 5
     min_bin_events: int = 5
     min_cohort_difference: int = 5
+    site_level_release: bool = False
     base_dir: Path | None = field(default=None, compare=False)
 
     def with_trusted(self, *keys: str) -> Policy:
@@ -139,6 +140,7 @@ class Policy:
             "min_cell": self.min_cell,
             "min_bin_events": self.min_bin_events,
             "min_cohort_difference": self.min_cohort_difference,
+            "site_level_release": self.site_level_release,
         }
 
 
@@ -195,6 +197,11 @@ def policy_from_dict(obj: Mapping[str, Any], source: str = "<policy>",
     if "allowed_covariates" in obj:
         kwargs["allowed_covariates"] = _str_list(obj["allowed_covariates"],
                                                  "allowed_covariates", source)
+    if "site_level_release" in obj:
+        if not isinstance(obj["site_level_release"], bool):
+            raise PolicyError(f"{source}: site_level_release must be true or false, not "
+                              f"{obj['site_level_release']!r}")
+        kwargs["site_level_release"] = obj["site_level_release"]
     for key in _THRESHOLDS:
         if key in obj:
             value = obj[key]
@@ -270,6 +277,11 @@ def policy_to_toml(policy: Policy) -> str:
         "# Disclosure ledger: refuse a cohort that differs from one released before by 1 to",
         "# min_cohort_difference - 1 patients (differencing attack); applies to every study.",
         f"min_cohort_difference = {policy.min_cohort_difference}",
+        "",
+        "# Under secure aggregation, a grouping that singles out this site's own data",
+        "# (group_by: site) is refused unless this is true; then this site's group is",
+        "# released under the unmasked rules above.",
+        f"site_level_release = {'true' if policy.site_level_release else 'false'}",
         "",
     ])
 

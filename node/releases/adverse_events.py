@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analytics import hide_cells
 from node.cohorts.cohort import Tables, get_table
 from node.cohorts.endpoints import survival_endpoint
 from node.errors import StudyRefused
@@ -235,30 +236,66 @@ def statistics(analysis: Analysis, study: Study, tables: Tables,
         ae_site_summary(tables, cohort, analysis.terms, analysis.by_grade, window), window)
 
 
-def _pack(analysis: Analysis, stats: AdverseEventStatistics, count: Callable[[int], int],
+def _pack(analysis: Analysis, stats: AdverseEventStatistics,
+          shown: Callable[[str, TermSummary], tuple[int, int, list[int]]],
           onset_released: bool, metadata: Mapping[str, Any]) -> Release:
-    """Per term: cohort size, ``count(with_event)``, person-days, ``count`` of each grade, and
-    the onset histogram (zeros unless ``onset_released``)."""
+    """Per term: cohort size and what ``shown`` gives of with_event, person-days and the
+    grades, and the onset histogram (zeros unless ``onset_released`` and the term's
+    with_event is shown and non-zero)."""
     terms = {}
     for term, s in stats.terms.items():
-        grades = np.array([count(s.grades.get(g, 0)) for g in GRADES], dtype=np.int64)
-        onset = np.asarray(s.onset_histogram, dtype=np.int64) if onset_released else \
-            np.zeros(stats.window + 1, dtype=np.int64)
-        terms[term] = (int(s.at_risk), count(s.with_event), int(s.person_days), grades, onset)
+        with_event, person_days, grades = shown(term, s)
+        onset = np.asarray(s.onset_histogram, dtype=np.int64) \
+            if onset_released and with_event > 0 else np.zeros(stats.window + 1, dtype=np.int64)
+        terms[term] = (int(s.at_risk), with_event, person_days,
+                       np.array(grades, dtype=np.int64), onset)
     return adverse_event_release(analysis.name, terms, {
         "window_days": stats.window, "by_grade": analysis.by_grade,
         "onset_released": onset_released, **metadata})
 
 
+def _cells(s: TermSummary) -> list[int]:
+    """Grades 1-5 and the patients without a grade: the cells that add up to with_event."""
+    grades = [int(s.grades.get(g, 0)) for g in GRADES]
+    return [*grades, int(s.with_event) - sum(grades)]
+
+
 def release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
-            policy: Policy, masked: bool) -> Release:
-    """The unmasked release (counts below ``min_cell`` withheld) or the masked one (all)."""
+            policy: Policy, masked: bool, withheld_terms: Sequence[str] = (),
+            hidden_grades: Mapping[str, Sequence[str]] | None = None) -> Release:
+    """The unmasked release or the masked one.
+
+    Unmasked, under this site's rules: a term with 1 to ``min_cell - 1`` patients is
+    withheld (with_event, person-days and grades), and grades are hidden with complementary
+    suppression (:func:`analytics.hide_cells`), so no hidden cell follows from the shown ones.
+    Masked, the same decisions come from the pooled screening counts (``withheld_terms``,
+    ``hidden_grades``) and withheld values are released as zeros.
+    """
     stats = statistics(analysis, study, tables, cohort)
     if masked:
-        return _pack(analysis, stats, int, True, {})
+        hidden = hidden_grades or {}
 
-    def withhold(value: int) -> int:
-        return SUPPRESSED if 0 < value < policy.min_cell else int(value)
+        def masked_shown(term: str, s: TermSummary) -> tuple[int, int, list[int]]:
+            if term in withheld_terms:
+                return 0, 0, [0] * len(GRADES)
+            grades = [0 if g in hidden.get(term, ()) else int(s.grades.get(g, 0))
+                      for g in GRADES]
+            return int(s.with_event), int(s.person_days), grades
 
-    return _pack(analysis, stats, withhold, policy.min_cell == 1,
+        meta: dict[str, Any] = {}
+        if withheld_terms:
+            meta["withheld_terms"] = list(withheld_terms)
+        if hidden:
+            meta["hidden_grades"] = {t: list(g) for t, g in hidden.items()}
+        return _pack(analysis, stats, masked_shown, True, meta)
+
+    def unmasked_shown(term: str, s: TermSummary) -> tuple[int, int, list[int]]:
+        if 0 < s.with_event < policy.min_cell:
+            return SUPPRESSED, SUPPRESSED, [SUPPRESSED] * len(GRADES)
+        hide = hide_cells(_cells(s), policy.min_cell) if s.with_event else (False,) * 6
+        grades = [SUPPRESSED if h else int(s.grades.get(g, 0))
+                  for g, h in zip(GRADES, hide[:-1], strict=True)]
+        return int(s.with_event), int(s.person_days), grades
+
+    return _pack(analysis, stats, unmasked_shown, policy.min_cell == 1,
                  {"min_cell": policy.min_cell, "min_bin_events": policy.min_bin_events})

@@ -22,7 +22,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from analytics import CoarsenedCompeting, CoarsenedCounts, CompetingCounts, SurvivalCounts
+from analytics import (
+    CoarsenedCompeting,
+    CoarsenedCounts,
+    CompetingCounts,
+    SurvivalCounts,
+    withhold_groups,
+)
 from analytics.errors import DisclosureError
 from node.cohorts.cohort import Tables
 from node.cohorts.endpoints import group_labels
@@ -30,7 +36,7 @@ from node.errors import StudyRefused
 from node.governance.policy import Policy
 from protocol.codec import Release
 from protocol.study import Analysis, Study
-from protocol.vocabulary import fixed_groups, has_fixed_levels
+from protocol.vocabulary import SITE, fixed_groups, has_fixed_levels
 
 __all__ = ["GroupedCounts", "GroupedKind", "fixed_levels", "present", "release", "statistics"]
 
@@ -91,7 +97,14 @@ def _unmasked(kind: GroupedKind[C], stats: GroupedCounts[C],
               policy: Policy) -> tuple[dict[str, C], dict[str, Any]]:
     groups: dict[str, C] = {}
     widest, coarsened = 1, False
+    labels = list(stats.groups)
+    small = withhold_groups([stats.groups[g].n for g in labels], policy.min_cohort)
+    withheld = [g for g, h in zip(labels, small, strict=True) if h]
+    if withheld and len(withheld) == len(labels):
+        raise DisclosureError(f"every group is below min_cohort={policy.min_cohort}")
     for label, counts in stats.groups.items():
+        if label in withheld:
+            continue
         try:
             safe = kind.coarsen(counts, policy.min_bin_events, policy.min_cell)
         except DisclosureError as exc:
@@ -99,21 +112,46 @@ def _unmasked(kind: GroupedKind[C], stats: GroupedCounts[C],
         groups[label] = safe.counts  # type: ignore[assignment]
         widest = max(widest, safe.max_bin_width)
         coarsened = coarsened or safe.coarsened
-    return groups, {"time_resolution_days": widest, "coarsened": coarsened,
-                    "min_cell": policy.min_cell, "min_bin_events": policy.min_bin_events}
+    meta: dict[str, Any] = {"time_resolution_days": widest, "coarsened": coarsened,
+                            "min_cell": policy.min_cell, "min_bin_events": policy.min_bin_events}
+    if withheld:
+        meta["withheld"] = withheld
+    return groups, meta
 
 
 def _masked(kind: GroupedKind[C], stats: GroupedCounts[C], group_by: str | None,
-            levels: Sequence[str]) -> tuple[dict[str, C], dict[str, Any]]:
+            levels: Sequence[str], withheld: Sequence[str], policy: Policy
+            ) -> tuple[dict[str, C], dict[str, Any]]:
     if set(stats.groups) - set(levels):
         raise StudyRefused(f"group_by {group_by}: values outside its fixed levels")
-    groups = {level: stats.groups[level] if level in stats.groups else kind.zeros(stats.horizon)
-              for level in levels}
-    return groups, {"time_resolution_days": 1, "coarsened": False}
+    own = dict(stats.groups)
+    coarsened = False
+    if group_by == SITE:
+        # the site's group is this site's data alone: released only where the site's policy
+        # allows it, and then under its unmasked rules
+        if not policy.site_level_release:
+            raise StudyRefused("group_by site under secure aggregation releases this site's "
+                               "own data; the site's policy does not allow site-level release")
+        for label, counts in own.items():
+            if counts.n < policy.min_cohort:
+                raise StudyRefused(f"group_by site: this site's group is below min_cohort="
+                                   f"{policy.min_cohort}")
+            try:
+                own[label] = kind.coarsen(counts, policy.min_bin_events,  # type: ignore[assignment]
+                                          policy.min_cell).counts
+            except DisclosureError as exc:
+                raise StudyRefused(f"group_by site: {exc}") from None
+            coarsened = True
+    groups = {level: own[level] if level in own and level not in withheld
+              else kind.zeros(stats.horizon) for level in levels}
+    meta: dict[str, Any] = {"time_resolution_days": 1, "coarsened": coarsened}
+    if withheld:
+        meta["withheld"] = sorted(withheld)
+    return groups, meta
 
 
 def present(kind: GroupedKind[C], analysis: Analysis, stats: GroupedCounts[C], policy: Policy,
-            levels: Sequence[str] | None) -> Release:
+            levels: Sequence[str] | None, withheld: Sequence[str] = ()) -> Release:
     """The unmasked release (``levels`` None) or the fixed-shape one over ``levels``.
 
     Raises
@@ -122,7 +160,8 @@ def present(kind: GroupedKind[C], analysis: Analysis, stats: GroupedCounts[C], p
         Masked, when this site has a group outside ``levels``.
     """
     if levels is not None:
-        return kind.pack(analysis, *_masked(kind, stats, analysis.group_by, levels), True)
+        return kind.pack(analysis, *_masked(kind, stats, analysis.group_by, levels, withheld,
+                                            policy), True)
     try:
         groups, metadata = _unmasked(kind, stats, policy)
     except DisclosureError as exc:
@@ -132,8 +171,9 @@ def present(kind: GroupedKind[C], analysis: Analysis, stats: GroupedCounts[C], p
 
 def release(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: Tables,
             cohort: pd.DataFrame, site_id: str, policy: Policy,
-            participants: Sequence[str] | None) -> Release:
-    """Unmasked (``participants`` None) or fixed-shape release of one grouped analysis."""
+            participants: Sequence[str] | None, withheld: Sequence[str] = ()) -> Release:
+    """Unmasked (``participants`` None) or fixed-shape release of one grouped analysis
+    (``withheld`` levels, decided from the pooled screening counts, released as zeros)."""
     levels = None if participants is None else fixed_levels(analysis.group_by, participants)
     return present(kind, analysis, statistics(kind, analysis, study, tables, cohort, site_id),
-                   policy, levels)
+                   policy, levels, withheld)
