@@ -157,3 +157,26 @@ def stratified_fn(c: CoxCohort, site: np.ndarray):
         return sum(site_derivatives(c.time[m], c.event[m], c.X[m], beta, c.horizon) for m in parts)
 
     return derivatives
+
+
+def assert_binned_cox_equals_lifelines(got: dict, stores: dict, study, covariates: list[str],
+                                       strata: str = "none") -> None:
+    """A secure Cox result (results.json entry) equals lifelines ``CoxPHFitter`` (Efron ties)
+    on the pooled complete cases with durations rounded up to the result's ``bins``, to 1e-6
+    (``strata=["site"]`` for a baseline hazard per site)."""
+    from analytics import round_up_to_bins
+    from tests.conftest import lifelines_reference, pooled_frame
+
+    assert "error" not in got, got
+    data = pooled_frame(stores, study, covariates)
+    data["duration"] = round_up_to_bins(np.minimum(data["duration"], study.horizon_days),
+                                        tuple(got["bins"]))
+    categorical = [c for c in covariates if c in ("sex", "route", "origin", "disease_status",
+                                                  "atmp_class")]
+    ref = lifelines_reference(data, categorical, ["site"] if strata == "site" else None)
+    assert got["n"] == len(data) and got["events"] == int(data["event"].sum())
+    assert set(got["coefficients"]) == set(ref.summary.index)
+    for name, row in ref.summary.iterrows():
+        assert abs(got["coefficients"][name]["coef"] - row["coef"]) <= 1e-6, name
+        assert abs(got["coefficients"][name]["se"] - row["se(coef)"]) <= 1e-6, name
+    assert abs(got["log_likelihood"] - ref.log_likelihood_) <= 1e-6

@@ -1,10 +1,18 @@
 """Federated Cox models: a description round, then one round per Newton step.
 
 The first round asks every site to describe its part of the model (indicator levels present,
-patients, events, patients dropped per reason). The strategy fixes the design columns
-(indicators against the first level present in the pooled cohort) and starts Newton-Raphson at
+patients, events, patients dropped per reason; under secure aggregation also the per-day event
+table of the complete cases). The strategy fixes the design columns (indicators against the
+first level present in the pooled cohort) and, under secure aggregation, the time bins
+(:func:`analytics.cox_bins`: at least 5 events and 5 exits each), and starts Newton-Raphson at
 beta = 0; each later round sends the coefficients to the model's sites, sums what they return
-(per-day risk-set sums, or per-site derivatives with ``strata: site``) and takes the step.
+(per-bin risk-set sums, or per-site derivatives with ``strata: site``) and takes the step.
+
+Every Newton request relays the previous round's signed releases of the model's sites: each
+site recomputes the columns, bins, centre and step from them with the same functions
+(:func:`analytics.pooled_derivatives`, :func:`analytics.cox_step`) and refuses any other
+request, so the aggregator cannot choose the coefficients.
+
 Unmasked, a site that fails mid-way is left out and the fit starts again without it, so the
 result always equals the analysis of the sites it names; under secure aggregation the runtime
 restarts the whole study instead, and a site that leaves the model out ends it with an error.
@@ -12,6 +20,7 @@ restarts the whole study instead, and a site that leaves the model out ends it w
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,25 +29,27 @@ import numpy as np
 
 from aggregator.strategy import MASKED_SUM, AnalysisState, Contributions, Strategy
 from analytics import (
+    MAX_NEWTON_STEPS,
     CoxDayStats,
     CoxDerivatives,
+    DisclosureError,
     NewtonState,
+    cox_bins,
     cox_result,
-    efron_derivatives,
+    cox_step,
     newton_start,
-    newton_update,
+    pooled_derivatives,
     suppress_count,
 )
-from protocol.codec import Release
+from protocol.codec import Release, decode_release, encode_release
 from protocol.design import design_columns
 from protocol.errors import ProtocolError
-from protocol.releases import masked_cox_description
+from protocol.releases import masked_cox_description, masked_cox_event_table
 from protocol.rounds import newton_request, summary_request
 from protocol.study import Analysis, Study
+from protocol.v1.common_pb2 import AnalysisRelease
 
-__all__ = ["CoxState", "CoxStrategy"]
-
-MAX_NEWTON_STEPS = 50
+__all__ = ["MAX_NEWTON_STEPS", "CoxState", "CoxStrategy"]
 
 
 @dataclass
@@ -57,22 +68,33 @@ class CoxState(AnalysisState):
     resolution: int = 1
     centre: list[float] | None = None
     newton: dict[str, Any] | None = None
+    bins: list[int] | None = None  # secure: bin ends (days) of the pooled time bins
+    relayed: list[str] = field(default_factory=list)  # the last round's signed releases
+
+
+def _wire(release: Release) -> str:
+    return base64.b64encode(encode_release(release).SerializeToString()).decode("ascii")
+
+
+def _unwire(text: str) -> Release:
+    return decode_release(AnalysisRelease.FromString(base64.b64decode(text)))
 
 
 def _sum_dropped(parts: Iterable[Mapping[str, Any]]) -> dict[str, int | str]:
-    """Patients dropped per reason over the sites; a withheld count makes a lower bound."""
-    out: dict[str, int | str] = {}
+    """Patients dropped per reason over the sites; a withheld count (``"<5"``) makes the sum a
+    lower bound (``">=N"``, or the withheld form when nothing else is known)."""
+    known: dict[str, int] = {}
+    withheld: dict[str, str] = {}
     for dropped in parts:
         for reason, value in dropped.items():
-            prev = out.get(reason, 0)
-            if isinstance(value, str) or isinstance(prev, str):
-                known = (prev if isinstance(prev, int) else int(str(prev).lstrip(">=") or 0)) \
-                    + (value if isinstance(value, int) else 0)
-                out[reason] = f">={known}" if known else value if isinstance(value, str) \
-                    else prev
+            if isinstance(value, str):
+                bound = value.removeprefix(">=")
+                known[reason] = known.get(reason, 0) + (int(bound) if bound.isdigit() else 0)
+                withheld.setdefault(reason, value)
             else:
-                out[reason] = prev + int(value)
-    return out
+                known[reason] = known.get(reason, 0) + int(value)
+    return {reason: total if reason not in withheld else
+            f">={total}" if total else withheld[reason] for reason, total in known.items()}
 
 
 def masked_setup(summed: Release) -> Release:
@@ -102,7 +124,8 @@ class CoxStrategy(Strategy[CoxState]):
             return summary_request(state.name, state.kind)
         assert state.newton is not None
         return newton_request(state.name, state.columns, NewtonState.from_dict(
-            state.newton).beta, state.centre)
+            state.newton).beta, state.centre, state.bins,
+            [_unwire(r) for r in state.relayed])
 
     def combine(self, state: CoxState, analysis: Analysis, study: Study,
                 answers: Contributions) -> None:
@@ -115,10 +138,12 @@ class CoxStrategy(Strategy[CoxState]):
                 usable[who] = release
         if state.phase == "setup":
             self._setup(state, analysis, study, usable, answers)
+            self._relay(state, answers, usable, state.sites)
             return
         deriv, bad = self._pooled(state, study, usable)
         state.site_errors.update(bad)
         ok = sorted(set(usable) - set(bad))
+        self._relay(state, answers, usable, ok)
         if answers.masked and (answers.failures or bad or not ok):
             state.fail("the masked sum is incomplete: " + "; ".join(
                 f"{s}: {r}" for s, r in sorted(state.site_errors.items())))
@@ -133,9 +158,25 @@ class CoxStrategy(Strategy[CoxState]):
             base["site_errors"] = dict(sorted(state.site_errors.items()))
         if state.error:
             return {**base, "error": state.error}
+        bins: dict[str, Any] = {"bins": state.bins} if state.bins is not None else {}
+        site_bins = {s: p["bins"] for s, p in state.setups.items()
+                     if s in state.sites and p.get("bins")}
+        if site_bins:
+            bins["site_bins"] = dict(sorted(site_bins.items()))
         return {**state.result, "sites": state.sites, "dropped": state.dropped,
-                "time_resolution_days": state.resolution,
+                "time_resolution_days": state.resolution, **bins,
                 **({"site_errors": base["site_errors"]} if state.site_errors else {})}
+
+    @staticmethod
+    def _relay(state: CoxState, answers: Contributions, usable: Mapping[str, Release],
+               sites: Iterable[str]) -> None:
+        """Keep this round's signed releases of the model's sites for the next request."""
+        if state.done:
+            state.relayed = []
+        elif answers.masked:
+            state.relayed = [_wire(answers.signed[s]) for s in sorted(answers.signed)]
+        else:
+            state.relayed = [_wire(usable[s]) for s in sorted(sites) if s in usable]
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -143,9 +184,15 @@ class CoxStrategy(Strategy[CoxState]):
                usable: Mapping[str, Release], answers: Contributions) -> None:
         if answers.masked:
             try:
+                state.bins = None
+                for r in usable.values():  # the one summed description
+                    state.bins = list(cox_bins(*masked_cox_event_table(r, study.horizon_days)))
                 usable = {who: masked_setup(r) for who, r in usable.items()}
             except ProtocolError as exc:
                 state.fail(str(exc))
+                return
+            except DisclosureError as exc:
+                state.fail(f"no time bins for this model: {exc}")
                 return
             state.sites = sorted(answers.sites) if usable else []
         else:
@@ -155,7 +202,8 @@ class CoxStrategy(Strategy[CoxState]):
                 "levels": {c: sorted(v) for c, v in (r.metadata.get("levels") or {}).items()},
                 "n": int(r.metadata["n"]), "events": int(r.metadata["events"]),
                 "dropped": dict(r.metadata.get("dropped") or {}),
-                "resolution": int(r.metadata.get("time_resolution_days", 1))}
+                "resolution": int(r.metadata.get("time_resolution_days", 1)),
+                "bins": [int(b) for b in r.metadata.get("bins") or []]}
                 for who, r in usable.items()}
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             state.fail(f"malformed model description: {exc}")
@@ -184,6 +232,8 @@ class CoxStrategy(Strategy[CoxState]):
                                        {c: sorted(v) for c, v in levels.items()})
         state.dropped = _sum_dropped(p["dropped"] for p in parts)
         state.resolution = max([int(p["resolution"]) for p in parts] + [1])
+        if state.bins is not None:
+            state.resolution = int(np.max(np.diff([-1, *state.bins])))
         state.n = sum(int(p["n"]) for p in parts)
         state.events = sum(int(p["events"]) for p in parts)
         state.centre = None
@@ -207,33 +257,32 @@ class CoxStrategy(Strategy[CoxState]):
 
     def _pooled(self, state: CoxState, study: Study, got: Mapping[str, Release]
                 ) -> tuple[CoxDerivatives | None, dict[str, str]]:
-        """The pooled derivatives (``None``: overflow at this beta) and malformed sites."""
+        """The pooled derivatives (``None``: overflow at this beta) and malformed sites.
+
+        Sites' sums are added in site order and the centre fixed at the first sums, by the
+        function the sites run to check the next request (:func:`analytics.pooled_derivatives`).
+        """
         p = len(state.columns)
+        horizon = len(state.bins) - 1 if state.bins is not None else study.horizon_days
         parts: list[Any] = []
         bad: dict[str, str] = {}
         overflow = False
-        for who, r in got.items():
+        for who in sorted(got):
+            r = got[who]
             if r.metadata.get("overflow"):
                 overflow = True
                 continue
             try:
                 parts.append(CoxDerivatives.from_vectors(r.vectors, p) if state.strata == "site"
-                             else CoxDayStats.from_vectors(r.vectors, study.horizon_days, p))
+                             else CoxDayStats.from_vectors(r.vectors, horizon, p))
             except (ValueError, KeyError, TypeError) as exc:
                 bad[who] = f"malformed release: {exc}"
-        if overflow or bad or not parts:
+        if bad or not (parts or overflow):
             return None, bad
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        if state.strata == "site":
-            return total, bad
-        if state.centre is None and total.s0[0] > 0:
-            # pooled covariate means (the first round is at beta = 0, where s0[0] = n): every
-            # later round is centred on them, which keeps exp(x'beta) in range and leaves the
-            # derivatives unchanged
-            state.centre = [float(v) for v in total.s1[0] / total.s0[0]]
-        return efron_derivatives(total), bad
+        centre = None if state.centre is None else tuple(state.centre)
+        deriv, centre = pooled_derivatives(None if overflow else parts, centre)
+        state.centre = None if centre is None else list(centre)
+        return deriv, bad
 
     def _step(self, state: CoxState, deriv: CoxDerivatives | None) -> None:
         assert state.newton is not None
@@ -241,14 +290,13 @@ class CoxStrategy(Strategy[CoxState]):
         if state.phase == "finalizing":
             self._finish(state, newton, deriv)
             return
-        evaluated = newton.beta
-        nxt = newton_update(newton, deriv, max_iter=MAX_NEWTON_STEPS)
-        state.newton = nxt.to_dict()
-        if nxt.status == "failed":
-            state.fail(nxt.explain(state.columns))
-        elif nxt.status == "converged":
-            if nxt.beta == evaluated and deriv is not None:
-                self._finish(state, nxt, deriv)
+        nxt = cox_step(newton, deriv)
+        state.newton = nxt.state.to_dict()
+        if nxt.state.status == "failed":
+            state.fail(nxt.state.explain(state.columns))
+        elif nxt.state.status == "converged":
+            if not nxt.ask:
+                self._finish(state, nxt.state, deriv)
             else:
                 state.phase = "finalizing"  # one more round: derivatives at the optimum
 

@@ -5,28 +5,49 @@ days), keeps it for the Newton rounds and releases only its description: levels 
 numbers of patients and events, patients dropped per reason. Unmasked, the description is
 metadata (dropped counts below ``min_cell`` shown as ``"<min_cell>"``); masked, it is vectors
 over the fixed levels of each categorical covariate (covariates without a fixed list are
-refused). Every Newton round receives the coefficients chosen by the aggregator and releases the
-sums at those coefficients: per-day risk-set and event sums (``strata: none``) or this site's
-own Efron log-likelihood, gradient and Hessian (``strata: site``). Unmasked releases use
-follow-up times rounded up to the site's coarsened time bins (per-day sums under known
-coefficients would let the receiver rebuild a patient's values).
+refused) and the per-day event table of the complete cases, from which the model's time bins
+are chosen (:func:`analytics.cox_bins`: every bin at least 5 events and 5 exits).
+
+Every Newton round releases the sums at the requested coefficients: per-bin risk-set and event
+sums (``strata: none``) or this site's own Efron log-likelihood, gradient and Hessian
+(``strata: site``), over the pooled bins (masked) or the site's own coarsened bins (unmasked:
+every bin holding patients has at least ``min_bin_events`` events and ``min_cell`` exits).
+
+The aggregator does not choose the coefficients. Each Newton request relays the previous
+round's releases of the model's sites, each signed by its site (:mod:`protocol.release_signing`,
+signed by :func:`seal` after masking); the site verifies every signature, sums them itself
+(masks cancel) and recomputes the design columns, bins, centre and Newton step with the
+aggregator's own functions (:func:`analytics.pooled_derivatives`, :func:`analytics.cox_step`).
+It answers only a request equal to its own result, and at most
+:data:`MAX_COX_ROUNDS` Newton rounds per analysis of a study.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from analytics import (
+    MAX_NEWTON_ROUNDS,
+    CoxDayStats,
+    CoxDerivatives,
     DisclosureError,
+    EstimationError,
+    NewtonState,
     NumericalOverflowError,
+    bin_index,
     coarsen_counts,
+    cox_bins,
     cox_day_stats,
+    cox_step,
+    newton_start,
+    pooled_derivatives,
     round_up_to_bins,
     site_derivatives,
     suppress_count,
@@ -38,9 +59,16 @@ from node.cohorts.endpoints import survival_endpoint
 from node.errors import StudyRefused
 from node.governance.policy import Policy
 from protocol.codec import Release, Vector
+from protocol.design import design_columns
+from protocol.errors import ProtocolError
+from protocol.release_signing import ReleaseSigner, sign_release, verify_release
+from protocol.releases import masked_cox_description, masked_cox_event_table
 from protocol.rounds import NewtonRequest
+from protocol.secure_agg import unmask_sum
 from protocol.study import Analysis, Study
 from protocol.vocabulary import (
+    COX_DAY_EVENTS,
+    COX_DAY_EXITS,
     COX_DROPPED,
     COX_EVENTS,
     COX_N,
@@ -49,20 +77,84 @@ from protocol.vocabulary import (
     cox_levels_vector,
 )
 
-__all__ = ["CoxSite", "describe", "prepare", "step"]
+__all__ = ["MAX_COX_ROUNDS", "CoxChain", "CoxRound", "CoxSite", "describe", "prepare", "seal",
+           "step"]
 
 logger = logging.getLogger(__name__)
+
+MAX_COX_ROUNDS = 2 * MAX_NEWTON_ROUNDS
+"""Newton rounds a site answers for one Cox analysis of a study (a fit, and one restart)."""
+_SAME = 1e-12  # relative tolerance of a requested coefficient against the site's own
+
+
+@dataclass
+class CoxChain:
+    """What this site released and checked so far in one Cox fit (see the module docstring).
+
+    ``round``/``attempt``/``digest``: this site's last signed release of the analysis, which
+    the next request must relay unaltered; the rest is the fit as this site computed it.
+    """
+
+    round: int = -1
+    attempt: int = 0
+    digest: str = ""
+    fitting: bool = False
+    sites: tuple[str, ...] = ()
+    levels: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    columns: tuple[str, ...] = ()
+    bins: tuple[int, ...] | None = None
+    newton: NewtonState | None = None
+    centre: tuple[float, ...] | None = None
+    final: bool = False
+    rounds: int = 0
+    answered: tuple[int, str, Release] | None = None
 
 
 @dataclass(frozen=True)
 class CoxSite:
-    """What a site keeps between Newton rounds for one Cox analysis: its statistics."""
+    """What a site keeps between Newton rounds for one Cox analysis: its statistics and the
+    chain of the fit."""
 
     design: Design
     durations: npt.NDArray[np.int64]
     events: npt.NDArray[np.bool_]
     time_resolution_days: int
     coarsened: bool
+    bin_ends: tuple[int, ...] | None = None
+    chain: CoxChain = field(default_factory=CoxChain)
+
+
+@dataclass(frozen=True)
+class CoxRound:
+    """What a Newton round is checked against: the site's signing identity (with the network
+    CA), the study, attempt (0 unmasked) and round, and a masked round's participants."""
+
+    signer: ReleaseSigner | None
+    study_id: str
+    attempt: int
+    round: int
+    participants: tuple[str, ...] | None = None
+
+
+class _Refused(Exception):
+    """A Newton request this site will not answer (the reason becomes an error release)."""
+
+
+def _check_bins(durations: npt.NDArray[np.int64], events: npt.NDArray[np.bool_], horizon: int,
+                bin_ends: tuple[int, ...], policy: Policy) -> None:
+    """Every bin holding patients has ``min_bin_events`` events and ``min_cell`` exits (the
+    tail included), or the release is refused. Day resolution (both thresholds 1) is the
+    site's explicit choice, as in :func:`analytics.coarsen_columns`."""
+    if policy.min_bin_events == 1 and policy.min_cell == 1:
+        return
+    idx, observed = bin_index(durations, events, horizon, bin_ends)
+    exits = np.bincount(idx, minlength=len(bin_ends))
+    events_per_bin = np.bincount(idx[observed], minlength=len(bin_ends))
+    held = exits > 0
+    if np.any(events_per_bin[held] < policy.min_bin_events) or np.any(
+            exits[held] < policy.min_cell):
+        raise DisclosureError(f"a time bin would hold fewer than {policy.min_bin_events} "
+                              f"events or {policy.min_cell} exits")
 
 
 def prepare(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
@@ -80,14 +172,14 @@ def prepare(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFra
                                 study.censor_at)
     durations = outcome["duration"].to_numpy(dtype=np.int64)[design.mask]
     events = outcome["event"].to_numpy(dtype=bool)[design.mask]
-    resolution, coarsened = 1, False
+    resolution, coarsened, ends = 1, False, None
     if coarsen:
         counts = survival_counts(durations, events, study.horizon_days)
         safe = coarsen_counts(counts, policy.min_bin_events, policy.min_cell)
+        _check_bins(durations, events, study.horizon_days, safe.bin_ends, policy)
         durations = round_up_to_bins(np.minimum(durations, study.horizon_days), safe.bin_ends)
-        resolution = safe.max_bin_width
-        coarsened = safe.coarsened
-    return CoxSite(design, durations, events, resolution, coarsened)
+        resolution, coarsened, ends = safe.max_bin_width, safe.coarsened, safe.bin_ends
+    return CoxSite(design, durations, events, resolution, coarsened, ends)
 
 
 def _unmasked_description(analysis: Analysis, site: CoxSite, policy: Policy) -> Release:
@@ -99,17 +191,21 @@ def _unmasked_description(analysis: Analysis, site: CoxSite, policy: Policy) -> 
                     for k, v in site.design.dropped.items()},
         "time_resolution_days": site.time_resolution_days,
         "coarsened": site.coarsened,
+        **({"bins": list(site.bin_ends)} if site.coarsened and site.bin_ends else {}),
         "min_cell": policy.min_cell,
         "min_bin_events": policy.min_bin_events,
     })
 
 
-def _masked_description(analysis: Analysis, site: CoxSite) -> Release:
+def _masked_description(analysis: Analysis, study: Study, site: CoxSite) -> Release:
+    table = survival_counts(site.durations, site.events, study.horizon_days)
     vectors: dict[str, npt.NDArray[np.int64]] = {
         COX_N: np.array([site.design.n], dtype=np.int64),
         COX_EVENTS: np.array([int(np.sum(site.events))], dtype=np.int64),
         COX_DROPPED: np.array([site.design.dropped.get(f"missing {c}", 0)
                                for c in analysis.covariates], dtype=np.int64),
+        COX_DAY_EVENTS: np.asarray(table.events, dtype=np.int64),
+        COX_DAY_EXITS: np.asarray(table.events + table.censored, dtype=np.int64),
     }
     levels: dict[str, list[str]] = {}
     for cov in analysis.covariates:
@@ -129,8 +225,9 @@ def describe(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFr
              policy: Policy, memo: dict[str, CoxSite], masked: bool) -> Release:
     """The first release: prepare and keep the site's data, describe it.
 
-    Masked releases use day-resolution follow-up only in a study with secure aggregation;
-    anything else is coarsened under the site's rules.
+    Masked releases use day-resolution follow-up only in a study with secure aggregation (the
+    pooled bins come later); anything else is coarsened under the site's rules. A new
+    description starts a new fit; the count of Newton rounds answered carries over.
 
     Raises
     ------
@@ -142,43 +239,224 @@ def describe(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFr
                        coarsen=not (masked and study.privacy.secure_aggregation))
     except DisclosureError as exc:
         return Release.failure(analysis.name, analysis.kind, f"disclosure rule: {exc}")
+    earlier = memo.get(analysis.name)
+    if earlier is not None:
+        site.chain.rounds = earlier.chain.rounds
     memo[analysis.name] = site
     if masked:
-        return _masked_description(analysis, site)
+        return _masked_description(analysis, study, site)
     return _unmasked_description(analysis, site, policy)
 
 
-def step(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
-         policy: Policy, memo: dict[str, CoxSite], request: NewtonRequest) -> Release:
-    """A Newton round: the site's sums at the aggregator's coefficients.
+def seal(releases: Sequence[Release], memo: Mapping[str, CoxSite],
+         signer: ReleaseSigner | None, study_id: str, attempt: int, round: int
+         ) -> list[Release]:
+    """Sign this round's Cox releases (as sent: after masking) and remember each one's digest,
+    which the next Newton request must relay unaltered. Other releases pass unchanged; without
+    a signer nothing is signed (and no Newton round can be checked)."""
+    out = []
+    for release in releases:
+        site = memo.get(release.analysis)
+        if signer is None or site is None or release.kind != "cox" or release.error:
+            out.append(release)
+            continue
+        signed, digest = sign_release(release, signer, study_id, attempt, round)
+        site.chain.round, site.chain.attempt, site.chain.digest = round, attempt, digest
+        out.append(signed)
+    return out
 
-    Raises
-    ------
-    StudyRefused, DisclosureError
-        When the site's data must be prepared again and cannot be.
-    """
-    site = memo.get(analysis.name)
-    if site is None:  # the node restarted between rounds: prepare again (deterministic)
-        site = prepare(analysis, study, tables, cohort, policy,
-                       coarsen=not study.privacy.secure_aggregation)
-        memo[analysis.name] = site
-    columns, beta = list(request.columns), np.asarray(request.beta, dtype=np.float64)
-    if len(columns) != beta.size or beta.size == 0:
-        return Release.failure(analysis.name, analysis.kind,
-                               "round inputs must give columns and one coefficient each")
-    X = site.design.matrix(columns)
+
+def _request_key(request: NewtonRequest) -> str:
+    h = hashlib.sha256(",".join(request.columns).encode())
+    h.update(request.beta.tobytes())
+    h.update(b"-" if request.centre is None else request.centre.tobytes())
+    h.update(repr(request.bins).encode())
+    return h.hexdigest()
+
+
+def _same(got: npt.NDArray[np.float64] | None, want: Sequence[float] | None) -> bool:
+    if got is None or want is None:
+        return got is None and want is None
+    expected = np.asarray(want, dtype=np.float64)
+    return got.shape == expected.shape and bool(
+        np.all(np.abs(got - expected) <= _SAME * np.abs(expected)))
+
+
+def _verified(analysis: Analysis, study: Study, chain: CoxChain, request: NewtonRequest,
+              context: CoxRound) -> dict[str, Release]:
+    """The relayed releases by site, each signature checked, the set checked."""
+    assert context.signer is not None
+    if not request.relayed:
+        raise _Refused("the request relays no releases of the previous round")
+    got: dict[str, Release] = {}
+    for release in request.relayed:
+        try:
+            by = verify_release(release, context.signer.ca_pem, context.study_id)
+        except ProtocolError as exc:
+            raise _Refused(f"relayed release refused: {exc}") from None
+        if release.analysis != analysis.name or release.kind != "cox" or release.error:
+            raise _Refused(f"relayed release of {by.site} is not a release of this model")
+        if (by.round, by.attempt) != (chain.round, chain.attempt):
+            raise _Refused(f"relayed release of {by.site} is from round {by.round}, not "
+                           f"{chain.round}")
+        if by.site in got:
+            raise _Refused(f"two relayed releases of {by.site}")
+        if by.site == context.signer.site_id and by.digest != chain.digest:
+            raise _Refused("this site's own relayed release was altered")
+        got[by.site] = release
+    if context.signer.site_id not in got:
+        raise _Refused("this site's own release is not relayed")
+    sites = tuple(sorted(got))
+    if context.participants is not None:
+        if sites != tuple(context.participants):
+            raise _Refused("the relayed releases are not those of this round's participants")
+    elif len(sites) < study.privacy.min_sites:
+        raise _Refused(f"{len(sites)} relayed sites, fewer than min_sites "
+                       f"{study.privacy.min_sites}")
+    elif chain.fitting and not set(sites) <= set(chain.sites):
+        raise _Refused("the relayed releases name sites outside the model")
+    return {s: got[s] for s in sites}
+
+
+def _levels(release: Release) -> dict[str, list[str]]:
+    raw = release.metadata.get("levels") or {}
+    if not isinstance(raw, dict):
+        raise _Refused("a relayed model description has malformed levels")
+    return {str(c): sorted(str(v) for v in names) for c, names in raw.items()}
+
+
+def _design(analysis: Analysis, parts: Sequence[Mapping[str, list[str]]]) -> tuple[str, ...]:
+    levels: dict[str, set[str]] = {}
+    for part in parts:
+        for cov, names in part.items():
+            levels.setdefault(cov, set()).update(names)
+    return tuple(design_columns(analysis.covariates, {c: sorted(v) for c, v in levels.items()}))
+
+
+def _parts(analysis: Analysis, study: Study, chain: CoxChain, got: Mapping[str, Release],
+           masked: bool) -> list[CoxDayStats] | list[CoxDerivatives] | None:
+    """The round's sums as the aggregator pools them (None: a site's weights overflowed)."""
+    if any(r.metadata.get("overflow") for r in got.values()):
+        return None
+    p = len(chain.columns)
+    horizon = len(chain.bins) - 1 if chain.bins is not None else study.horizon_days
+    releases = [unmask_sum(list(got.values()))] if masked else list(got.values())
+    if analysis.strata == "site":
+        return [CoxDerivatives.from_vectors(r.vectors, p) for r in releases]
+    return [CoxDayStats.from_vectors(r.vectors, horizon, p) for r in releases]
+
+
+def _expected(analysis: Analysis, study: Study, chain: CoxChain, got: Mapping[str, Release],
+              masked: bool) -> CoxChain:
+    """The fit after the relayed round, as this site computes it (a new chain, uncommitted)."""
+    sites = tuple(got)
+    new = CoxChain(**{**chain.__dict__})
+    try:
+        if not chain.fitting:  # the relayed round is the description
+            if masked:
+                summed = unmask_sum(list(got.values()))
+                levels = masked_cox_description(summed)[0]
+                new.levels = {"*": {c: sorted(v) for c, v in levels.items()}}
+                new.bins = cox_bins(*masked_cox_event_table(summed, study.horizon_days))
+            else:
+                new.levels = {s: _levels(r) for s, r in got.items()}
+                new.bins = None
+            new.columns = _design(analysis, list(new.levels.values()))
+        elif not masked and sites != chain.sites:  # the fit starts again without some sites
+            new.columns = _design(analysis, [chain.levels[s] for s in sites])
+        else:
+            if chain.final or chain.newton is None:
+                raise _Refused("the fit has ended; no further Newton round")
+            deriv, new.centre = pooled_derivatives(_parts(analysis, study, chain, got, masked),
+                                                   chain.centre)
+            nxt = cox_step(chain.newton, deriv)
+            if not nxt.ask:
+                raise _Refused(f"the fit has ended ({nxt.state.status}); no further round")
+            new.newton, new.final = nxt.state, nxt.final
+            return new
+    except (ProtocolError, ValueError, KeyError, TypeError, EstimationError,
+            DisclosureError) as exc:
+        raise _Refused(f"the relayed releases do not give a model this site can check: "
+                       f"{exc}") from None
+    if not new.columns:
+        raise _Refused("no covariate varies in the pooled cohort")
+    new.fitting, new.sites, new.final, new.centre = True, sites, False, None
+    new.newton = newton_start(len(new.columns))
+    return new
+
+
+def _check_request(request: NewtonRequest, new: CoxChain) -> None:
+    assert new.newton is not None
+    if tuple(request.columns) != new.columns:
+        raise _Refused("the requested design columns differ from those this site computed")
+    if request.bins != new.bins:
+        raise _Refused("the requested time bins differ from those this site computed")
+    if not _same(request.beta, new.newton.beta):
+        raise _Refused("the requested coefficients differ from the Newton step this site "
+                       "computed from the relayed sums")
+    if not _same(request.centre, new.centre):
+        raise _Refused("the requested centre differs from the pooled means this site computed")
+
+
+def _sums(analysis: Analysis, study: Study, site: CoxSite, chain: CoxChain,
+          request: NewtonRequest) -> Release:
+    X = site.design.matrix(list(chain.columns))
+    beta = np.asarray(request.beta, dtype=np.float64)
+    durations, events, horizon = site.durations, site.events, study.horizon_days
+    if chain.bins is not None:
+        durations, events = bin_index(site.durations, site.events, horizon, chain.bins)
+        horizon = len(chain.bins) - 1
     vectors: Mapping[str, Vector]
     try:
         if analysis.strata == "site":
-            vectors = site_derivatives(site.durations, site.events, X, beta,
-                                       study.horizon_days).to_vectors()
+            vectors = site_derivatives(durations, events, X, beta, horizon).to_vectors()
         else:
             centre = None if request.centre is None else np.asarray(request.centre,
                                                                     dtype=np.float64)
-            vectors = cox_day_stats(site.durations, site.events, X, beta, study.horizon_days,
+            vectors = cox_day_stats(durations, events, X, beta, horizon,
                                     centre=centre).to_vectors()
     except NumericalOverflowError:
         return Release(analysis=analysis.name, kind="cox", vectors={},
                        metadata={"overflow": True})
     return Release(analysis=analysis.name, kind="cox", vectors=vectors,
-                   metadata={"columns": columns})
+                   metadata={"columns": list(chain.columns)})
+
+
+def step(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
+         policy: Policy, memo: dict[str, CoxSite], request: NewtonRequest,
+         context: CoxRound) -> Release:
+    """A Newton round: the site's sums at the coefficients it checked itself.
+
+    Refused (an error release) unless the relayed releases are the previous round's, each
+    signed by its site, and the request's columns, bins, coefficients and centre are what this
+    site computes from them; after :data:`MAX_COX_ROUNDS` rounds; and when this site holds no
+    description of the fit (a restarted node: the fit must start again).
+    """
+    def refuse(reason: str) -> Release:
+        return Release.failure(analysis.name, analysis.kind, reason)
+
+    site = memo.get(analysis.name)
+    if site is None:
+        return refuse("this site holds no description of this Cox model (node restarted?); "
+                      "the fit must start again")
+    chain = site.chain
+    key = _request_key(request)
+    if chain.answered is not None and chain.answered[:2] == (context.round, key):
+        return chain.answered[2]  # the same round asked again: the same answer
+    if context.signer is None:
+        return refuse("a Cox model needs this site's certificate, to check the other sites' "
+                      "signed releases")
+    if chain.rounds >= MAX_COX_ROUNDS:
+        return refuse(f"more than {MAX_COX_ROUNDS} Newton rounds for this analysis")
+    try:
+        got = _verified(analysis, study, chain, request, context)
+        new = _expected(analysis, study, chain, got, context.participants is not None)
+        _check_request(request, new)
+    except _Refused as exc:
+        logger.warning("Cox round refused for %s: %s", analysis.name, exc)
+        return refuse(str(exc))
+    release = _sums(analysis, study, site, new, request)
+    new.rounds = chain.rounds + 1
+    new.answered = (context.round, key, release)
+    site.chain.__dict__.update(new.__dict__)
+    return release
