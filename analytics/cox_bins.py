@@ -132,9 +132,10 @@ def pooled_derivatives(parts: Sequence[CoxDayStats] | Sequence[CoxDerivatives] |
     """
     if parts is None:
         return None, centre
-    total = pool(parts, "no Cox sums to pool")
-    if isinstance(total, CoxDerivatives):
-        return total, centre
+    if all(isinstance(p, CoxDerivatives) for p in parts):
+        return pool([p for p in parts if isinstance(p, CoxDerivatives)],
+                    "no Cox derivatives to pool"), centre
+    total = pool([p for p in parts if isinstance(p, CoxDayStats)], "no Cox sums to pool")
     if centre is None and total.s0[0] > 0:
         centre = tuple(float(v) for v in total.s1[0] / total.s0[0])
     return efron_derivatives(total), centre
