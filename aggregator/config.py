@@ -10,6 +10,10 @@ paths in a file are relative to the file's folder. Example::
     trusted_coordinators = ["coordinator.pub"]   # Ed25519 public keys (paths or base64)
     site_timeout_s = 600
     heartbeat_interval_s = 5
+    hello_timeout_s = 10          # a node stream that sends no Hello in time is closed
+    max_node_streams = 64         # node streams served at once (sites and their reconnects)
+    service_threads = 8           # worker threads kept for the coordinator API and health
+    max_message_bytes = 67108864  # the transport limit (64 MiB), told to nodes in Welcome
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.errors import ConfigError
+from protocol.tls import MAX_MESSAGE_BYTES
 
 __all__ = ["ENV_PREFIX", "AggregatorConfig", "load_config", "read_config_file", "resolve_config"]
 
@@ -33,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "HERON_AGGREGATOR_"
 _PATH_KEYS = ("credentials_dir", "db_path")
+_SECONDS_KEYS = ("site_timeout_s", "hello_timeout_s")
+_COUNT_KEYS = ("heartbeat_interval_s", "max_node_streams", "service_threads",
+               "max_message_bytes")
+_MIN_MESSAGE_BYTES = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +52,14 @@ class AggregatorConfig:
     aggregator's ``cert.pem``, ``key.pem`` and ``ca.pem``; ``trusted_coordinators`` lists the
     Ed25519 public keys (``.pub`` paths or base64) whose study signatures are accepted; when
     it is empty the aggregator does not check signatures (the nodes always do).
+
+    Keeping the aggregator up (see :mod:`aggregator.server`): ``hello_timeout_s`` bounds how
+    long a node stream may stay silent before its ``Hello``; at most ``max_node_streams`` node
+    streams are served at once (two per site certificate), on a worker pool of
+    ``max_node_streams + service_threads`` threads, so ``service_threads`` always remain for
+    coordinator calls and health checks; ``max_message_bytes`` is the largest gRPC message
+    either side accepts, told to nodes in ``Welcome`` so they refuse a larger release with a
+    reason instead of sending it.
     """
 
     listen: str = "127.0.0.1:50051"
@@ -51,6 +68,10 @@ class AggregatorConfig:
     trusted_coordinators: tuple[str, ...] = ()
     site_timeout_s: float = 60.0
     heartbeat_interval_s: int = 5
+    hello_timeout_s: float = 10.0
+    max_node_streams: int = 64
+    service_threads: int = 8
+    max_message_bytes: int = MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -60,6 +81,16 @@ class AggregatorConfig:
             raise ConfigError("site_timeout_s: must be positive")
         if self.heartbeat_interval_s < 1:
             raise ConfigError("heartbeat_interval_s: must be at least 1")
+        if self.hello_timeout_s <= 0:
+            raise ConfigError("hello_timeout_s: must be positive")
+        if self.max_node_streams < 1:
+            raise ConfigError("max_node_streams: must be at least 1")
+        if self.service_threads < 2:
+            raise ConfigError("service_threads: must be at least 2 (coordinator and health)")
+        if self.max_message_bytes < _MIN_MESSAGE_BYTES:
+            raise ConfigError(f"max_message_bytes: must be at least {_MIN_MESSAGE_BYTES}")
+        if self.max_message_bytes > 2**31 - 1:
+            raise ConfigError("max_message_bytes: gRPC accepts at most 2147483647")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AggregatorConfig)}
@@ -86,13 +117,13 @@ def _coerce(key: str, value: Any, base_dir: Path | None) -> Any:
                 return tuple(value)
             return tuple(str(base_dir / v) if _looks_like_relative_path(v) else v
                          for v in value)
-        if key == "site_timeout_s":
+        if key in _SECONDS_KEYS:
             if isinstance(value, bool):
                 raise TypeError("must be a number of seconds")
             return float(value)
-        if key == "heartbeat_interval_s":
+        if key in _COUNT_KEYS:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError("must be a whole number of seconds")
+                raise TypeError("must be a whole number")
             return int(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: {exc}") from exc

@@ -7,15 +7,38 @@ certificate's common name (else ``PERMISSION_DENIED``). The first message must b
 from a per-connection queue (and a ``Heartbeat`` whenever idle for the heartbeat interval),
 while a reader thread turns the node's results and refusals into :class:`TaskReply` events.
 A second connection of the same site replaces the first.
+
+One site cannot stall the aggregator:
+
+- **Hello deadline.** A stream that sends no ``Hello`` within ``hello_timeout_s`` is cancelled
+  (one watchdog thread for all streams), which frees its worker thread.
+- **Stream limits.** Node streams are counted by the certificate that opened them, from the
+  moment the call arrives (before ``Hello``): at most ``max_streams_per_site`` (2: the live link
+  and one reconnect replacing it) per site certificate and ``max_streams`` in all; a stream
+  beyond either is refused with ``RESOURCE_EXHAUSTED`` at once. The server sizes its worker
+  pool above ``max_streams`` (:mod:`aggregator.server`), so node streams can never take the
+  threads of the coordinator API and the health service.
+- **Replies checked before they are decoded.** A result or refusal must name a task that was
+  sent down this stream and is not answered yet (else it is dropped, counted in
+  :attr:`NodeLinkServicer.stats`, and its releases are never decoded); then its values are
+  counted against ``max_message_bytes // 8`` (what a message of fixed-width values can hold);
+  only then are the releases decoded, with numpy (:mod:`protocol.codec`). A reply over the cap
+  becomes a refusal naming the sizes.
+- **Transport limit.** ``Welcome`` tells the node ``max_message_bytes``; the node refuses a task
+  whose answer would be larger, with a reason giving both sizes, instead of sending a message
+  gRPC would drop together with the link.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -30,47 +53,161 @@ from aggregator.transport import (
     TaskReply,
     TransportListener,
 )
-from protocol.codec import decode_release, encode_release
+from protocol.codec import decode_release, encode_release, release_value_count
 from protocol.errors import ProtocolError
 from protocol.pki import ROLE_SITE
+from protocol.tls import MAX_MESSAGE_BYTES
 from protocol.v1 import node_link_pb2 as pb
 from protocol.v1 import node_link_pb2_grpc as pb_grpc
 
-__all__ = ["AGGREGATOR_VERSION", "NodeLinkServicer", "reply_from_message"]
+__all__ = ["AGGREGATOR_VERSION", "LinkStats", "NodeLinkServicer", "reply_from_message"]
 
 logger = logging.getLogger(__name__)
 
 AGGREGATOR_VERSION = "heron-aggregator/1"
+MAX_STREAMS_PER_SITE = 2
+"""Node streams one site certificate may hold at once: its link and one reconnect."""
+MAX_REASON_CHARS = 2000
+"""A refusal reason longer than this is cut (it is stored and shown in results.json)."""
+_MAX_OPEN_TASKS = 4096  # tasks remembered per stream; the oldest unanswered ones are forgotten
+_VALUE_BYTES = 8
 _CLOSE = object()
 
 
+@dataclass
+class LinkStats:
+    """What the node link refused or cut off, for operators and tests (counts since start)."""
+
+    hello_timeouts: int = 0
+    """Streams cancelled because no ``Hello`` came within the deadline."""
+    streams_refused: int = 0
+    """Streams refused at once: the site's or the total stream limit was reached."""
+    replies_not_open: int = 0
+    """Results and refusals dropped undecoded: no open task of this stream has that id."""
+    replies_over_cap: int = 0
+    """Results refused undecoded: more values than the per-message cap."""
+
+
 class _Connection:
-    """One node stream: its outgoing queue and whether it has ended."""
+    """One node stream: its outgoing queue, the tasks sent down it and whether it has ended."""
 
     def __init__(self, site_id: str) -> None:
         self.site_id = site_id
         self.outbox: queue.Queue[Any] = queue.Queue()
         self.closed = threading.Event()
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, str] = OrderedDict()  # task id -> study id
 
     def close(self) -> None:
         if not self.closed.is_set():
             self.closed.set()
             self.outbox.put(_CLOSE)
 
+    def sent(self, task: StudyTask) -> None:
+        """Remember a task queued on this stream (until it is answered)."""
+        with self._lock:
+            self._open[task.task_id] = task.study_id
+            self._open.move_to_end(task.task_id)
+            while len(self._open) > _MAX_OPEN_TASKS:
+                self._open.popitem(last=False)
 
-def reply_from_message(msg: pb.NodeMessage) -> TaskReply | None:
+    def answered(self, task_id: str, study_id: str) -> bool:
+        """Take an open task of this stream; ``False`` when no open task has this id."""
+        with self._lock:
+            if self._open.get(task_id) != study_id:
+                return False
+            del self._open[task_id]
+            return True
+
+
+class _HelloWatch:
+    """One thread that cancels the calls whose ``Hello`` is overdue."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Pending]] = []
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, context: grpc.ServicerContext, timeout_s: float) -> _Pending:
+        pending = _Pending(context)
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (time.monotonic() + timeout_s, self._seq, pending))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="node-link-hello",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return pending
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                due, _, pending = self._heap[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            pending.expire()
+
+
+class _Pending:
+    """A stream waiting for its ``Hello``: either it arrives (:meth:`done`) or time runs out."""
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+        self._lock = threading.Lock()
+        self._state = "waiting"
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._state != "waiting":
+                return
+            self._state = "expired"
+        self._context.cancel()
+
+    def done(self) -> bool:
+        """Stop the clock; ``False`` when the deadline already passed."""
+        with self._lock:
+            if self._state == "waiting":
+                self._state = "done"
+            return self._state == "done"
+
+
+def _over_cap(res: pb.TaskResult, max_values: int) -> TaskReply | None:
+    """A refusal when the result's releases hold more than ``max_values`` values (counted
+    without decoding them); ``None`` when they fit. Raises ``ProtocolError`` for a bytes field
+    that is not a whole number of values."""
+    total = sum(release_value_count(x) for x in res.releases)
+    if total <= max_values:
+        return None
+    return TaskReply(res.task_id, res.study_id, refusal=(
+        f"release of {total} values exceeds the cap of {max_values} values per message"))
+
+
+def reply_from_message(msg: pb.NodeMessage, max_values: int | None = None) -> TaskReply | None:
     """The :class:`TaskReply` in a node's result or refusal message (``None`` for others).
 
     A result whose releases cannot be decoded becomes a refusal naming the problem, so that the
-    coordinator sees it instead of waiting for a timeout.
+    coordinator sees it instead of waiting for a timeout. With ``max_values``, a result whose
+    releases hold more values in all is refused before any of them is decoded. A refusal
+    reason is cut to :data:`MAX_REASON_CHARS`.
     """
     which = msg.WhichOneof("body")
     if which == "refusal":
         r = msg.refusal
-        return TaskReply(r.task_id, r.study_id, refusal=r.reason)
+        reason = r.reason if len(r.reason) <= MAX_REASON_CHARS \
+            else r.reason[:MAX_REASON_CHARS] + "..."
+        return TaskReply(r.task_id, r.study_id, refusal=reason)
     if which == "result":
         res = msg.result
         try:
+            if max_values is not None and (refused := _over_cap(res, max_values)) is not None:
+                return refused
             releases = tuple(decode_release(x) for x in res.releases)
         except (ProtocolError, ValueError, TypeError) as exc:
             return TaskReply(res.task_id, res.study_id, refusal=f"malformed release: {exc}")
@@ -86,15 +223,34 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
     heartbeat_interval_s
         Told to nodes in ``Welcome``; also the idle time after which the aggregator sends a
         heartbeat down the stream.
+    hello_timeout_s
+        How long a new stream may wait before its ``Hello``; then it is cancelled.
+    max_streams
+        Node streams served at once (each holds a worker thread of the server); keep it below
+        the server's worker count (:mod:`aggregator.server` does).
+    max_streams_per_site
+        Node streams one site certificate may hold at once.
+    max_message_bytes
+        The transport limit: told to nodes in ``Welcome``; a result holding more than
+        ``max_message_bytes // 8`` values is refused undecoded.
     """
 
-    def __init__(self, heartbeat_interval_s: int = 5) -> None:
+    def __init__(self, heartbeat_interval_s: int = 5, *, hello_timeout_s: float = 10.0,
+                 max_streams: int = 64, max_streams_per_site: int = MAX_STREAMS_PER_SITE,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._heartbeat_s = max(1, int(heartbeat_interval_s))
+        self._hello_timeout_s = float(hello_timeout_s)
+        self._max_streams = int(max_streams)
+        self._max_per_site = int(max_streams_per_site)
+        self._max_message_bytes = int(max_message_bytes)
         self._lock = threading.Lock()
         self._connections: dict[str, _Connection] = {}
+        self._streams: Counter[str] = Counter()  # live node streams by certificate name
         self._readers: list[threading.Thread] = []
         self._listener: TransportListener | None = None
         self._closing = False
+        self._watch = _HelloWatch()
+        self.stats = LinkStats()
 
     # -- NodeTransport ---------------------------------------------------------------------------
 
@@ -107,12 +263,18 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
         with self._lock:
             return sorted(self._connections)
 
+    def stream_count(self) -> int:
+        """Node streams being served now (including those still waiting for ``Hello``)."""
+        with self._lock:
+            return sum(self._streams.values())
+
     def send_task(self, site_id: str, task: StudyTask) -> bool:
         """Queue a task on the site's stream; ``False`` if the site is not connected."""
         with self._lock:
             conn = self._connections.get(site_id)
         if conn is None or conn.closed.is_set():
             return False
+        conn.sent(task)
         conn.outbox.put(task)
         return True
 
@@ -134,11 +296,57 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
                 context: grpc.ServicerContext) -> Iterator[pb.AggregatorMessage]:
         """Serve one node's stream (see the module docstring)."""
         try:
-            site_id, info = self._handshake(request_iterator, context)
+            identity = require_role(context, ROLE_SITE, "sites may open a node link")
         except AggregatorError as exc:
             abort(context, exc)
+        name = identity.common_name
+        refusal = self._take_slot(name)
+        if refusal is not None:
+            logger.warning("node stream of %s refused: %s", name, refusal)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+        slot = _Slot(self, name)
+        context.add_callback(slot.release)  # also when the generator is never resumed
+        try:
+            yield from self._serve(name, request_iterator, context)
+        finally:
+            slot.release()
+
+    def _take_slot(self, name: str) -> str | None:
+        """Count a new stream of certificate ``name``; the reason when a limit forbids it."""
+        with self._lock:
+            if self._streams[name] >= self._max_per_site:
+                reason = (f"site {name!r} already has {self._streams[name]} node streams "
+                          f"open (at most {self._max_per_site})")
+            elif sum(self._streams.values()) >= self._max_streams:
+                reason = f"the aggregator serves at most {self._max_streams} node streams"
+            else:
+                self._streams[name] += 1
+                return None
+            self.stats.streams_refused += 1
+            return reason
+
+    def _give_slot(self, name: str) -> None:
+        with self._lock:
+            self._streams[name] -= 1
+            if self._streams[name] <= 0:
+                del self._streams[name]
+
+    def _serve(self, name: str, request_iterator: Iterator[pb.NodeMessage],
+               context: grpc.ServicerContext) -> Iterator[pb.AggregatorMessage]:
+        pending = self._watch.watch(context, self._hello_timeout_s)
+        try:
+            first = next(request_iterator)
         except (StopIteration, grpc.RpcError):
-            return  # the node hung up before saying Hello
+            if not pending.done():
+                self._no_hello(name)
+            return  # the node hung up (or was cut off) before saying Hello
+        if not pending.done():
+            self._no_hello(name)
+            return
+        try:
+            site_id, info = self._handshake(name, first)
+        except AggregatorError as exc:
+            abort(context, exc)
         if self._closing:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator is shutting down")
         conn = _Connection(site_id)
@@ -154,23 +362,27 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
             if self._listener is not None:
                 self._listener.on_connect(site_id, info)  # may queue outstanding tasks
             yield pb.AggregatorMessage(welcome=pb.Welcome(
-                aggregator_version=AGGREGATOR_VERSION, heartbeat_interval_s=self._heartbeat_s))
+                aggregator_version=AGGREGATOR_VERSION, heartbeat_interval_s=self._heartbeat_s,
+                max_message_bytes=self._max_message_bytes))
             yield from self._outgoing(conn)
         finally:
             conn.close()
             if self._unregister(conn) and self._listener is not None:
                 self._listener.on_disconnect(site_id)
 
-    def _handshake(self, request_iterator: Iterator[pb.NodeMessage],
-                   context: grpc.ServicerContext) -> tuple[str, HelloInfo]:
-        identity = require_role(context, ROLE_SITE, "sites may open a node link")
-        first = next(request_iterator)
+    def _no_hello(self, name: str) -> None:
+        with self._lock:
+            self.stats.hello_timeouts += 1
+        logger.warning("node stream of %s closed: no Hello within %g s", name,
+                       self._hello_timeout_s)
+
+    def _handshake(self, name: str, first: pb.NodeMessage) -> tuple[str, HelloInfo]:
         if first.WhichOneof("body") != "hello":
             raise ProtocolViolation("the first message of a node link must be Hello")
         hello = first.hello
-        if hello.site_id != identity.common_name:
+        if hello.site_id != name:
             raise PermissionDenied(f"Hello names site {hello.site_id!r} but the certificate "
-                                   f"is for {identity.common_name!r}")
+                                   f"is for {name!r}")
         info = HelloInfo(site_id=hello.site_id, software_version=hello.software_version,
                          ingested_at=hello.freshness.ingested_at)
         return hello.site_id, info
@@ -191,18 +403,44 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
                 task_id=task.task_id, study_id=task.study_id, study=task.signed.to_proto(),
                 round=task.round, inputs=[encode_release(r) for r in task.inputs]))
 
+    def _reply(self, conn: _Connection, msg: pb.NodeMessage) -> TaskReply | None:
+        """Check a result or refusal against the stream's open tasks, then the value cap, and
+        only then decode it (``None``: dropped)."""
+        which = msg.WhichOneof("body")
+        body = msg.result if which == "result" else msg.refusal
+        if not conn.answered(body.task_id, body.study_id):
+            with self._lock:
+                self.stats.replies_not_open += 1
+            logger.warning("site %s answered task %r of study %r, which is not an open task "
+                           "of its link; dropped undecoded", conn.site_id, body.task_id[:64],
+                           body.study_id[:64])
+            return None
+        if which == "result":
+            try:
+                refused = _over_cap(msg.result, self._max_message_bytes // _VALUE_BYTES)
+            except ProtocolError:
+                refused = None  # reply_from_message names the problem
+            if refused is not None:
+                with self._lock:
+                    self.stats.replies_over_cap += 1
+                logger.warning("site %s: %s", conn.site_id, refused.refusal)
+                return refused
+        return reply_from_message(msg)
+
     def _read(self, conn: _Connection, request_iterator: Iterator[pb.NodeMessage]) -> None:
         try:
             for msg in request_iterator:
                 which = msg.WhichOneof("body")
                 if which == "heartbeat":
                     continue
-                reply = reply_from_message(msg)
-                if reply is None:
+                if which not in ("result", "refusal"):
                     logger.warning("site %s sent an unexpected %s; ignored", conn.site_id, which)
-                elif not self._is_current(conn):
+                    continue
+                if not self._is_current(conn):
                     logger.info("dropping reply of %s over a replaced link", conn.site_id)
-                elif self._listener is not None:
+                    continue
+                reply = self._reply(conn, msg)
+                if reply is not None and self._listener is not None:
                     try:
                         self._listener.on_reply(conn.site_id, reply)
                     except Exception:
@@ -232,3 +470,20 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
     def _is_current(self, conn: _Connection) -> bool:
         with self._lock:
             return self._connections.get(conn.site_id) is conn and not conn.closed.is_set()
+
+
+class _Slot:
+    """A node stream's place under the stream limits, given back exactly once."""
+
+    def __init__(self, link: NodeLinkServicer, name: str) -> None:
+        self._link = link
+        self._name = name
+        self._lock = threading.Lock()
+        self._held = True
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+        self._link._give_slot(self._name)

@@ -5,6 +5,18 @@ engine, the coordinator service and the standard gRPC health service; :class:`Ag
 adds the ticker thread that expires silent sites. :func:`serve` runs it in the foreground until
 SIGTERM or SIGINT, then shuts down gracefully: health turns ``NOT_SERVING``, node links are
 closed, in-flight calls get a grace period, and the database is closed.
+
+**Threads.** gRPC serves every call of the synchronous server on one worker pool, and a node
+stream holds its worker for as long as the site stays connected. The pool therefore has
+``max_node_streams + service_threads`` workers, and the node link
+(:class:`~aggregator.link.NodeLinkServicer`) refuses a stream beyond ``max_node_streams`` (or a
+third stream of one site certificate) at once and cancels a stream that sends no ``Hello``
+within ``hello_timeout_s``. Node streams can thus hold at most ``max_node_streams`` workers, and
+``service_threads`` workers always remain for coordinator calls and health checks, whatever
+the sites do. One port and one pool keep the deployment as it was; more sites need only a
+larger ``max_node_streams`` (a move of the node link to ``grpc.aio``, where a stream holds no
+thread, would keep this accounting). ``max_message_bytes`` is the gRPC message limit of both
+directions, told to nodes in ``Welcome``.
 """
 
 from __future__ import annotations
@@ -31,10 +43,11 @@ from aggregator.strategy import Strategy
 from protocol.errors import ProtocolError
 from protocol.keys import load_public_key
 from protocol.pki import load_credentials
-from protocol.tls import server_credentials, server_options
+from protocol.tls import GrpcOption, server_credentials, server_options
 from protocol.v1 import coordinator_pb2, coordinator_pb2_grpc, node_link_pb2, node_link_pb2_grpc
 
-__all__ = ["SERVICE_NAMES", "AggregatorServer", "create_server", "serve"]
+__all__ = ["SERVICE_NAMES", "AggregatorServer", "create_server", "grpc_server_options",
+           "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +56,14 @@ SERVICE_NAMES = (
     coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name,
 )
 TICK_S = 0.5
+_MESSAGE_LIMIT_OPTIONS = ("grpc.max_send_message_length", "grpc.max_receive_message_length")
+
+
+def grpc_server_options(config: AggregatorConfig) -> list[GrpcOption]:
+    """The server options of :func:`protocol.tls.server_options` with the configured message
+    limit."""
+    options = [o for o in server_options() if o[0] not in _MESSAGE_LIMIT_OPTIONS]
+    return options + [(name, config.max_message_bytes) for name in _MESSAGE_LIMIT_OPTIONS]
 
 
 class AggregatorServer:
@@ -54,10 +75,12 @@ class AggregatorServer:
         The bound port (the real one when the config asked for port 0).
     engine, store, link, health
         The parts, for inspection and tests.
+    workers
+        The size of the gRPC worker pool (``max_node_streams + service_threads``).
     """
 
     def __init__(self, config: AggregatorConfig, *,
-                 clock: Callable[[], float] = time.time, max_workers: int = 64,
+                 clock: Callable[[], float] = time.time,
                  strategies: Mapping[str, Strategy[Any]] | None = None) -> None:
         try:
             creds = load_credentials(config.credentials_dir)
@@ -69,14 +92,18 @@ class AggregatorServer:
             logger.warning("no trusted coordinator keys: study signatures are checked only "
                            "by the nodes")
         self.store = Store(config.db_path)
-        self.link = NodeLinkServicer(config.heartbeat_interval_s)
+        self.link = NodeLinkServicer(config.heartbeat_interval_s,
+                                     hello_timeout_s=config.hello_timeout_s,
+                                     max_streams=config.max_node_streams,
+                                     max_message_bytes=config.max_message_bytes)
         self.engine = StudyEngine(self.store, self.link, trusted, clock=clock,
                                   site_timeout_s=config.site_timeout_s,
                                   ca_pem=creds.ca.read_bytes(), strategies=strategies)
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=max_workers,
+        self.workers = config.max_node_streams + config.service_threads
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=self.workers,
                                                       thread_name_prefix="grpc"),
-                                   options=server_options())
+                                   options=grpc_server_options(config))
         node_link_pb2_grpc.add_NodeLinkServicer_to_server(self.link, self._server)
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
             CoordinatorServicer(self.engine), self._server)
@@ -131,7 +158,6 @@ class AggregatorServer:
 
 
 def create_server(config: AggregatorConfig, *, clock: Callable[[], float] = time.time,
-                  max_workers: int = 64,
                   strategies: Mapping[str, Strategy[Any]] | None = None) -> AggregatorServer:
     """Build the aggregator and bind its port; call ``.start()`` to serve.
 
@@ -141,8 +167,6 @@ def create_server(config: AggregatorConfig, *, clock: Callable[[], float] = time
         Settings; ``listen`` may use port 0.
     clock
         Unix time in seconds (for site timeouts and stored times).
-    max_workers
-        gRPC worker threads; every connected node holds one for its stream.
     strategies
         Strategy by analysis kind (default: every kind heron runs).
 
@@ -151,8 +175,7 @@ def create_server(config: AggregatorConfig, *, clock: Callable[[], float] = time
     ConfigError
         When the credentials or coordinator keys cannot be read, or the port cannot be bound.
     """
-    return AggregatorServer(config, clock=clock, max_workers=max_workers,
-                            strategies=strategies)
+    return AggregatorServer(config, clock=clock, strategies=strategies)
 
 
 def serve(config: AggregatorConfig, grace_s: float = 10.0,

@@ -193,7 +193,10 @@ def _study(a: argparse.Namespace) -> int:
         _emit(check.to_dict(), a.json, check.summary())
         return 0 if check.ok else 1
     if a.study_cmd == "sign":
+        from heron.study_tools import describe_signed_study
+
         signed = sign_study_file(Path(a.study), Path(a.key), Path(a.out))
+        print(describe_signed_study(signed))  # what the signature covers, read from its bytes
         print(f"signed study written to {a.out} ({len(signed.signature)}-byte Ed25519 signature)")
         return 0
     if a.study_cmd == "report":

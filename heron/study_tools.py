@@ -6,15 +6,20 @@
 Cox covariates, unknown adverse-event terms, cohort values not spelled as in the data model
 (cohort filters match exactly, so a misspelt value silently selects nobody) and an expiry date
 in the past.
+
+:func:`describe_signed_study` is what ``heron study sign`` prints: the signed study as the
+nodes will read it (every default filled in) and the SHA-256 digest of the exact signed bytes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heron.errors import HeronError
 from node.ingestion.schema import AE_TERM, ATMP_CLASS, DISEASE_STATUS, ORIGIN, ROUTE, SEX
@@ -22,8 +27,11 @@ from protocol.design import check_covariates
 from protocol.errors import StudyFormatError
 from protocol.study import AE_ENDPOINT, Study, load_study_document, study_from_dict, study_problems
 
-__all__ = ["StudyCheck", "check_study_document", "check_study_file", "study_template",
-           "write_study_template"]
+if TYPE_CHECKING:
+    from protocol.signing import SignedStudy
+
+__all__ = ["StudyCheck", "check_study_document", "check_study_file", "describe_signed_study",
+           "study_template", "write_study_template"]
 
 #: Cohort filters whose values are data-model enumerations (matched exactly).
 _COHORT_ENUMS: dict[str, tuple[str, ...]] = {
@@ -166,6 +174,47 @@ def check_study_file(path: Path, today: dt.date | None = None) -> StudyCheck:
     return check_study_document(doc, str(path), today)
 
 
+def _indented_json(value: Any, depth: int = 0) -> str:
+    """JSON with sorted keys, one member per line, lists of plain values on one line."""
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {_indented_json(v, depth + 1)}"
+                 for k, v in sorted(value.items())]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list) and any(isinstance(v, dict | list) for v in value):
+        items = [inner + _indented_json(v, depth + 1) for v in value]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def describe_signed_study(signed: SignedStudy) -> str:
+    """What a signature covers, for the coordinator to read before sending the study.
+
+    The lines are the study id, the values that decide what is disclosed (expiry, horizon,
+    privacy), the signed study itself, re-read from the signed bytes and indented in canonical
+    key order (so a value the coordinator did not write, or a repeated key, cannot pass
+    unseen), and the SHA-256 of the exact signed bytes with the signer's key id.
+    """
+    doc = signed.study_document()
+    privacy = doc.get("privacy")
+    privacy = privacy if isinstance(privacy, Mapping) else {}
+    secure = privacy.get("secure_aggregation")
+    analyses = doc.get("analyses")
+    analyses = analyses if isinstance(analyses, list) else []
+    digest = hashlib.sha256(signed.canonical_study).hexdigest()
+    return "\n".join([
+        f"signing study {doc.get('id')}: {doc.get('title')}",
+        f"  expires {doc.get('expires')}, horizon {doc.get('horizon_days')} days, "
+        f"{len(analyses)} analyses, secure aggregation "
+        f"{'on' if secure is True else 'off' if secure is False else secure}, "
+        f"min_sites {privacy.get('min_sites')}",
+        f"signed content (canonical JSON, {len(signed.canonical_study)} bytes, shown indented):",
+        _indented_json(doc),
+        f"sha256 of the signed bytes: {digest}",
+        f"signer key: {signed.signer_key_id}",
+    ])
+
+
 _TEMPLATE = """\
 # A heron study. Check it with `heron study check FILE`, sign it with `heron study sign`.
 # Full reference: docs/study-format.md. Unknown keys are errors (a typo never widens a cohort).
@@ -173,7 +222,7 @@ heron: 1                     # format version; always 1
 id: my-study-{year}            # unique in the network: [a-z0-9][a-z0-9-]{{2,63}}
 title: Outcomes after CAR-T in large B-cell lymphoma
 expires: {expires}          # nodes refuse the study after this date (YYYY-MM-DD)
-horizon_days: 1826           # follow-up is censored here (1..36525); 1826 = 5 years
+horizon_days: 1826           # follow-up is censored here (1..7305); 1826 = 5 years
 
 # Which infusions are analysed. Every key is optional and all are ANDed; a list means "any of".
 # Values must be spelled as in the data model (docs/data-model.md).

@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "parse_study": "study",
     "study_from_dict": "study",
     "study_to_dict": "study",
+    "load_study_yaml": "study_yaml",
     # keys
     "generate_signing_key": "keys",
     "key_id": "keys",

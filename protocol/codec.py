@@ -1,13 +1,20 @@
 """Encode and decode analysis releases: named numeric arrays plus a small JSON metadata object.
 
 Wire form (``heron.v1.AnalysisRelease``): each array is a ``NamedVector`` holding its values
-flattened in C order, integers in ``ints`` (sint64) or floating values in ``reals`` (double).
+flattened in C order as fixed-width little-endian bytes: integers in ``int64_le``, floating
+values in ``float64_le`` (8 bytes a value). The receiver reads them with ``np.frombuffer``, never
+through a Python object per value, so decoding costs about the size of the message. The packed
+fields ``ints`` (sint64) and ``reals`` (double) of earlier nodes are still read.
 
-* Integer and boolean arrays travel as ``ints`` and decode as ``int64``; floating arrays travel
-  as ``reals`` and decode as ``float64``. ``int64`` and ``float64`` therefore round-trip exactly
-  (NaN and infinities included); narrower types come back widened.
-* Arrays that are not one-dimensional, and empty arrays (whose ``ints`` and ``reals`` are both
-  empty on the wire), are described in the reserved metadata entry ``"_vectors"``:
+* Integer and boolean arrays travel as ``int64_le`` and decode as ``int64``; floating arrays
+  travel as ``float64_le`` and decode as ``float64``. ``int64`` and ``float64`` therefore
+  round-trip exactly (NaN and infinities included); narrower types come back widened.
+* A receiver bounds what it decodes: :func:`release_value_count` counts the values of a release
+  without decoding them, and :func:`decode_release` takes a ``max_values`` cap checked before
+  any array is made. (A packed ``ints`` value may take one byte on the wire and eight decoded,
+  so without the cap a message could grow eightfold.)
+* Arrays that are not one-dimensional, and empty arrays (whose value fields are all empty on
+  the wire), are described in the reserved metadata entry ``"_vectors"``:
   ``{key: {"dtype": "int64" | "float64", "shape": [d0, d1, ...]}}``. Decoding removes the entry
   and restores shape and dtype, so callers never see it; it may not be used as a metadata key.
 * Metadata is a JSON object without NaN or infinities; numpy scalars and arrays in it are
@@ -30,13 +37,16 @@ from protocol.errors import ReleaseFormatError
 from protocol.v1 import common_pb2, node_link_pb2
 
 __all__ = ["LAYOUT_KEY", "Release", "Vector", "answer_message", "decode_release",
-           "encode_release"]
+           "encode_release", "release_value_count"]
 
 logger = logging.getLogger(__name__)
 
 LAYOUT_KEY = "_vectors"
 _INT64 = np.dtype(np.int64)
 _FLOAT64 = np.dtype(np.float64)
+_INT64_LE = np.dtype("<i8")
+_FLOAT64_LE = np.dtype("<f8")
+_VALUE_BYTES = 8
 
 Vector: TypeAlias = NDArray[np.integer] | NDArray[np.floating] | NDArray[np.bool_]
 """A release vector: an integer, boolean or floating array (decoded as int64 or float64)."""
@@ -129,9 +139,9 @@ def encode_release(release: Release) -> common_pb2.AnalysisRelease:
         flat = arr.ravel(order="C")
         vec = pb.vectors.add(key=key)
         if arr.dtype == _INT64:
-            vec.ints.extend(np.asarray(flat, dtype=np.int64).tolist())
+            vec.int64_le = flat.astype(_INT64_LE, copy=False).tobytes()
         else:
-            vec.reals.extend(np.asarray(flat, dtype=np.float64).tolist())
+            vec.float64_le = flat.astype(_FLOAT64_LE, copy=False).tobytes()
         if arr.ndim != 1 or arr.size == 0:
             layout[key] = {"dtype": str(arr.dtype), "shape": list(arr.shape)}
     metadata = dict(release.metadata)
@@ -175,16 +185,71 @@ def _layout_entry(
     return np.dtype(entry["dtype"]), tuple(shape)
 
 
-def decode_release(pb: common_pb2.AnalysisRelease) -> Release:
-    """Decode and validate a received ``heron.v1.AnalysisRelease``.
+def _filled(vec: common_pb2.NamedVector) -> dict[str, int]:
+    """The value fields a wire vector fills and how many values each holds (no decoding)."""
+    counts = {"ints": len(vec.ints), "reals": len(vec.reals)}
+    for name in ("int64_le", "float64_le"):
+        size = len(getattr(vec, name))
+        if size % _VALUE_BYTES:
+            raise ReleaseFormatError(f"vector {vec.key!r}: {name} holds {size} bytes, not a "
+                                     f"multiple of {_VALUE_BYTES}")
+        counts[name] = size // _VALUE_BYTES
+    return {name: n for name, n in counts.items() if n}
+
+
+def release_value_count(pb: common_pb2.AnalysisRelease) -> int:
+    """How many values the vectors of a wire release hold, counted without decoding them.
 
     Raises
     ------
     ReleaseFormatError
-        When a vector key is empty or repeated, a vector fills both ``ints`` and ``reals``,
-        the metadata is not a JSON object (or holds NaN/infinity), or the layout entry does not
-        match the vectors.
+        When a bytes field is not a whole number of 8-byte values.
     """
+    return sum(sum(_filled(vec).values()) for vec in pb.vectors)
+
+
+def _values(vec: common_pb2.NamedVector, field: str | None,
+            dtype: np.dtype[np.int64] | np.dtype[np.float64]) -> Vector:
+    integer = dtype == _INT64
+    if field is None:
+        return np.zeros(0, dtype=np.int64) if integer else np.zeros(0, dtype=np.float64)
+    if integer != (field in ("ints", "int64_le")):
+        declared = "int64" if integer else "float64"
+        raise ReleaseFormatError(f"vector {vec.key!r} is declared {declared} but holds "
+                                 f"{field}")
+    if field == "int64_le":
+        return np.frombuffer(vec.int64_le, dtype=_INT64_LE).astype(np.int64)
+    if field == "float64_le":
+        return np.frombuffer(vec.float64_le, dtype=_FLOAT64_LE).astype(np.float64)
+    if field == "ints":  # the packed fields of earlier nodes
+        return np.fromiter(vec.ints, dtype=np.int64, count=len(vec.ints))
+    return np.fromiter(vec.reals, dtype=np.float64, count=len(vec.reals))
+
+
+def decode_release(pb: common_pb2.AnalysisRelease, max_values: int | None = None) -> Release:
+    """Decode and validate a received ``heron.v1.AnalysisRelease``.
+
+    Parameters
+    ----------
+    pb
+        The wire release.
+    max_values
+        When given, a release whose vectors hold more values in all is rejected before any of
+        them is decoded.
+
+    Raises
+    ------
+    ReleaseFormatError
+        When the release holds more than ``max_values`` values, a vector key is empty or
+        repeated, a vector fills more than one value field (or a bytes field is not a whole
+        number of values), the metadata is not a JSON object (or holds NaN/infinity), or the
+        layout entry does not match the vectors.
+    """
+    if max_values is not None:
+        total = release_value_count(pb)
+        if total > max_values:
+            raise ReleaseFormatError(f"release {pb.analysis!r} holds {total} values; at most "
+                                     f"{max_values} are accepted per message")
     metadata = _decode_metadata(pb.metadata_json)
     layout = metadata.pop(LAYOUT_KEY, {})
     if not isinstance(layout, dict):
@@ -196,22 +261,18 @@ def decode_release(pb: common_pb2.AnalysisRelease) -> Release:
             raise ReleaseFormatError("a vector has an empty key")
         if key in vectors:
             raise ReleaseFormatError(f"vector {key!r} appears twice")
-        if len(vec.ints) and len(vec.reals):
-            raise ReleaseFormatError(f"vector {key!r} fills both ints and reals")
+        filled = _filled(vec)
+        if len(filled) > 1:
+            raise ReleaseFormatError(f"vector {key!r} fills both {' and '.join(filled)}")
+        field = next(iter(filled), None)
+        shape: tuple[int, ...] | None
         if key in layout:
             dtype, shape = _layout_entry(key, layout[key])
         else:
-            if not len(vec.ints) and not len(vec.reals):
+            if field is None:
                 raise ReleaseFormatError(f"empty vector {key!r} has no layout entry")
-            dtype, shape = (_INT64 if len(vec.ints) else _FLOAT64), None
-        if dtype == _INT64:
-            if len(vec.reals):
-                raise ReleaseFormatError(f"vector {key!r} is declared int64 but holds reals")
-            arr = np.array(list(vec.ints), dtype=np.int64)
-        else:
-            if len(vec.ints):
-                raise ReleaseFormatError(f"vector {key!r} is declared float64 but holds ints")
-            arr = np.array(list(vec.reals), dtype=np.float64)
+            dtype, shape = (_INT64 if field in ("ints", "int64_le") else _FLOAT64), None
+        arr = _values(vec, field, dtype)
         if shape is not None:
             if math.prod(shape) != arr.size:
                 raise ReleaseFormatError(f"vector {key!r}: {arr.size} values do not fill "

@@ -1,7 +1,10 @@
 """The study format (docs/study-format.md) as frozen dataclasses.
 
 A study is parsed from a YAML or JSON document into :class:`Study`. Unknown keys are errors
-(a typo must never widen a cohort); every error names the offending field.
+(a typo must never widen a cohort); every error names the offending field. Every size parameter
+is bounded by :mod:`protocol.limits`, and YAML is read by :mod:`protocol.study_yaml` (no
+repeated keys, no YAML 1.1 octal, sexagesimal or yes/no values), so the study that is signed
+is the one the coordinator read.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from protocol import limits
 from protocol.errors import StudyFormatError
+from protocol.study_yaml import load_study_yaml
 from protocol.vocabulary import GROUP_BY
 
 __all__ = [
@@ -55,7 +58,11 @@ COHORT_LIST_KEYS = (
     "sex",
     "disease_status",
 )
-MAX_HORIZON_DAYS = 36525  # 100 years
+MAX_HORIZON_DAYS = limits.MAX_HORIZON_DAYS
+DATE_PATTERN = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+# what a YAML 1.1 reader would take for a number (octal 010, sexagesimal 1:30, 1_000, 0x1F)
+_NOT_DECIMAL = re.compile(r"^[-+]?(?:0[0-9_]+|0[xXoObB][0-9a-fA-F_]+|[0-9][0-9_]*(?::[0-5]?[0-9])+"
+                          r"|[0-9][0-9_]*_[0-9_]*)$")
 AE_ENDPOINT = re.compile(r"^ae:([A-Za-z_]+)(?:>=([1-5]))?$")
 
 
@@ -144,17 +151,33 @@ def _check_keys(obj: object, allowed: set[str], required: set[str], path: str,
     return obj
 
 
-def _str(value: object, path: str, pr: _Problems) -> str | None:
+def _str(value: object, path: str, pr: _Problems,
+         max_length: int = limits.MAX_VALUE_LENGTH) -> str | None:
     if not isinstance(value, str) or not value:
         pr.add(path, "must be a non-empty string")
         return None
+    if len(value) > max_length:
+        pr.add(path, f"must be at most {max_length} characters (has {len(value)})")
+        return None
     return value
+
+
+def _too_long(value: object, path: str, what: str, limit: int, pr: _Problems) -> bool:
+    """Record a problem when the list ``value`` has more than ``limit`` items."""
+    if isinstance(value, list) and len(value) > limit:
+        pr.add(path, f"at most {limit} {what} (has {len(value)})")
+        return True
+    return False
 
 
 def _int(value: object, path: str, pr: _Problems, minimum: int | None = None,
          maximum: int | None = None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
-        pr.add(path, "must be an integer")
+        if isinstance(value, str) and _NOT_DECIMAL.match(value):
+            pr.add(path, f"must be an integer; {value!r} is not read as a number (write "
+                         "decimal digits without a leading zero, e.g. 10 or 90)")
+        else:
+            pr.add(path, "must be an integer")
         return None
     if minimum is not None and value < minimum:
         pr.add(path, f"must be >= {minimum}")
@@ -177,7 +200,7 @@ def _date(value: object, path: str, pr: _Problems) -> dt.date | None:
         return value.date()
     if isinstance(value, dt.date):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and DATE_PATTERN.match(value):
         try:
             return dt.date.fromisoformat(value)
         except ValueError:
@@ -187,12 +210,16 @@ def _date(value: object, path: str, pr: _Problems) -> dt.date | None:
 
 
 def _str_list(value: object, path: str, pr: _Problems,
-              choices: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
-    """A non-empty list of strings (a single string counts as a list of one; ints as text)."""
+              choices: tuple[str, ...] | None = None, limit: int = limits.MAX_LIST_VALUES,
+              what: str = "values") -> tuple[str, ...] | None:
+    """A non-empty list of at most ``limit`` strings (a single string counts as a list of one;
+    ints as text)."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
         pr.add(path, "must be a non-empty list")
+        return None
+    if _too_long(value, path, what, limit, pr):
         return None
     out: list[str] = []
     for i, item in enumerate(value):
@@ -220,7 +247,7 @@ def _cohort(obj: object, pr: _Problems) -> Cohort:
     for key, path, lower, upper, parse in (
         ("infusion_date", "cohort.infusion_date", "from", "to", _date),
         ("age_at_infusion", "cohort.age_at_infusion", "min", "max",
-         lambda v, p, pr: _int(v, p, pr, 0)),
+         lambda v, p, pr: _int(v, p, pr, 0, limits.MAX_AGE_YEARS)),
     ):
         rng = _check_keys(obj[key], {lower, upper}, set(), path, pr) if key in obj else None
         if rng is None:
@@ -269,11 +296,12 @@ def _strata(value: object, path: str, pr: _Problems) -> str | None:
 # Keys of an analysis whose value is checked on its own, in the order problems are reported.
 _ANALYSIS_VALUES: dict[str, Callable[[object, str, _Problems], object]] = {
     "stratify_by_site": _bool,
-    "covariates": _str_list,
+    "covariates": lambda value, path, pr: _str_list(value, path, pr, None,
+                                                    limits.MAX_COVARIATES, "covariates"),
     "strata": _strata,
-    "terms": _str_list,
+    "terms": lambda value, path, pr: _str_list(value, path, pr, None, limits.MAX_TERMS, "terms"),
     "by_grade": _bool,
-    "window_days": lambda value, path, pr: _int(value, path, pr, 0),
+    "window_days": lambda value, path, pr: _int(value, path, pr, 0, limits.MAX_WINDOW_DAYS),
 }
 
 
@@ -284,7 +312,8 @@ def _analysis(obj: object, path: str, horizon: int | None, pr: _Problems) -> Ana
                       {"name", "kind"}, path, pr)
     if obj is None:
         return None
-    name = _str(obj["name"], f"{path}.name", pr) if "name" in obj else None
+    name = (_str(obj["name"], f"{path}.name", pr, limits.MAX_NAME_LENGTH)
+            if "name" in obj else None)
     kind = _str(obj["kind"], f"{path}.kind", pr) if "kind" in obj else None
     if kind is not None and kind not in ANALYSIS_KINDS:
         pr.add(f"{path}.kind", f"{kind!r} is not one of {', '.join(ANALYSIS_KINDS)}")
@@ -312,7 +341,7 @@ def _analysis(obj: object, path: str, horizon: int | None, pr: _Problems) -> Ana
         tps = obj["timepoints"]
         if not isinstance(tps, list):
             pr.add(f"{path}.timepoints", "must be a list of days")
-        else:
+        elif not _too_long(tps, f"{path}.timepoints", "timepoints", limits.MAX_TIMEPOINTS, pr):
             days = tuple(_int(t, f"{path}.timepoints[{i}]", pr, 0) for i, t in enumerate(tps))
             for i, t in enumerate(days):
                 if t is not None and horizon is not None and t > horizon:
@@ -339,10 +368,10 @@ def _parse(obj: object) -> tuple[Study | None, list[str]]:
         return None, pr.items
     if "heron" in doc and doc["heron"] != FORMAT_VERSION:
         pr.add("heron", f"unsupported format version {doc['heron']!r} (expected 1)")
-    sid = _str(doc["id"], "id", pr) if "id" in doc else None
+    sid = _str(doc["id"], "id", pr, limits.MAX_ID_LENGTH) if "id" in doc else None
     if sid is not None and not ID_PATTERN.match(sid):
         pr.add("id", "must match [a-z0-9][a-z0-9-]{2,63}")
-    title = _str(doc["title"], "title", pr) if "title" in doc else None
+    title = _str(doc["title"], "title", pr, limits.MAX_TITLE_LENGTH) if "title" in doc else None
     expires = _date(doc["expires"], "expires", pr) if "expires" in doc else None
     horizon = (_int(doc["horizon_days"], "horizon_days", pr, 1, MAX_HORIZON_DAYS)
                if "horizon_days" in doc else None)
@@ -355,7 +384,7 @@ def _parse(obj: object) -> tuple[Study | None, list[str]]:
         raw = doc["analyses"]
         if not isinstance(raw, list) or not raw:
             pr.add("analyses", "must be a non-empty list")
-        else:
+        elif not _too_long(raw, "analyses", "analyses", limits.MAX_ANALYSES, pr):
             analyses = [_analysis(a, f"analyses[{i}]", horizon, pr) for i, a in enumerate(raw)]
             names = [a.get("name") if isinstance(a, Mapping) else None for a in raw]
             for i, n in enumerate(names):
@@ -366,7 +395,7 @@ def _parse(obj: object) -> tuple[Study | None, list[str]]:
          if "privacy" in doc else None)
     if p is not None:
         secure = _bool(p.get("secure_aggregation", True), "privacy.secure_aggregation", pr)
-        min_sites = _int(p.get("min_sites", 3), "privacy.min_sites", pr, 1)
+        min_sites = _int(p.get("min_sites", 3), "privacy.min_sites", pr, 1, limits.MAX_MIN_SITES)
         if secure is not None and min_sites is not None:
             privacy = Privacy(secure_aggregation=secure, min_sites=min_sites)
     if pr.items:
@@ -412,15 +441,22 @@ def study_from_dict(obj: object) -> Study:
 def load_study_document(text: str | bytes) -> Any:
     """Decode a YAML or JSON study document (JSON is valid YAML) without validating it.
 
+    The text is read by :func:`protocol.study_yaml.load_study_yaml`: a repeated key is an
+    error, and only ``true``/``false``, decimal integers without a leading zero and plain
+    decimal numbers are read as booleans and numbers (``010``, ``1:30`` and ``yes`` are
+    strings).
+
     Raises
     ------
     StudyFormatError
-        When the text is not valid YAML or JSON.
+        When the text is longer than :data:`protocol.limits.MAX_STUDY_BYTES`, is not valid
+        YAML or JSON, or repeats a key (the message names the key and its lines).
     """
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise StudyFormatError(f"not valid YAML or JSON: {exc}") from exc
+    size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else len(text)
+    if size > limits.MAX_STUDY_BYTES:
+        raise StudyFormatError(f"study document is {size} bytes; at most "
+                               f"{limits.MAX_STUDY_BYTES} bytes")
+    return load_study_yaml(text)
 
 
 def parse_study(text: str | bytes) -> Study:

@@ -51,9 +51,11 @@ def test_wire_layout() -> None:
                                              "m": np.array([[1.5, 2.5], [3.5, 4.5]]),
                                              "e": np.zeros(0, dtype=np.int64)}, {"x": 1}))
     by_key = {v.key: v for v in pb.vectors}
-    assert list(by_key["v"].ints) == [1, -2, 3] and not by_key["v"].reals
-    assert list(by_key["m"].reals) == [1.5, 2.5, 3.5, 4.5] and not by_key["m"].ints
-    assert not by_key["e"].ints and not by_key["e"].reals
+    assert by_key["v"].int64_le == np.array([1, -2, 3], "<i8").tobytes()
+    assert by_key["m"].float64_le == np.array([1.5, 2.5, 3.5, 4.5], "<f8").tobytes()
+    assert not any(f for v in (by_key["v"], by_key["e"]) for f in (v.ints, v.reals,
+                                                                    v.float64_le))
+    assert not by_key["e"].int64_le and not by_key["m"].int64_le
     assert json.loads(pb.metadata_json) == {
         "x": 1,
         "_vectors": {"m": {"dtype": "float64", "shape": [2, 2]},

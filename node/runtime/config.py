@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import NodeError
+from protocol.tls import MAX_MESSAGE_BYTES
 
 __all__ = ["CONFIG_FILE", "NodeConfig", "resolve_config", "write_config"]
 
@@ -29,7 +30,9 @@ class ConfigError(NodeError):
 class NodeConfig:
     """Where a node finds its aggregator, credentials, store, policy, audit trail and secret.
 
-    Relative paths are resolved against ``node_dir``.
+    Relative paths are resolved against ``node_dir``. ``max_message_bytes`` is the largest
+    message the node sends or receives (the aggregator may announce a lower one); an answer
+    above it is refused with the sizes as reason instead of being sent.
     """
 
     node_dir: Path
@@ -43,6 +46,7 @@ class NodeConfig:
     approvals_dir: Path = Path("approvals")
     heartbeat_s: float = 5.0
     backoff_max_s: float = 30.0
+    max_message_bytes: int = MAX_MESSAGE_BYTES
 
     def path(self, field: str) -> Path:
         """Absolute path of a path field."""
@@ -52,6 +56,7 @@ class NodeConfig:
 
 _PATH_FIELDS = {f.name for f in dataclasses.fields(NodeConfig) if f.type in ("Path", Path)}
 _FLOAT_FIELDS = {"heartbeat_s", "backoff_max_s"}
+_INT_FIELDS = {"max_message_bytes"}
 _FILE_KEYS = {f.name for f in dataclasses.fields(NodeConfig)} - {"node_dir"}
 
 
@@ -60,6 +65,16 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, str | Path):
             raise ConfigError(f"{source}: {key} must be a path string")
         return Path(value)
+    if key in _INT_FIELDS:
+        try:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: {key} must be a whole number") from None
+        if not 4096 <= number <= 2**31 - 1:
+            raise ConfigError(f"{source}: {key} must be between 4096 and 2147483647")
+        return number
     if key in _FLOAT_FIELDS:
         try:
             out = float(value)
@@ -116,7 +131,7 @@ def write_config(config: NodeConfig) -> Path:
         if f.name == "node_dir":
             continue
         value = getattr(config, f.name)
-        if isinstance(value, float):
+        if isinstance(value, float | int):
             lines.append(f"{f.name} = {value}")
         else:
             text = str(value).replace("\\", "\\\\").replace('"', '\\"')

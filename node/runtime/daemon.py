@@ -4,6 +4,12 @@ Hospitals accept no inbound connections, so the node opens one bidirectional gRP
 (mutual TLS) and keeps it: hello, heartbeats, tasks down, results up. When the aggregator is
 away it reconnects with exponential backoff and jitter. SIGTERM stops it gracefully: the task
 in hand is finished and sent, then the stream is closed.
+
+No answer exceeds the transport limit silently: before an answer goes up the stream its
+encoded size is compared with the limit, the smaller of this node's ``max_message_bytes`` and
+the one the aggregator announced in ``Welcome``. A larger answer is replaced by a refusal of
+the task saying "release of N bytes exceeds the transport limit of M bytes", which the
+aggregator records for this site; gRPC would otherwise drop the message and the whole link.
 """
 
 from __future__ import annotations
@@ -24,16 +30,22 @@ from node.runtime.engine import TaskOutcome
 from protocol.codec import Release, answer_message, decode_release
 from protocol.pki import Credentials
 from protocol.signing import SignedStudy
-from protocol.tls import channel_credentials, channel_options
+from protocol.tls import MAX_MESSAGE_BYTES, channel_credentials, channel_options
 from protocol.v1 import node_link_pb2 as pb
 from protocol.v1 import node_link_pb2_grpc as pb_grpc
 from protocol.version import __version__
 
-__all__ = ["Backoff", "NodeDaemon"]
+__all__ = ["Backoff", "NodeDaemon", "oversize_reason"]
 
 logger = logging.getLogger(__name__)
 
 Answer = Callable[[str, SignedStudy, int, tuple[Release, ...]], TaskOutcome]
+_MESSAGE_LIMIT_OPTIONS = ("grpc.max_send_message_length", "grpc.max_receive_message_length")
+
+
+def oversize_reason(size: int, limit: int) -> str:
+    """The refusal reason of an answer of ``size`` bytes over a transport limit of ``limit``."""
+    return f"release of {size} bytes exceeds the transport limit of {limit} bytes"
 
 
 @dataclass
@@ -68,11 +80,15 @@ class NodeDaemon:
         ``answer(study_id, signed_study, round, inputs) -> TaskOutcome`` (the node engine).
     freshness
         Returns ``ingested_at`` (ISO time of the last ingestion, "" for never) for the hello.
+    max_message_bytes
+        The largest message this node sends or receives; the aggregator's ``Welcome`` may
+        lower it for the link (:attr:`message_limit`).
     """
 
     def __init__(self, site_id: str, target: str, credentials: Credentials, answer: Answer,
                  freshness: Callable[[], str], heartbeat_s: float = 5.0,
-                 backoff_max_s: float = 30.0) -> None:
+                 backoff_max_s: float = 30.0,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.site_id = site_id
         self.target = target
         self.credentials = credentials
@@ -80,6 +96,8 @@ class NodeDaemon:
         self.freshness = freshness
         self.heartbeat_s = heartbeat_s
         self.backoff = Backoff(maximum_s=backoff_max_s)
+        self.max_message_bytes = int(max_message_bytes)
+        self.message_limit = self.max_message_bytes
         self._stop = threading.Event()
         self._call: grpc.Future | None = None
         self._out: queue.Queue[pb.NodeMessage | None] | None = None
@@ -127,7 +145,19 @@ class NodeDaemon:
                 msg = pb.NodeMessage(heartbeat=pb.Heartbeat(sent_unix_ms=int(time.time() * 1000)))
             if msg is None:
                 return
-            yield msg
+            yield self._within_limit(msg)
+
+    def _within_limit(self, msg: pb.NodeMessage) -> pb.NodeMessage:
+        """``msg``, or a refusal of its task when it is larger than the transport limit."""
+        if msg.WhichOneof("body") != "result":
+            return msg
+        size, limit = msg.ByteSize(), self.message_limit
+        if size <= limit:
+            return msg
+        reason = oversize_reason(size, limit)
+        logger.warning("task %s of study %s refused: %s", msg.result.task_id,
+                       msg.result.study_id, reason)
+        return answer_message(msg.result.task_id, msg.result.study_id, None, reason)
 
     def _handle_task(self, task: pb.StudyTask, out: queue.Queue[pb.NodeMessage | None]) -> None:
         with self._busy:
@@ -148,8 +178,11 @@ class NodeDaemon:
     def _session(self) -> None:
         out: queue.Queue[pb.NodeMessage | None] = queue.Queue()
         self._out = out
+        options = [o for o in channel_options() if o[0] not in _MESSAGE_LIMIT_OPTIONS]
+        options += [(name, self.max_message_bytes) for name in _MESSAGE_LIMIT_OPTIONS]
+        self.message_limit = self.max_message_bytes
         channel = grpc.secure_channel(self.target, channel_credentials(self.credentials),
-                                      options=channel_options())
+                                      options=options)
         try:
             stub = pb_grpc.NodeLinkStub(channel)
             call = stub.Connect(self._outbound(out))
@@ -159,6 +192,9 @@ class NodeDaemon:
             for msg in call:
                 which = msg.WhichOneof("body")
                 if which == "welcome":
+                    announced = msg.welcome.max_message_bytes
+                    if announced > 0:
+                        self.message_limit = min(self.max_message_bytes, announced)
                     logger.info("connected to aggregator %s", self.target)
                     self.backoff.reset()
                     self.connected.set()

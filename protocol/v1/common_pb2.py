@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protocol/v1/common.proto\x12\x08heron.v1\"M\n\x0bSignedStudy\x12\x17\n\x0f\x63\x61nonical_study\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"7\n\x0bNamedVector\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04ints\x18\x02 \x03(\x12\x12\r\n\x05reals\x18\x03 \x03(\x01\"\x7f\n\x0f\x41nalysisRelease\x12\x10\n\x08\x61nalysis\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x07vectors\x18\x03 \x03(\x0b\x32\x15.heron.v1.NamedVector\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protocol/v1/common.proto\x12\x08heron.v1\"M\n\x0bSignedStudy\x12\x17\n\x0f\x63\x61nonical_study\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"]\n\x0bNamedVector\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04ints\x18\x02 \x03(\x12\x12\r\n\x05reals\x18\x03 \x03(\x01\x12\x10\n\x08int64_le\x18\x04 \x01(\x0c\x12\x12\n\nfloat64_le\x18\x05 \x01(\x0c\"\x7f\n\x0f\x41nalysisRelease\x12\x10\n\x08\x61nalysis\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12&\n\x07vectors\x18\x03 \x03(\x0b\x32\x15.heron.v1.NamedVector\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNEDSTUDY']._serialized_start=38
   _globals['_SIGNEDSTUDY']._serialized_end=115
   _globals['_NAMEDVECTOR']._serialized_start=117
-  _globals['_NAMEDVECTOR']._serialized_end=172
-  _globals['_ANALYSISRELEASE']._serialized_start=174
-  _globals['_ANALYSISRELEASE']._serialized_end=301
+  _globals['_NAMEDVECTOR']._serialized_end=210
+  _globals['_ANALYSISRELEASE']._serialized_start=212
+  _globals['_ANALYSISRELEASE']._serialized_end=339
 # @@protoc_insertion_point(module_scope)

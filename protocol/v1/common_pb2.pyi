@@ -17,14 +17,18 @@ class SignedStudy(_message.Message):
     def __init__(self, canonical_study: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., public_key: _Optional[bytes] = ...) -> None: ...
 
 class NamedVector(_message.Message):
-    __slots__ = ("key", "ints", "reals")
+    __slots__ = ("key", "ints", "reals", "int64_le", "float64_le")
     KEY_FIELD_NUMBER: _ClassVar[int]
     INTS_FIELD_NUMBER: _ClassVar[int]
     REALS_FIELD_NUMBER: _ClassVar[int]
+    INT64_LE_FIELD_NUMBER: _ClassVar[int]
+    FLOAT64_LE_FIELD_NUMBER: _ClassVar[int]
     key: str
     ints: _containers.RepeatedScalarFieldContainer[int]
     reals: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, key: _Optional[str] = ..., ints: _Optional[_Iterable[int]] = ..., reals: _Optional[_Iterable[float]] = ...) -> None: ...
+    int64_le: bytes
+    float64_le: bytes
+    def __init__(self, key: _Optional[str] = ..., ints: _Optional[_Iterable[int]] = ..., reals: _Optional[_Iterable[float]] = ..., int64_le: _Optional[bytes] = ..., float64_le: _Optional[bytes] = ...) -> None: ...
 
 class AnalysisRelease(_message.Message):
     __slots__ = ("analysis", "kind", "vectors", "metadata_json", "error")

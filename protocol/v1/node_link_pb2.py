@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protocol.v1 import common_pb2 as protocol_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotocol/v1/node_link.proto\x12\x08heron.v1\x1a\x18protocol/v1/common.proto\"*\n\rDataFreshness\x12\x13\n\x0bingested_at\x18\x01 \x01(\tJ\x04\x08\x02\x10\x03\"^\n\x05Hello\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12*\n\tfreshness\x18\x03 \x01(\x0b\x32\x17.heron.v1.DataFreshness\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"\\\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12+\n\x08releases\x18\x03 \x03(\x0b\x32\x19.heron.v1.AnalysisRelease\"@\n\x0bTaskRefusal\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xb3\x01\n\x0bNodeMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.heron.v1.HelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.heron.v1.HeartbeatH\x00\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x14.heron.v1.TaskResultH\x00\x12(\n\x07refusal\x18\x04 \x01(\x0b\x32\x15.heron.v1.TaskRefusalH\x00\x42\x06\n\x04\x62ody\"C\n\x07Welcome\x12\x1a\n\x12\x61ggregator_version\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\"\x8e\x01\n\tStudyTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12$\n\x05study\x18\x03 \x01(\x0b\x32\x15.heron.v1.SignedStudy\x12\r\n\x05round\x18\x04 \x01(\x05\x12)\n\x06inputs\x18\x05 \x03(\x0b\x32\x19.heron.v1.AnalysisRelease\"\x90\x01\n\x11\x41ggregatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.heron.v1.WelcomeH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.heron.v1.HeartbeatH\x00\x12#\n\x04task\x18\x03 \x01(\x0b\x32\x13.heron.v1.StudyTaskH\x00\x42\x06\n\x04\x62ody2M\n\x08NodeLink\x12\x41\n\x07\x43onnect\x12\x15.heron.v1.NodeMessage\x1a\x1b.heron.v1.AggregatorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotocol/v1/node_link.proto\x12\x08heron.v1\x1a\x18protocol/v1/common.proto\"*\n\rDataFreshness\x12\x13\n\x0bingested_at\x18\x01 \x01(\tJ\x04\x08\x02\x10\x03\"^\n\x05Hello\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x18\n\x10software_version\x18\x02 \x01(\t\x12*\n\tfreshness\x18\x03 \x01(\x0b\x32\x17.heron.v1.DataFreshness\"!\n\tHeartbeat\x12\x14\n\x0csent_unix_ms\x18\x01 \x01(\x03\"\\\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12+\n\x08releases\x18\x03 \x03(\x0b\x32\x19.heron.v1.AnalysisRelease\"@\n\x0bTaskRefusal\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xb3\x01\n\x0bNodeMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.heron.v1.HelloH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.heron.v1.HeartbeatH\x00\x12&\n\x06result\x18\x03 \x01(\x0b\x32\x14.heron.v1.TaskResultH\x00\x12(\n\x07refusal\x18\x04 \x01(\x0b\x32\x15.heron.v1.TaskRefusalH\x00\x42\x06\n\x04\x62ody\"^\n\x07Welcome\x12\x1a\n\x12\x61ggregator_version\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x03\"\x8e\x01\n\tStudyTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12$\n\x05study\x18\x03 \x01(\x0b\x32\x15.heron.v1.SignedStudy\x12\r\n\x05round\x18\x04 \x01(\x05\x12)\n\x06inputs\x18\x05 \x03(\x0b\x32\x19.heron.v1.AnalysisRelease\"\x90\x01\n\x11\x41ggregatorMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.heron.v1.WelcomeH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.heron.v1.HeartbeatH\x00\x12#\n\x04task\x18\x03 \x01(\x0b\x32\x13.heron.v1.StudyTaskH\x00\x42\x06\n\x04\x62ody2M\n\x08NodeLink\x12\x41\n\x07\x43onnect\x12\x15.heron.v1.NodeMessage\x1a\x1b.heron.v1.AggregatorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,11 +45,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODEMESSAGE']._serialized_start=403
   _globals['_NODEMESSAGE']._serialized_end=582
   _globals['_WELCOME']._serialized_start=584
-  _globals['_WELCOME']._serialized_end=651
-  _globals['_STUDYTASK']._serialized_start=654
-  _globals['_STUDYTASK']._serialized_end=796
-  _globals['_AGGREGATORMESSAGE']._serialized_start=799
-  _globals['_AGGREGATORMESSAGE']._serialized_end=943
-  _globals['_NODELINK']._serialized_start=945
-  _globals['_NODELINK']._serialized_end=1022
+  _globals['_WELCOME']._serialized_end=678
+  _globals['_STUDYTASK']._serialized_start=681
+  _globals['_STUDYTASK']._serialized_end=823
+  _globals['_AGGREGATORMESSAGE']._serialized_start=826
+  _globals['_AGGREGATORMESSAGE']._serialized_end=970
+  _globals['_NODELINK']._serialized_start=972
+  _globals['_NODELINK']._serialized_end=1049
 # @@protoc_insertion_point(module_scope)

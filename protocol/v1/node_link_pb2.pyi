@@ -62,12 +62,14 @@ class NodeMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., refusal: _Optional[_Union[TaskRefusal, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("aggregator_version", "heartbeat_interval_s")
+    __slots__ = ("aggregator_version", "heartbeat_interval_s", "max_message_bytes")
     AGGREGATOR_VERSION_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     aggregator_version: str
     heartbeat_interval_s: int
-    def __init__(self, aggregator_version: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, aggregator_version: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class StudyTask(_message.Message):
     __slots__ = ("task_id", "study_id", "study", "round", "inputs")
