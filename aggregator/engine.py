@@ -28,7 +28,9 @@ from aggregator.errors import DuplicateStudy, Rejected, UnknownStudy
 from aggregator.results import failed_document, json_default, results_document
 from aggregator.run import Answer, Failure, RunState, StudyRun
 from aggregator.store import (
+    AWAITING_APPROVAL,
     OPEN_STATES,
+    RoundTaskRecord,
     SiteRecord,
     Store,
     StudyRecord,
@@ -38,6 +40,7 @@ from aggregator.store import (
 from aggregator.strategies import default_strategies
 from aggregator.strategy import Strategy
 from aggregator.transport import HelloInfo, NodeTransport, StudyTask, TaskReply
+from protocol.approval import awaiting_digest
 from protocol.errors import ProtocolError
 from protocol.signing import SignedStudy, verify_study
 from protocol.study import Study, study_from_dict
@@ -99,12 +102,17 @@ class StudyEngine:
         The network CA: key announcements of secure aggregation are checked here too.
     strategies
         Strategy by analysis kind (default: :func:`aggregator.strategies.default_strategies`).
+    approval_poll_s
+        How often the task of a site that awaits its data steward's approval is sent again
+        (the node answers once approved). Such a task is not subject to ``site_timeout_s``;
+        it ends as a refusal when the study expires unapproved.
     """
 
     def __init__(self, store: Store, transport: NodeTransport, trusted_keys: Collection[Any],
                  *, clock: Callable[[], float] = time.time, site_timeout_s: float = 60.0,
                  ca_pem: bytes | None = None,
-                 strategies: Mapping[str, Strategy[Any]] | None = None) -> None:
+                 strategies: Mapping[str, Strategy[Any]] | None = None,
+                 approval_poll_s: float = 30.0) -> None:
         self._store = store
         self._transport = transport
         self._trusted_keys = list(trusted_keys)
@@ -112,6 +120,7 @@ class StudyEngine:
         self._timeout = float(site_timeout_s)
         self._ca_pem = ca_pem
         self._strategies = dict(strategies or default_strategies())
+        self._approval_poll = float(approval_poll_s)
         self._lock = threading.RLock()
         self._running: dict[str, _Running] = {}
         self._started_at = clock()
@@ -214,6 +223,9 @@ class StudyEngine:
     def check_timeouts(self) -> list[str]:
         """Count tasks unanswered for longer than the timeout as silent; advance studies.
 
+        Tasks of sites awaiting approval are sent again every ``approval_poll_s`` and end as
+        a refusal once the study has expired.
+
         Returns
         -------
         list of str
@@ -224,11 +236,16 @@ class StudyEngine:
             now = self._clock()
             for study_id in list(self._running):
                 current = self._store.current_round(study_id)
-                if current is None or now - max(current.started_at, self._started_at) \
-                        < self._timeout:
+                if current is None:
                     continue
+                timed_out = now - max(current.started_at, self._started_at) >= self._timeout
                 for task in self._store.round_tasks(study_id, current.round):
                     if task.state not in OPEN_STATES:
+                        continue
+                    if task.reason.startswith(AWAITING_APPROVAL):
+                        self._poll_approval(study_id, task, now)
+                        continue
+                    if not timed_out:
                         continue
                     what = "no answer" if task.state == "sent" else "not connected"
                     reason = f"{what} within {self._timeout:g} s"
@@ -270,6 +287,13 @@ class StudyEngine:
                                "running study", site_id, reply.task_id)
                 return
             now = self._clock()
+            if reply.refusal is None and awaiting_digest(reply.releases) is not None:
+                # not an answer and not a refusal: the task stays open and is sent again
+                if self._store.mark_awaiting(task, now, f"{AWAITING_APPROVAL} at {site_id}") \
+                        and not task.reason.startswith(AWAITING_APPROVAL):
+                    logger.info("study %s: %s awaits its data steward's approval",
+                                task.study_id, site_id)
+                return
             if reply.refusal is not None:
                 reason = reply.refusal or "refused without a reason"
                 # refused before it ever answered: out of the study (aggregator.run)
@@ -297,7 +321,9 @@ class StudyEngine:
         return record
 
     def _status(self, record: StudyRecord) -> StudyStatus:
-        sites = tuple(SiteState(s.site_id, s.state, s.reason, s.updated_at)
+        sites = tuple(SiteState(s.site_id, "awaiting_approval" if s.state in OPEN_STATES and
+                                s.reason.startswith(AWAITING_APPROVAL) else s.state,
+                                s.reason, s.updated_at)
                       for s in self._store.study_sites(record.study_id))
         return StudyStatus(record.study_id, record.status, record.title, record.submitted_at,
                            record.completed_at, sites)
@@ -363,6 +389,27 @@ class StudyEngine:
             if requests:
                 self._send(task.study_id, task.round, {site_id: (task.task_id, requests)})
 
+    def _poll_approval(self, study_id: str, task: RoundTaskRecord, now: float) -> None:
+        """A task whose site awaits approval: refuse it once the study has expired, else send
+        it again every ``approval_poll_s`` (the node answers once its steward approved)."""
+        expires = self._running[study_id].study.expires
+        deadline = dt.datetime.combine(expires + dt.timedelta(days=1), dt.time(),
+                                       dt.UTC).timestamp()
+        if now >= deadline:
+            reason = f"no approval at {task.site_id} before the end of {expires.isoformat()}" \
+                " (study expiry)"
+            first = task.site_id not in self._state(study_id)[1].answered
+            if self._store.record_reply(task, "refused", now, reason=reason,
+                                        participant=("refused", reason) if first else None):
+                logger.info("study %s: %s", study_id, reason)
+            return
+        if now - task.updated_at < self._approval_poll:
+            return
+        running = self._running[study_id]
+        requests = running.run.requests(self._state(study_id)[1]).get(task.site_id)
+        if requests:
+            self._send(study_id, task.round, {task.site_id: (task.task_id, requests)})
+
     def _try_advance(self, study_id: str) -> bool:
         """Advance the study when every task of its round is final; return if it completed."""
         current = self._store.current_round(study_id)
@@ -386,6 +433,10 @@ class StudyEngine:
             return True
 
     def _sync_participants(self, study_id: str, state: RunState) -> None:
+        for site in state.participants:  # a site that rejoined a new attempt takes part again
+            if site in state.answered:
+                self._store.set_site_state(study_id, site, "released", self._clock(),
+                                           only_from=("refused", "unreachable"))
         self._store.set_final_states(study_id, {
             **{s: ("unreachable", r) for s, r in {**state.unreachable, **state.dropped}.items()},
             **{s: ("refused", r) for s, r in state.refused.items()}},

@@ -29,6 +29,7 @@ from protocol.codec import Release, decode_release, encode_release
 from protocol.v1 import node_link_pb2
 
 __all__ = [
+    "AWAITING_APPROVAL",
     "OPEN_STATES",
     "SITE_STATES",
     "STUDY_STATUSES",
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 STUDY_STATUSES = ("running", "completed", "failed")
 SITE_STATES = ("pending", "sent", "released", "refused", "unreachable")
 OPEN_STATES = ("pending", "sent")
+AWAITING_APPROVAL = "awaiting approval"
+"""Reason prefix of an open task (and its participant) whose site awaits its data steward's
+approval (:mod:`protocol.approval`): the task stays open and is sent again until answered."""
 
 
 
@@ -393,6 +397,22 @@ class Store:
                     "UPDATE study_sites SET state=?, reason=?, updated_at=? WHERE study_id=?"
                     " AND site_id=? AND state IN ('pending', 'sent', 'released')",
                     (*participant, now, task.study_id, task.site_id))
+            return cur.rowcount > 0
+
+    def mark_awaiting(self, task: RoundTaskRecord, now: float, reason: str) -> bool:
+        """Record that an open task's site awaits approval (``reason`` starts with
+        :data:`AWAITING_APPROVAL`): the task stays open; its open participant shows the reason.
+        Return whether the task was still open."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE round_tasks SET reason=?, updated_at=?"
+                " WHERE task_id=? AND state IN ('pending', 'sent')",
+                (reason, now, task.task_id))
+            if cur.rowcount:
+                conn.execute(
+                    "UPDATE study_sites SET reason=?, updated_at=? WHERE study_id=?"
+                    " AND site_id=? AND state IN ('pending', 'sent')",
+                    (reason, now, task.study_id, task.site_id))
             return cur.rowcount > 0
 
     def reset_sent_tasks(self, now: float) -> int:

@@ -147,9 +147,21 @@ def _node(a: argparse.Namespace) -> int:
             f"{e['seq']:>5} {e['time']} {e['event']:<18} {e.get('study_id') or ''}"
             for e in entries))
         return 0
+    if a.node_cmd == "pending":
+        from node.governance.approvals import summary_lines
+
+        pending = service.pending_studies(config)
+        _emit(pending, a.json, "\n".join(
+            "\n".join(summary_lines(s)) for s in pending) or "no study awaits approval")
+        return 0
     if a.node_cmd == "approve":
-        service.approve_study(config, a.study_id)
-        print(f"study {a.study_id} approved")
+        item = service.approve_study(config, a.study)
+        print(f"study {item.study_id} approved (content {item.digest[:12]}); the node answers "
+              "it when the aggregator sends it again")
+        return 0
+    if a.node_cmd == "reject":
+        item = service.reject_study(config, a.study, a.reason)
+        print(f"study {item.study_id} rejected (content {item.digest[:12]})")
         return 0
     service.build_daemon(config).run_until_signal()
     return 0
@@ -319,9 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", required=True)
     p.add_argument("--verify", action="store_true")
     p.add_argument("--json", action="store_true")
-    p = node_sub.add_parser("approve", help="approve a study (policy approval = manual)")
+    p = node_sub.add_parser("pending", help="list the studies awaiting approval and what "
+                            "each would release (policy approval = manual)")
     p.add_argument("--dir", required=True)
-    p.add_argument("study_id")
+    p.add_argument("--json", action="store_true")
+    p = node_sub.add_parser("approve", help="approve a pending study (policy approval = manual)")
+    p.add_argument("--dir", required=True)
+    p.add_argument("study", metavar="STUDY", help="study id or digest prefix of a pending study")
+    p = node_sub.add_parser("reject", help="reject a pending study (policy approval = manual)")
+    p.add_argument("--dir", required=True)
+    p.add_argument("study", metavar="STUDY", help="study id or digest prefix of a pending study")
+    p.add_argument("--reason", default="", help="told to the aggregator with the refusal")
     p = node_sub.add_parser("run", help="run the node daemon")
     p.add_argument("--dir", required=True)
     p.add_argument("--aggregator", help="override the aggregator address")

@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from heron.simulation import make_study
 from heron.synth import synthesize
+from node.governance.approvals import Approvals
 from node.governance.audit import AuditTrail, verify_audit
 from node.governance.policy import Policy
 from node.ingestion.ingest import ingest
@@ -30,11 +31,11 @@ def store_dir(tmp_path_factory):
     return tmp / "store"
 
 
-def _engine(store_dir, tmp_path, policy=None, approved=()):
+def _engine(store_dir, tmp_path, policy=None):
     return NodeEngine("se-test", policy or Policy(), [KEY.public_key()],
                       lambda: open_store(store_dir), AuditTrail(tmp_path / "audit.jsonl"),
                       today=lambda: dt.date(2026, 11, 1),
-                      is_approved=lambda study_id: study_id in approved)
+                      approvals=Approvals(tmp_path / "approvals"))
 
 
 def _events(tmp_path):
@@ -80,9 +81,11 @@ def test_manual_approval_waits_for_the_data_steward(store_dir, tmp_path):
     study = make_study("eng-manual", [KM])
     signed = sign_study(study, KEY)
     policy = Policy(approval="manual")
-    assert "approval" in _engine(store_dir, tmp_path, policy).answer(study.id, signed).refusal
-    approved = _engine(store_dir, tmp_path, policy, approved={"eng-manual"})
-    assert approved.answer(study.id, signed, 1, summary_requests(study)).refusal is None
+    engine = _engine(store_dir, tmp_path, policy)
+    assert engine.answer(study.id, signed).awaiting  # pending, not refused
+    engine.approvals.approve(study.id, dt.datetime.now(dt.UTC))
+    outcome = engine.answer(study.id, signed, 1, summary_requests(study))
+    assert outcome.refusal is None and not outcome.awaiting
 
 
 def test_task_naming_another_study_is_refused(store_dir, tmp_path):

@@ -12,7 +12,8 @@ lines.
 study and analysis names, policy settings). Pandas and numpy containers are rejected outright.
 
 Events written by the node: ``study_received``, ``study_refused``, ``analysis_refused``,
-``study_approved``, ``release``, ``policy_loaded``, ``ingest``, ``node_initialised``.
+``study_pending``, ``study_approved``, ``study_rejected``, ``release``, ``policy_loaded``,
+``ingest``, ``node_initialised``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ EVENTS = (
     "study_received",
     "study_refused",
     "analysis_refused",
+    "study_pending",
     "study_approved",
+    "study_rejected",
     "release",
     "policy_loaded",
     "ingest",

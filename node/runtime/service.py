@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import NodeError, StoreError
+from node.governance.approvals import Approvals, PendingStudy, study_summary
 from node.governance.audit import AuditTrail, verify_audit
 from node.governance.ledger import DisclosureLedger, load_or_create_salt
 from node.governance.policy import Policy, default_policy, load_policy, write_policy
@@ -26,12 +27,15 @@ from protocol.pki import load_credentials
 
 __all__ = [
     "NodeStatus",
+    "approvals",
     "approve_study",
     "build_daemon",
     "build_engine",
     "ingest_site",
     "init_node",
     "node_status",
+    "pending_studies",
+    "reject_study",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,7 +84,6 @@ def build_engine(config: NodeConfig, today: Any = dt.date.today) -> NodeEngine:
     policy = load_policy(policy_path)
     audit = AuditTrail(config.path("audit_file"))
     audit.append("policy_loaded", None, policy=policy.to_dict())
-    approvals = config.path("approvals_dir")
     credentials_dir = config.path("credentials_dir")
     return NodeEngine(
         site_id=config.site_id,
@@ -89,21 +92,40 @@ def build_engine(config: NodeConfig, today: Any = dt.date.today) -> NodeEngine:
         open_tables=lambda: open_store(config.path("store_dir")),
         audit=audit,
         today=today,
-        is_approved=lambda study_id: (approvals / study_id).exists(),
+        approvals=approvals(config),
         credentials=load_credentials(credentials_dir) if credentials_dir.exists() else None,
         ledger=DisclosureLedger(config.node_dir / "ledger",
                                 load_or_create_salt(config.node_dir / "ledger.salt")),
     )
 
 
-def approve_study(config: NodeConfig, study_id: str) -> Path:
-    """Record the data steward's approval of a study (for ``approval = "manual"``)."""
-    approvals = config.path("approvals_dir")
-    approvals.mkdir(parents=True, exist_ok=True)
-    mark = approvals / study_id
-    mark.write_text(dt.datetime.now(dt.UTC).isoformat() + "\n", encoding="utf-8")
-    AuditTrail(config.path("audit_file")).append("study_approved", study_id)
-    return mark
+def approvals(config: NodeConfig) -> Approvals:
+    """The node's pending studies and the data steward's decisions (``approvals_dir``)."""
+    return Approvals(config.path("approvals_dir"))
+
+
+def pending_studies(config: NodeConfig) -> list[dict[str, Any]]:
+    """Summaries of the studies awaiting the data steward (what each would release; no
+    patient data)."""
+    return [study_summary(p) for p in approvals(config).pending()]
+
+
+def approve_study(config: NodeConfig, ref: str) -> PendingStudy:
+    """Approve a pending study (for ``approval = "manual"``): ``ref`` is its id or a digest
+    prefix naming one pending study. The approval binds that study's content digest."""
+    item = approvals(config).approve(ref, dt.datetime.now(dt.UTC))
+    AuditTrail(config.path("audit_file")).append("study_approved", item.study_id,
+                                                 study_sha256=item.digest)
+    return item
+
+
+def reject_study(config: NodeConfig, ref: str, reason: str = "") -> PendingStudy:
+    """Reject a pending study; the node refuses it with ``reason`` from now on."""
+    reason = " ".join(reason.split())[:500] or "no reason given"
+    item = approvals(config).reject(ref, reason, dt.datetime.now(dt.UTC))
+    AuditTrail(config.path("audit_file")).append("study_rejected", item.study_id,
+                                                 study_sha256=item.digest, reason=reason)
+    return item
 
 
 def _freshness(config: NodeConfig) -> tuple[str, int]:
