@@ -31,7 +31,8 @@ from aggregator.strategy import MASKED_SUM, Contributions, Strategy
 from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.key_exchange import KeyAnnouncement, verify_announcement
-from protocol.rounds import KEYS, announce_request, key_relay
+from protocol.rounds import KEYS, announce_request, key_relay, screen_request, screened_relay
+from protocol.screening import SCREEN
 from protocol.secure_agg import unmask_sum
 from protocol.study import Study
 
@@ -57,7 +58,7 @@ class RunState:
     """Where a study stands between rounds (JSON-ready; the engine persists it)."""
 
     round: int = 1
-    phase: str = "data"  # keys | data | done
+    phase: str = "data"  # keys | screen | data | done
     participants: list[str] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
@@ -65,6 +66,8 @@ class RunState:
     dropped: dict[str, str] = field(default_factory=dict)
     attempt: int = 0
     announcements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sealed: dict[str, dict[str, str]] = field(default_factory=dict)
+    screened: list[str] = field(default_factory=list)
     analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
     thresholds: list[list[int]] = field(default_factory=list)
     coarsened: bool = False
@@ -119,14 +122,21 @@ class StudyRun:
         """Each site's requests in the current round (sites with none are left out)."""
         if state.phase == "keys":
             return {s: (announce_request(state.attempt),) for s in state.participants}
+        relay = (key_relay(state.attempt, [state.announcements[s] for s in
+                                           state.participants]),) if self.masked else ()
+        if state.phase == "screen":
+            return {s: (*relay, screen_request()) for s in state.participants}
         if state.phase != "data":
             return {}
         out: dict[str, tuple[Release, ...]] = {}
-        relay = (key_relay(state.attempt, [state.announcements[s] for s in
-                                           state.participants]),) if self.masked else ()
         for site in state.participants:
             asked = tuple(r for r in (self._strategy(n).request(self._state(state, n), site)
                                       for n in self._running(state)) if r is not None)
+            if asked and self.masked and any(n in state.screened for n in
+                                             (r.analysis for r in asked)):
+                # the first summaries of an attempt carry what the others sealed for the site
+                sealed = {p: state.sealed[p][site] for p in state.participants if p != site}
+                asked = (screened_relay(sealed), *asked)
             if asked:
                 out[site] = relay + asked
         return out
@@ -141,6 +151,8 @@ class StudyRun:
         got = {s: answers.get(s, Failure("no answer", silent=True)) for s in asked}
         if state.phase == "keys":
             self._keys(state, got)
+        elif state.phase == "screen":
+            self._screen(state, got)
         elif state.phase == "data":
             self._data(state, asked, got)
         if state.phase == "data" and not self._running(state):
@@ -178,13 +190,38 @@ class StudyRun:
                 continue
             announcements[site] = dict(next(r for r in answer if r.analysis == KEYS)
                                        .metadata["announcement"])
+            for left in (state.dropped, state.refused, state.unreachable):
+                left.pop(site, None)  # it rejoined
             if site not in state.answered:
                 state.answered.append(site)
         state.announcements = announcements
         state.participants = sorted(announcements)
         if self._enough_sites(state):
-            state.phase = "data"
-            self._restart_analyses(state)
+            state.phase = "screen"
+
+    def _screen(self, state: RunState, got: Mapping[str, Answer]) -> None:
+        """Keep every participant's sealed screening counts (only the sites can open them)."""
+        failed: dict[str, Failure] = {}
+        sealed: dict[str, dict[str, str]] = {}
+        for site, answer in got.items():
+            if isinstance(answer, Failure):
+                failed[site] = answer
+                continue
+            blob = next((r.metadata.get("sealed") for r in answer if r.analysis == SCREEN),
+                        None)
+            others = set(state.participants) - {site}
+            if not isinstance(blob, dict) or set(blob) != others or not all(
+                    isinstance(v, str) for v in blob.values()):
+                failed[site] = Failure("sent no sealed screening counts for every participant")
+                continue
+            sealed[site] = dict(blob)
+        if failed:
+            self._rekey(state, failed)
+            return
+        state.sealed = sealed
+        state.phase = "data"
+        self._restart_analyses(state)
+        state.screened = list(state.analyses)
 
     def _check_key(self, site: str, releases: tuple[Release, ...], attempt: int) -> str:
         keys = next((r for r in releases if r.analysis == KEYS), None)
@@ -204,18 +241,13 @@ class StudyRun:
     def _data(self, state: RunState, asked: Mapping[str, tuple[Release, ...]],
               got: Mapping[str, Answer]) -> None:
         failed = {s: a for s, a in got.items() if isinstance(a, Failure)}
-        for site, failure in failed.items():
-            if site not in state.answered or self.masked:
-                self._leave(state, site, failure)
         if self.masked and failed:
-            logger.info("study %s: %d sites lost in a masked round; new key exchange",
-                        self.study.id, len(failed))
-            state.participants = [s for s in state.participants if s not in failed]
-            state.attempt += 1
-            state.phase = "keys"
-            state.analyses = {}
-            self._enough_sites(state)
+            self._rekey(state, failed)
             return
+        for site, failure in failed.items():
+            if site not in state.answered:
+                self._leave(state, site, failure)
+        state.screened = [n for n in state.screened if n not in asked_names(asked)]
         for site, answer in got.items():
             if not isinstance(answer, Failure):
                 self._note_privacy(state, answer)
@@ -228,6 +260,31 @@ class StudyRun:
         for name in self._running(state):
             askers = [s for s, reqs in asked.items() if any(r.analysis == name for r in reqs)]
             self._combine(state, name, self._contributions(name, askers, got, state))
+
+    def _rekey(self, state: RunState, failed: Mapping[str, Failure]) -> None:
+        """Sites failed a masked round: drop them and start a new key exchange among the
+        others (every site refusing for one reason ends the study with that reason)."""
+        reasons = {f.reason for f in failed.values()}
+        everyone = set(failed) == set(state.participants)
+        if everyone and len(reasons) == 1 and not any(f.silent for f in failed.values()):
+            for site, failure in failed.items():
+                self._leave(state, site, failure)
+            self._end(state, next(iter(reasons)))
+            return
+        # a site that went silent or restarted (its ephemeral key is gone) is asked to
+        # rejoin with a new key; a site that refused stays out
+        rejoin = sorted(s for s, f in failed.items() if f.silent or _restarted(f))
+        for site, failure in failed.items():
+            self._leave(state, site, failure)
+        logger.info("study %s: %d sites lost in a masked round; new key exchange",
+                    self.study.id, len(failed))
+        state.participants = sorted(
+            {s for s in state.participants if s not in failed} | set(rejoin))
+        state.attempt += 1
+        state.phase = "keys"
+        state.analyses = {}
+        state.sealed, state.screened = {}, []
+        self._enough_sites(state)
 
     def _contributions(self, name: str, askers: list[str], got: Mapping[str, Answer],
                        state: RunState) -> Contributions:
@@ -256,7 +313,7 @@ class StudyRun:
             kind = next(iter(releases.values())).kind
             overflow = Release(name, kind, {}, {"overflow": True})
             return Contributions({MASKED_SUM: overflow}, {}, tuple(state.participants),
-                                 masked=True)
+                                 masked=True, signed=dict(releases))
         odd = _odd_shapes(releases)
         if odd:
             return Contributions({}, {s: "masked release does not match the other sites' "
@@ -327,6 +384,16 @@ class StudyRun:
                 if pair not in state.thresholds:
                     state.thresholds.append(pair)
             state.coarsened = state.coarsened or bool(r.metadata.get("coarsened"))
+
+
+def _restarted(failure: Failure) -> bool:
+    """Whether a site refused a masked round only because it restarted (no key)."""
+    return "no ephemeral key" in failure.reason
+
+
+def asked_names(asked: Mapping[str, tuple[Release, ...]]) -> set[str]:
+    """Names of the analyses any site was asked about."""
+    return {r.analysis for reqs in asked.values() for r in reqs}
 
 
 def _odd_shapes(releases: Mapping[str, Release]) -> list[str]:

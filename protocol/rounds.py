@@ -12,12 +12,21 @@ is the only place that knows their names and fields:
     (analysis :data:`KEYS`) the verified announcements of every participant of attempt
     ``attempt``. Its presence makes the round *masked*: the site masks every release of the
     round with the pairwise keys derived from these announcements.
+``screen``
+    (analysis :data:`~protocol.screening.SCREEN`) a masked round of a secure study whose only
+    request: release the counts that decide what may be released, masked and sealed for every
+    other participant (:mod:`protocol.screening`).
+``screened``
+    (analysis :data:`~protocol.screening.SCREEN`) the sealed screening counts every other
+    participant addressed to this site; they come with the round's first summaries.
 ``summary``
     (analysis = the analysis' name) release this analysis' sufficient statistics (for Cox: the
     description of the site's part of the model).
 ``newton``
     (analysis = a Cox analysis' name) release the Cox sums at the coefficients ``beta`` for the
-    design ``columns`` (optionally centred on ``centre``): one Newton step.
+    design ``columns`` (optionally centred on ``centre``, over the time ``bins`` of a secure
+    model): one Newton step. It relays the previous round's signed releases of the model's
+    sites, from which the site checks the request itself.
 
 A site answers a task with one release per analysis request (an error release carries the
 reason it will not answer), plus its key announcement when asked for one.
@@ -25,16 +34,20 @@ reason it will not answer), plus its key announcement when asked for one.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.message import DecodeError
 
-from protocol.codec import Release
+from protocol.codec import Release, decode_release, encode_release
 from protocol.errors import ProtocolError
+from protocol.screening import SCREEN, SCREEN_KIND
 from protocol.study import Study
+from protocol.v1.common_pb2 import AnalysisRelease
 
 __all__ = [
     "KEYS",
@@ -51,6 +64,8 @@ __all__ = [
     "newton_from_release",
     "newton_request",
     "parse_requests",
+    "screen_request",
+    "screened_relay",
     "summary_request",
     "summary_requests",
 ]
@@ -62,6 +77,8 @@ STEP_ANNOUNCE = "announce"
 STEP_RELAY = "relay"
 STEP_SUMMARY = "summary"
 STEP_NEWTON = "newton"
+STEP_SCREEN = "screen"
+STEP_SCREENED = "screened"
 _STEP = "step"
 
 
@@ -76,6 +93,16 @@ def key_relay(attempt: int, announcements: Sequence[Mapping[str, Any]]) -> Relea
                                         "announcements": [dict(a) for a in announcements]})
 
 
+def screen_request() -> Release:
+    """Ask a site for its sealed screening counts (a masked round of a secure study)."""
+    return Release(SCREEN, SCREEN_KIND, {}, {_STEP: STEP_SCREEN})
+
+
+def screened_relay(sealed: Mapping[str, str]) -> Release:
+    """The screening counts each other participant sealed for one site (sender -> blob)."""
+    return Release(SCREEN, SCREEN_KIND, {}, {_STEP: STEP_SCREENED, "sealed": dict(sealed)})
+
+
 def summary_request(analysis: str, kind: str) -> Release:
     """Ask a site for an analysis' sufficient statistics (Cox: the model description)."""
     return Release(analysis, kind, {}, {_STEP: STEP_SUMMARY})
@@ -87,13 +114,25 @@ def summary_requests(study: Study) -> tuple[Release, ...]:
 
 
 def newton_request(analysis: str, columns: Sequence[str], beta: Sequence[float],
-                   centre: Sequence[float] | None = None) -> Release:
-    """Ask a site for a Cox analysis' sums at ``beta`` (one Newton step)."""
+                   centre: Sequence[float] | None = None, bins: Sequence[int] | None = None,
+                   relayed: Sequence[Release] = ()) -> Release:
+    """Ask a site for a Cox analysis' sums at ``beta`` (one Newton step).
+
+    ``bins``: the time bins of a secure model (bin ends in days). ``relayed``: the previous
+    round's signed releases of the model's sites, from which the site checks ``columns``,
+    ``bins``, ``beta`` and ``centre`` itself (metadata ``relayed``: base64 wire releases).
+    """
     vectors: dict[str, npt.NDArray[np.float64]] = {
         "beta": np.asarray(beta, dtype=np.float64)}
     if centre is not None:
         vectors["centre"] = np.asarray(centre, dtype=np.float64)
-    return Release(analysis, "cox", vectors, {_STEP: STEP_NEWTON, "columns": list(columns)})
+    metadata: dict[str, Any] = {_STEP: STEP_NEWTON, "columns": list(columns),
+                                "relayed": [base64.b64encode(encode_release(r)
+                                                             .SerializeToString()).decode("ascii")
+                                            for r in relayed]}
+    if bins is not None:
+        metadata["bins"] = [int(b) for b in bins]
+    return Release(analysis, "cox", vectors, metadata)
 
 
 @dataclass(frozen=True)
@@ -112,6 +151,8 @@ class NewtonRequest:
     columns: tuple[str, ...]
     beta: npt.NDArray[np.float64]
     centre: npt.NDArray[np.float64] | None
+    bins: tuple[int, ...] | None = None
+    relayed: tuple[Release, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +161,8 @@ class RoundRequests:
 
     announce: int | None = None
     relay: KeyRelay | None = None
+    screen: bool = False
+    screened: Mapping[str, str] | None = None
     summaries: tuple[str, ...] = ()
     newton: tuple[NewtonRequest, ...] = ()
 
@@ -151,7 +194,21 @@ def _newton(request: Release) -> NewtonRequest:
                                    or not np.all(np.isfinite(centre_arr))):
         raise ProtocolError(f"newton request {request.analysis}: centre must be finite and "
                             "match beta")
-    return NewtonRequest(request.analysis, tuple(columns), beta, centre_arr)
+    bins = request.metadata.get("bins")
+    if bins is not None and (not isinstance(bins, list) or not bins or not all(
+            isinstance(b, int) and not isinstance(b, bool) for b in bins)):
+        raise ProtocolError(f"newton request {request.analysis}: bins must list bin ends")
+    raw = request.metadata.get("relayed", [])
+    if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
+        raise ProtocolError(f"newton request {request.analysis}: relayed must list releases")
+    try:
+        relayed = tuple(decode_release(AnalysisRelease.FromString(
+            base64.b64decode(r, validate=True))) for r in raw)
+    except (ValueError, ProtocolError, DecodeError) as exc:
+        raise ProtocolError(f"newton request {request.analysis}: unreadable relayed release "
+                            f"({exc})") from None
+    return NewtonRequest(request.analysis, tuple(columns), beta, centre_arr,
+                         None if bins is None else tuple(bins), relayed)
 
 
 def newton_from_release(request: Release) -> NewtonRequest:
@@ -175,6 +232,8 @@ def parse_requests(inputs: Sequence[Release]) -> RoundRequests:
     """
     announce: int | None = None
     relay: KeyRelay | None = None
+    screen = False
+    screened: dict[str, str] | None = None
     summaries: list[str] = []
     newton: list[NewtonRequest] = []
     seen: set[str] = set()
@@ -192,12 +251,27 @@ def parse_requests(inputs: Sequence[Release]) -> RoundRequests:
             relay = KeyRelay(_attempt(request), tuple(raw))
         elif request.analysis == KEYS:
             raise ProtocolError(f"unknown key request step {step!r}")
+        elif request.analysis == SCREEN and step == STEP_SCREEN:
+            screen = True
+        elif request.analysis == SCREEN and step == STEP_SCREENED:
+            raw_sealed = request.metadata.get("sealed")
+            if not isinstance(raw_sealed, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in raw_sealed.items()):
+                raise ProtocolError("screened relay: sealed must map site ids to blobs")
+            screened = dict(raw_sealed)
+        elif request.analysis == SCREEN:
+            raise ProtocolError(f"unknown screening request step {step!r}")
         elif step == STEP_SUMMARY:
             summaries.append(request.analysis)
         elif step == STEP_NEWTON:
             newton.append(_newton(request))
         else:
             raise ProtocolError(f"request for {request.analysis!r} has unknown step {step!r}")
-    if announce is not None and (relay is not None or summaries or newton):
+    if announce is not None and (relay is not None or summaries or newton or screen
+                                 or screened is not None):
         raise ProtocolError("a key announcement round asks for nothing else")
-    return RoundRequests(announce, relay, tuple(summaries), tuple(newton))
+    if screen and (relay is None or summaries or newton or screened is not None):
+        raise ProtocolError("a screening round is masked and asks for nothing else")
+    if screened is not None and (relay is None or not summaries):
+        raise ProtocolError("screened counts come with a masked round's summaries")
+    return RoundRequests(announce, relay, screen, screened, tuple(summaries), tuple(newton))

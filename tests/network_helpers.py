@@ -22,7 +22,8 @@ from protocol.keys import load_private_key
 from protocol.signing import SignedStudy, sign_study
 from protocol.study import Study
 
-DAY_RESOLUTION = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
+# no thresholds at all: these tests compare exact results across studies on one cohort
+DAY_RESOLUTION = Policy(min_cohort=1, min_cell=1, min_bin_events=1, min_cohort_difference=1)
 
 
 def start_network(tmp: Path, site_sizes: int, n_sites: int, policy: Policy,

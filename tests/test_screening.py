@@ -43,8 +43,13 @@ from node.cohorts.cohort import select_cohort
 from node.governance.policy import Policy
 from node.ingestion.schema import AE_TERM
 from node.ingestion.store import open_store
-from protocol.rounds import announce_request, key_relay, screen_request, screened_relay
-from protocol.rounds import summary_request
+from protocol.rounds import (
+    announce_request,
+    key_relay,
+    screen_request,
+    screened_relay,
+    summary_request,
+)
 from protocol.signing import sign_study
 
 KEY = Ed25519PrivateKey.generate()

@@ -19,7 +19,8 @@ from node.errors import StudyRefused
 from node.governance.policy import Policy
 from node.releases import adverse_events, cox, groups
 from node.releases.competing import COMPETING
-from node.releases.cox import CoxSite
+from node.releases.cox import CoxRound, CoxSite
+from node.releases.screening import Screened
 from node.releases.survival import KINDS as SURVIVAL_KINDS
 from node.releases.survival import SURVIVAL
 from protocol.codec import Release
@@ -32,16 +33,19 @@ __all__ = ["cox_step_release", "first_release", "release_summary"]
 
 def _release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
              site_id: str, policy: Policy, memo: dict[str, CoxSite],
-             participants: Sequence[str] | None) -> Release:
+             participants: Sequence[str] | None, screened: Screened) -> Release:
+    name = analysis.name
     if analysis.kind in SURVIVAL_KINDS:
         return groups.release(SURVIVAL, analysis, study, tables, cohort, site_id, policy,
-                              participants)
+                              participants, screened.withheld_groups.get(name, ()))
     if analysis.kind == "cumulative_incidence":
         return groups.release(COMPETING, analysis, study, tables, cohort, site_id, policy,
-                              participants)
+                              participants, screened.withheld_groups.get(name, ()))
     if analysis.kind == "adverse_events":
         return adverse_events.release(analysis, study, tables, cohort, policy,
-                                      masked=participants is not None)
+                                      masked=participants is not None,
+                                      withheld_terms=screened.withheld_terms.get(name, ()),
+                                      hidden_grades=screened.hidden_grades.get(name))
     if analysis.kind == "cox":
         return cox.describe(analysis, study, tables, cohort, policy, memo,
                             masked=participants is not None)
@@ -51,26 +55,38 @@ def _release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFr
 
 def first_release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
                   site_id: str, policy: Policy, memo: dict[str, CoxSite],
-                  participants: Sequence[str] | None = None) -> Release:
+                  participants: Sequence[str] | None = None,
+                  screened: Screened | None = None) -> Release:
     """What this site releases for one analysis, or an error release with the reason.
 
     ``participants`` None: the unmasked release, under the site's disclosure rules. Given (the
     sorted site ids of a secure round): the fixed-shape plain release, to be masked by the
-    caller. For Cox, the model description; the prepared site data is kept in
-    ``memo[analysis.name]`` for :func:`cox_step_release`.
+    caller; a secure study needs the decisions of its screening (``screened``). For Cox, the
+    model description; the prepared site data is kept in ``memo[analysis.name]`` for
+    :func:`cox_step_release`.
     """
     reason = policy.check_analysis(analysis)
     if reason:
         return Release.failure(analysis.name, analysis.kind, reason)
+    if participants is not None and screened is None:
+        return Release.failure(analysis.name, analysis.kind,
+                               "a secure study's analyses are released after its screening")
+    screened = screened or Screened()
+    if analysis.name in screened.withheld_analyses:
+        return Release.failure(analysis.name, analysis.kind,
+                               screened.withheld_analyses[analysis.name])
     try:
-        return _release(analysis, study, tables, cohort, site_id, policy, memo, participants)
+        return _release(analysis, study, tables, cohort, site_id, policy, memo, participants,
+                        screened)
     except StudyRefused as exc:
         return Release.failure(analysis.name, analysis.kind, str(exc))
 
 
 def cox_step_release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
-                     policy: Policy, memo: dict[str, CoxSite], request: NewtonRequest) -> Release:
-    """One Newton round of a Cox analysis: the site's sums at ``request``'s coefficients."""
+                     policy: Policy, memo: dict[str, CoxSite], request: NewtonRequest,
+                     context: CoxRound) -> Release:
+    """One Newton round of a Cox analysis: the site's sums at ``request``'s coefficients, once
+    the site has checked them against the relayed signed releases (``context``)."""
     reason = policy.check_analysis(analysis)
     if reason:
         return Release.failure(analysis.name, analysis.kind, reason)
@@ -78,7 +94,7 @@ def cox_step_release(analysis: Analysis, study: Study, tables: Tables, cohort: p
         return Release.failure(analysis.name, analysis.kind,
                                f"kind {analysis.kind} has no later rounds")
     try:
-        return cox.step(analysis, study, tables, cohort, policy, memo, request)
+        return cox.step(analysis, study, tables, cohort, policy, memo, request, context)
     except (StudyRefused, DisclosureError) as exc:
         return Release.failure(analysis.name, analysis.kind, str(exc))
 

@@ -20,16 +20,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node.cohorts.cohort import TableSource, select_cohort
 from node.errors import NodeError, StudyRefused
+from node.governance.approvals import Approvals
 from node.governance.audit import AuditTrail
 from node.governance.ledger import INFUSIONS, PATIENTS, DisclosureLedger
 from node.governance.policy import Policy
 from node.releases import cox_step_release, first_release, release_summary
-from node.releases.cox import CoxSite
+from node.releases.cox import CoxRound, CoxSite
+from node.releases.cox import seal as seal_cox
+from node.releases.screening import Screened, decide, screen_counts
 from node.runtime.secure_session import MAX_ATTEMPTS, SecureSessions
+from protocol.approval import awaiting_digest, awaiting_release
 from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.keys import key_id
 from protocol.pki import Credentials
+from protocol.release_signing import ReleaseSigner
 from protocol.rounds import RoundRequests, parse_requests
 from protocol.signing import SignedStudy, is_expired, verify_study
 from protocol.study import Study
@@ -68,10 +73,24 @@ _CACHED_STUDIES = 4
 
 @dataclass(frozen=True)
 class TaskOutcome:
-    """What the node answers: releases, or a refusal reason (exactly one is set)."""
+    """What the node answers: releases, or a refusal reason (exactly one is set).
+
+    A study awaiting the data steward's approval is answered with one awaiting-approval
+    release (:mod:`protocol.approval`): not a refusal, the aggregator keeps the task open.
+    """
 
     releases: tuple[Release, ...] | None = None
     refusal: str | None = None
+
+    @classmethod
+    def awaiting_approval(cls, study_sha256: str) -> TaskOutcome:
+        """The answer while the study with this digest awaits approval."""
+        return cls(releases=(awaiting_release(study_sha256),))
+
+    @property
+    def awaiting(self) -> bool:
+        """Whether this is the awaiting-approval answer."""
+        return awaiting_digest(self.releases) is not None
 
 
 class NodeEngine:
@@ -92,8 +111,9 @@ class NodeEngine:
         The site's audit trail.
     today
         Clock for expiry checks.
-    is_approved
-        For ``approval = "manual"``: whether the data steward approved a study id.
+    approvals
+        For ``approval = "manual"``: the data steward's decisions, bound to each study's
+        content digest (:mod:`node.governance.approvals`); unapproved studies wait there.
     credentials
         The site's certificate, key and network CA (needed for secure aggregation).
     ledger
@@ -108,19 +128,21 @@ class NodeEngine:
         open_tables: Callable[[], TableSource],
         audit: AuditTrail,
         today: Callable[[], dt.date] = dt.date.today,
-        is_approved: Callable[[str], bool] = lambda study_id: False,
+        approvals: Approvals | None = None,
         credentials: Credentials | None = None,
         ledger: DisclosureLedger | None = None,
     ) -> None:
         self.site_id = site_id
         self.secure = SecureSessions(site_id, credentials) if credentials is not None else None
+        self.signer = ReleaseSigner.from_credentials(site_id, credentials) \
+            if credentials is not None else None
         self.ledger = ledger
         self.policy = policy
         self.trusted_keys = tuple(trusted_keys)
         self.open_tables = open_tables
         self.audit = audit
         self.today = today
-        self.is_approved = is_approved
+        self.approvals = approvals
         self._cache: OrderedDict[tuple[str, str], _Prepared] = OrderedDict()
 
     def _refuse(self, study_id: str, reason: str) -> TaskOutcome:
@@ -128,7 +150,7 @@ class NodeEngine:
         logger.info("refused study %s: %s", study_id, reason)
         return TaskOutcome(refusal=reason)
 
-    def _check(self, study_id: str, signed: SignedStudy) -> Study | str:
+    def _check(self, study_id: str, signed: SignedStudy) -> Study | str | TaskOutcome:
         try:
             study = verify_study(signed, self.trusted_keys)
         except ProtocolError as exc:
@@ -139,9 +161,32 @@ class NodeEngine:
             return f"study expired on {study.expires.isoformat()}"
         if study.privacy.secure_aggregation and self.secure is None:
             return "secure aggregation needs this site's credentials, which the node lacks"
-        if self.policy.approval == "manual" and not self.is_approved(study.id):
-            return "awaiting approval by the site's data steward"
+        if self.policy.approval == "manual":
+            return self._approval(study, signed) or study
         return study
+
+    def _approval(self, study: Study, signed: SignedStudy) -> str | TaskOutcome | None:
+        """Under manual approval: ``None`` when the steward approved this content, the
+        steward's rejection, or (recording the study as pending) the awaiting answer."""
+        if self.approvals is None:
+            return "manual approval needs the node's approvals folder"
+        digest = _sha256(signed.canonical_study)
+        if self.approvals.is_approved(digest):
+            return None
+        rejected = self.approvals.rejection(digest)
+        if rejected is not None:
+            return f"rejected by the site's data steward: {rejected}"
+        signer = key_id(signed.public_key)
+        if self.approvals.add_pending(study, signed.canonical_study, digest, signer,
+                                      dt.datetime.now(dt.UTC)):
+            self.audit.append("study_pending", study.id, study_sha256=digest, signer=signer)
+            logger.info("study %s (%s) awaits approval by the data steward", study.id,
+                        digest[:12])
+        return TaskOutcome.awaiting_approval(digest)
+
+    def _still_pending(self, digest: str) -> bool:
+        return self.policy.approval == "manual" and self.approvals is not None \
+            and self.approvals.is_pending(digest)
 
     def _prepared(self, study: Study, digest: str) -> _Prepared:
         key = (study.id, digest)
@@ -194,9 +239,12 @@ class NodeEngine:
         signer = key_id(Ed25519PublicKey.from_public_bytes(signed.public_key)) \
             if len(signed.public_key) == 32 else "none"
         digest = _sha256(signed.canonical_study)
-        self.audit.append("study_received", study_id, signer=signer, study_sha256=digest,
-                          round=round)
+        if not self._still_pending(digest):  # a re-sent pending study was audited once
+            self.audit.append("study_received", study_id, signer=signer, study_sha256=digest,
+                              round=round)
         checked = self._check(study_id, signed)
+        if isinstance(checked, TaskOutcome):
+            return checked
         if isinstance(checked, str):
             return self._refuse(study_id, checked)
         study = checked
@@ -214,7 +262,7 @@ class NodeEngine:
         masked = study.privacy.secure_aggregation
         if not masked and len(prepared.cohort) < self.policy.min_cohort:
             return self._refuse(study_id, f"cohort below {self.policy.min_cohort} patients")
-        if requests.announce is not None or requests.analyses:
+        if requests.announce is not None or requests.analyses or requests.screen:
             reason = self._ledger_refusal(study, prepared)
             if reason:
                 return self._refuse(study_id, reason)
@@ -266,20 +314,40 @@ class NodeEngine:
                                                       study.privacy.min_sites)
             self.secure.claim_round(study.id, requests.relay.attempt, round,
                                     _requests_digest(requests))
+        screened: Screened | None = None
+        if requests.relay is not None and requests.screen:
+            assert self.secure is not None and participants is not None
+            counts = screen_counts(study, prepared.tables, prepared.cohort, self.site_id,
+                                   self.policy, participants)
+            return [self.secure.screen(study.id, requests.relay.attempt, round,
+                                       SecureSessions.mask([counts], masker, round)[0], masker)]
+        if requests.relay is not None and requests.summaries:
+            assert self.secure is not None and participants is not None
+            if requests.screened is None:
+                raise StudyRefused("secure aggregation: analyses are released only with the "
+                                   "screening counts of every participant")
+            pooled, thresholds = self.secure.pooled_screen(
+                study.id, requests.relay.attempt, masker, requests.screened)
+            screened = decide(study, pooled, thresholds, participants)
         by_name = {a.name: a for a in study.analyses}
         unknown = [n for n in requests.analyses if n not in by_name]
         if unknown:
             raise StudyRefused(f"round {round} names an unknown analysis {unknown[0]!r}")
         releases = [first_release(by_name[name], study, prepared.tables, prepared.cohort,
-                                  self.site_id, self.policy, prepared.memo, participants)
+                                  self.site_id, self.policy, prepared.memo, participants,
+                                  screened)
                     for name in requests.summaries]
+        attempt = requests.relay.attempt if requests.relay is not None else 0
+        cox_round = CoxRound(self.signer, study.id, attempt, round,
+                             None if participants is None else tuple(participants))
         for newton in requests.newton:
             releases.append(cox_step_release(by_name[newton.analysis], study, prepared.tables,
                                              prepared.cohort, self.policy, prepared.memo,
-                                             newton))
+                                             newton, cox_round))
         if requests.relay is not None:
             releases = SecureSessions.mask(releases, masker, round)
-        return releases
+        # Cox releases are signed as sent, so other sites can check relayed ones
+        return seal_cox(releases, prepared.memo, self.signer, study.id, attempt, round)
 
 
 def _sha256(data: bytes) -> str:
@@ -289,6 +357,10 @@ def _sha256(data: bytes) -> str:
 def _requests_digest(requests: RoundRequests) -> str:
     """A digest of what a round asks (analyses and Newton coefficients)."""
     h = hashlib.sha256()
+    if requests.screen:
+        h.update(b"screen;")
+    for sender, blob in sorted((requests.screened or {}).items()):
+        h.update(f"screened:{sender}:{blob};".encode())
     for name in requests.summaries:
         h.update(f"summary:{name};".encode())
     for n in requests.newton:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -27,7 +27,8 @@ from protocol.key_exchange import KeyAnnouncement, announce, verify_announcement
 from protocol.masking import PairwiseMasker
 from protocol.pki import Credentials
 from protocol.rounds import KEY_KIND, KEYS, KeyRelay
-from protocol.secure_agg import mask_release
+from protocol.screening import SCREEN, SCREEN_KIND, open_sealed, seal
+from protocol.secure_agg import mask_release, unmask_sum
 
 __all__ = ["MAX_ATTEMPTS", "SecureSessions"]
 
@@ -51,6 +52,7 @@ class _StudyKeys:
     erased: set[int] = field(default_factory=set)
     """Attempts whose private key was erased (the attempt ended)."""
     expires: dt.date | None = None
+    screens: dict[int, tuple[int, Release]] = field(default_factory=dict)
 
 
 class SecureSessions:
@@ -177,6 +179,48 @@ class SecureSessions:
         if keys.rounds.setdefault((attempt, round), requests) != requests:
             raise StudyRefused(f"secure aggregation: round {round} was already answered for "
                                "other requests")
+
+    def screen(self, study_id: str, attempt: int, round: int, masked: Release,
+               masker: PairwiseMasker) -> Release:
+        """Keep this site's masked screening counts of ``attempt`` (made in ``round``) and
+        return them sealed for every other participant (:mod:`protocol.screening`)."""
+        self._study(study_id).screens[attempt] = (round, masked)
+        return Release(SCREEN, SCREEN_KIND, {}, {"sealed": seal(masked, masker, round)})
+
+    def pooled_screen(self, study_id: str, attempt: int, masker: PairwiseMasker,
+                      sealed: Mapping[str, str]) -> tuple[Release, list[dict[str, int]]]:
+        """Open the other participants' sealed screening counts and sum them with this
+        site's own: the exact pooled counts, and every participant's thresholds.
+
+        Raises
+        ------
+        StudyRefused
+            When this attempt had no screening here, a participant's counts are missing or
+            do not open (forged, swapped, or sealed for another round), or they do not add up.
+        """
+        kept = self._study(study_id).screens.get(attempt)
+        if kept is None:
+            raise StudyRefused(f"secure aggregation: attempt {attempt} was not screened here")
+        round, own = kept
+        parts = [own]
+        for peer in masker.participants:
+            if peer == self.site_id:
+                continue
+            if peer not in sealed:
+                raise StudyRefused(f"secure aggregation: the screening counts of {peer} are "
+                                   "missing")
+            try:
+                parts.append(open_sealed(sealed[peer], masker, round, peer))
+            except ProtocolError as exc:
+                raise StudyRefused(f"secure aggregation: {exc}") from None
+        try:
+            pooled = unmask_sum(parts)
+        except ProtocolError as exc:
+            raise StudyRefused(f"secure aggregation: screening counts do not add up: "
+                               f"{exc}") from None
+        thresholds = [{k: int(p.metadata[k]) for k in ("min_cohort", "min_cell")
+                       if isinstance(p.metadata.get(k), int)} for p in parts]
+        return pooled, thresholds
 
     @staticmethod
     def mask(releases: Sequence[Release], masker: PairwiseMasker, round: int) -> list[Release]:
