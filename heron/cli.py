@@ -138,7 +138,7 @@ def _node(a: argparse.Namespace) -> int:
 
         path = config.path("audit_file")
         if a.verify:
-            audit = verify_audit(path)
+            audit = verify_audit(path, store_dir=config.path("store_dir"))
             _emit(audit.__dict__, a.json, f"audit trail {'intact' if audit.ok else 'BROKEN'}: "
                   f"{audit.entries} entries" + ("" if audit.ok else f"; {audit.reason}"))
             return 0 if audit.ok else 1

@@ -76,3 +76,20 @@ def test_an_entry_naming_the_snapshot_accounts_for_it(tmp_path: Path) -> None:
     # an ingest entry from before the snapshot was begun does not count
     ingest(write_site(tmp_path / "site"), store, b"k" * 32, today=TODAY)
     assert unaudited_snapshot(trail.path, store) is not None
+
+
+def test_node_status_and_audit_verify_report_the_unaudited_snapshot(
+        node: NodeConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from heron.cli import main
+
+    service.ingest_site(node, write_site(tmp_path / "site"))
+    entry = [e for e in AuditTrail(node.path("audit_file")).entries()
+             if e["event"] == "ingest"][-1]
+    assert entry["details"]["snapshot"] == open_store(node.path("store_dir")).snapshot_id
+    assert service.node_status(node).audit_ok
+    with pytest.raises(Crash):
+        service.ingest_site(node, write_site(tmp_path / "site2"), progress=_crash_after_switch)
+    assert not service.node_status(node).audit_ok
+    config_file = node.node_dir / "node.toml"
+    assert main(["node", "audit", "--config", str(config_file), "--verify"]) == 1
+    assert "has no ingest entry" in capsys.readouterr().out

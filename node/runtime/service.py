@@ -63,7 +63,10 @@ def ingest_site(config: NodeConfig, source: Path, progress: Any = None) -> Inges
     secret = load_or_create_secret(config.path("secret_file"))
     report = ingest(source, config.path("store_dir"), secret, progress=progress)
     stored = {t: c.stored for t, c in report.tables.items()} if hasattr(report, "tables") else {}
-    AuditTrail(config.path("audit_file")).append("ingest", None, ok=report.ok, stored=stored)
+    # the entry names the snapshot it made current: verify_audit(..., store_dir) then detects a
+    # snapshot that a crash left without its entry
+    AuditTrail(config.path("audit_file")).append("ingest", None, ok=report.ok, stored=stored,
+                                                 snapshot=getattr(report, "snapshot", None))
     return report
 
 
@@ -148,6 +151,7 @@ def build_daemon(config: NodeConfig) -> NodeDaemon:
         freshness=lambda: _freshness(config)[0],
         heartbeat_s=config.heartbeat_s,
         backoff_max_s=config.backoff_max_s,
+        max_message_bytes=config.max_message_bytes,
     )
 
 
@@ -171,7 +175,8 @@ def node_status(config: NodeConfig) -> NodeStatus:
     """Read the node's state."""
     ingested_at, stored = _freshness(config)
     audit_path = config.path("audit_file")
-    report = verify_audit(audit_path) if audit_path.exists() else None
+    report = verify_audit(audit_path, store_dir=config.path("store_dir")) \
+        if audit_path.exists() else None
     return NodeStatus(
         site_id=config.site_id,
         aggregator=config.aggregator,
