@@ -90,6 +90,5 @@ def test_node_status_and_audit_verify_report_the_unaudited_snapshot(
     with pytest.raises(Crash):
         service.ingest_site(node, write_site(tmp_path / "site2"), progress=_crash_after_switch)
     assert not service.node_status(node).audit_ok
-    config_file = node.node_dir / "node.toml"
-    assert main(["node", "audit", "--config", str(config_file), "--verify"]) == 1
+    assert main(["node", "audit", "--dir", str(node.node_dir), "--verify"]) == 1
     assert "has no ingest entry" in capsys.readouterr().out
