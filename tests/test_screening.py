@@ -288,3 +288,21 @@ def test_a_site_that_restarts_mid_study_rejoins_the_next_attempt(
     assert results["sites"]["participated"] == sorted(s.site_id for s in sites)
     assert "error" not in results["analyses"]["km"]
     assert status[victim] == "released"
+
+
+def test_an_unmasked_cox_model_over_few_complete_cases_is_withheld(
+        sites: list[SimulatedSite]) -> None:
+    from node.releases import first_release
+
+    study = make_study("cox-few", [{"name": "cox", "kind": "cox",
+                                    "endpoint": "overall_survival",
+                                    "covariates": ["age_at_infusion"]}], cohort={},
+                       secure_aggregation=False)
+    store = open_store(_stores(sites)["se-uppsala"])
+    cohort = select_cohort(store, study.cohort, today=TODAY)
+    analysis = study.analyses[0]
+    full = first_release(analysis, study, store, cohort, "se-uppsala", Policy(), {})
+    assert not full.error and full.metadata["n"] >= 10
+    few = first_release(analysis, study, store, cohort.iloc[:9], "se-uppsala", Policy(), {})
+    assert few.error == "withheld: fewer than min_cohort=10 complete cases or min_cell=5 events"
+    assert not few.vectors and "n" not in few.metadata

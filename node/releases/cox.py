@@ -242,10 +242,24 @@ def describe(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFr
     earlier = memo.get(analysis.name)
     if earlier is not None:
         site.chain.rounds = earlier.chain.rounds
+    if not masked:  # masked: the same rules on the pooled counts (node.releases.screening)
+        reason = _too_small(site, policy)
+        if reason:
+            return Release.failure(analysis.name, analysis.kind, reason)
     memo[analysis.name] = site
     if masked:
         return _masked_description(analysis, study, site)
     return _unmasked_description(analysis, site, policy)
+
+
+def _too_small(site: CoxSite, policy: Policy) -> str | None:
+    """Why this site's complete cases may not be released unmasked: too few of them or of
+    their events (a model over a handful of patients is a sum over them)."""
+    n, events = int(site.design.n), int(np.sum(site.events))
+    if n < policy.min_cohort or 0 < events < policy.min_cell:
+        return (f"withheld: fewer than min_cohort={policy.min_cohort} complete cases or "
+                f"min_cell={policy.min_cell} events")
+    return None
 
 
 def seal(releases: Sequence[Release], memo: Mapping[str, CoxSite],

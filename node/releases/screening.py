@@ -178,10 +178,11 @@ def decide(study: Study, pooled: Release, thresholds: Sequence[Mapping[str, int]
             _terms(out, analysis, np.asarray(v[f"a{i}.cells"], dtype=np.int64), min_cell)
         elif f"a{i}.cases" in v:
             n, events = (int(x) for x in np.asarray(v[f"a{i}.cases"]))
-            if n < min_cohort or events < min_cell:
+            if n < min_cohort or 0 < events < min_cell:
                 out.withheld_analyses[name] = (
                     f"withheld: fewer than min_cohort={min_cohort} complete cases or "
                     f"min_cell={min_cell} events network-wide")
+
     return out
 
 
