@@ -6,11 +6,10 @@ import datetime as dt
 import importlib.resources
 from pathlib import Path
 
-import yaml
-
 from heron.network import Progress, SimulationResult, simulate
 from heron.synth import synthesize
 from protocol.study import Study, study_from_dict
+from protocol.study_yaml import load_study_yaml
 
 __all__ = ["demo_study", "run_demo"]
 
@@ -18,7 +17,7 @@ __all__ = ["demo_study", "run_demo"]
 def demo_study(today: dt.date | None = None) -> Study:
     """The embedded standard study, expiring 90 days after ``today``."""
     text = importlib.resources.files("heron").joinpath("data/demo-study.yaml").read_text("utf-8")
-    doc = yaml.safe_load(text)
+    doc = load_study_yaml(text)
     doc["expires"] = ((today or dt.date.today()) + dt.timedelta(days=90)).isoformat()
     return study_from_dict(doc)
 

@@ -18,12 +18,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from heron.cli import build_parser
 from heron.study_tools import check_study_document
 from node.governance.policy import load_policy
 from protocol.study import study_from_dict
+from protocol.study_yaml import load_study_yaml
 from protocol.version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def test_docs_index_links_every_page():
 
 @pytest.mark.parametrize("name, block", YAML, ids=_ids(YAML))
 def test_yaml_examples_are_valid_studies(name, block):
-    doc = yaml.safe_load(block)
+    doc = load_study_yaml(block)  # read as the nodes read a signed study
     if block.startswith("# fragment"):
         assert isinstance(doc, dict), name
         return
