@@ -14,7 +14,8 @@ COMMANDS = [
     [], ["demo"], ["simulate"], ["synth"], ["pki"], ["pki", "init"], ["pki", "issue-site"],
     ["pki", "issue-coordinator"], ["pki", "issue-aggregator"], ["node"], ["node", "init"],
     ["node", "ingest"], ["node", "validate"], ["node", "status"], ["node", "audit"],
-    ["node", "approve"], ["node", "pending"], ["node", "reject"], ["aggregator", "inspect"], ["node", "run"], ["aggregator"], ["aggregator", "run"], ["study"],
+    ["node", "approve"], ["node", "pending"], ["node", "reject"], ["aggregator", "inspect"],
+    ["node", "run"], ["aggregator"], ["aggregator", "run"], ["study"],
     ["study", "sign"], ["study", "submit"], ["study", "status"], ["study", "list"],
     ["study", "results"], ["study", "report"], ["study", "new"], ["study", "check"],
 ]
