@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import stat
 import time
@@ -275,7 +276,12 @@ def test_node_pending_approve_and_reject_on_the_command_line(
 
     code, out, _ = _cli(capsys, "node", "pending", "--dir", d)
     assert code == 0
-    digest = json.loads(_cli(capsys, "node", "pending", "--dir", d, "--json")[1])[0]["digest"]
+    listed = json.loads(_cli(capsys, "node", "pending", "--dir", d, "--json")[1])[0]
+    digest = listed["digest"]
+    # the content shown is what was signed, and the digest is its SHA-256
+    assert listed["content"] == json.loads(signed.canonical_study)
+    assert digest == hashlib.sha256(signed.canonical_study).hexdigest()
+    assert '"min_sites": 2' in out
     for expected in ("cli-steward", digest, key_id(KEY.public_key()), "kaplan_meier",
                      "endpoint overall_survival", "group_by sex",
                      "covariates age_at_infusion, sex", "AE terms CRS, ICANS",

@@ -241,6 +241,9 @@ def study_summary(item: PendingStudy) -> dict[str, Any]:
         "analyses": analyses,
         "privacy": {"secure_aggregation": study.privacy.secure_aggregation,
                     "min_sites": study.privacy.min_sites},
+        # exactly what the approval binds: the canonical signed content (its SHA-256 is
+        # ``digest``)
+        "content": json.loads(item.canonical_study),
     }
 
 
@@ -272,4 +275,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         if a.get("stratify_by_site"):
             parts.append("stratified by site")
         lines.append("    - " + "; ".join(parts))
+    lines.append("  signed content (the approval binds exactly this; its SHA-256 is the "
+                 "digest):")
+    lines += ["    " + line for line in json.dumps(summary["content"], indent=2,
+                                                   sort_keys=True).splitlines()]
     return lines
