@@ -645,7 +645,8 @@ class SimulatedNetwork:
             credentials=self._credentials[site.site_id],
             ledger=DisclosureLedger(node_dir / "ledger",
                                     load_or_create_salt(node_dir / "ledger.salt"))
-            if ledger else None)
+            if ledger else None,
+            secure_state=node_dir / "secure-sessions.json")
 
     def _handler(self, site_id: str, wrapper: HandlerWrapper | None) -> NodeHandler:
         handler = node_handler(self._nodes[site_id])

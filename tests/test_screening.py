@@ -43,6 +43,7 @@ from node.cohorts.cohort import select_cohort
 from node.governance.policy import Policy
 from node.ingestion.schema import AE_TERM
 from node.ingestion.store import open_store
+from node.runtime.secure_session import SecureSessions
 from protocol.rounds import (
     announce_request,
     key_relay,
@@ -276,7 +277,10 @@ def test_a_site_that_restarts_mid_study_rejoins_the_next_attempt(
                 restarted.add(victim)
                 node = net.nodes[victim]
                 assert node.secure is not None
-                node.secure._studies.clear()  # a restart: the node's ephemeral keys are gone
+                # a restart: the session rules come back from the node's state file, the
+                # ephemeral keys (only ever in memory) do not
+                node.secure = SecureSessions(victim, net._credentials[victim],
+                                             node.secure._state_file)
             return handler(task)
         return wrapped
 

@@ -130,3 +130,38 @@ def test_a_key_exchange_cannot_be_replayed_for_fresh_keys(net: SimulatedNetwork)
     second = announce(2).releases[0]
     assert second.metadata["announcement"] != first.metadata["announcement"]
     assert announce(1).refusal == "secure aggregation: key exchange 1 comes after 2"
+
+
+def test_the_rules_survive_a_restart_and_the_keys_do_not(net: SimulatedNetwork,
+                                                         tmp_path: Path) -> None:
+    import base64
+    import json
+    import stat
+
+    from node.runtime.secure_session import SecureSessions
+
+    study = _study("guard-restart", min_sites=3)
+    keys = _announce(net, study)
+    site = sorted(keys)[0]
+    everyone = tuple(sorted(keys))
+    assert _ask(net, study, site, keys, everyone, 2).releases is not None
+    node = net.nodes[site]
+    assert node.secure is not None
+    state_file = node.secure._state_file
+    assert state_file is not None and stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    saved = json.loads(state_file.read_text())["studies"][study.id]
+    assert saved["participants"] == {"1": list(everyone)} and saved["announced"] == [1]
+    private = node.secure._studies[study.id].keys[1].private_bytes_raw()
+    text = state_file.read_text()
+    assert private.hex() not in text and base64.b64encode(private).decode() not in text
+    node.secure = SecureSessions(site, net._credentials[site], state_file)  # a restart
+    signed = sign_study(study, KEY)
+    # attempt 1 cannot be announced afresh (its key died with the process) ...
+    again = node.answer(study.id, signed, 5, (announce_request(1),))
+    assert again.refusal == ("secure aggregation: key exchange 1 was announced before this "
+                             "node restarted; its key is gone")
+    # ... its rounds are refused as those of a restarted node (the aggregator re-keys) ...
+    assert _ask(net, study, site, keys, everyone, 6).refusal == (
+        "no ephemeral key for attempt 1 (node restarted?)")
+    # ... and the next attempt is announced as usual
+    assert node.answer(study.id, signed, 7, (announce_request(2),)).releases is not None

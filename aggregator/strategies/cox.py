@@ -101,9 +101,11 @@ def masked_setup(summed: Release) -> Release:
     """A summed fixed-shape description (secure aggregation) in the unmasked form; pooled
     dropped counts below 5 are shown as ``"<5"``."""
     levels, n, events, dropped = masked_cox_description(summed)
+    hidden = bool(summed.metadata.get("dropped_hidden"))  # the sites sent zeros
     return Release(summed.analysis, "cox", {}, {
         "levels": levels, "n": n, "events": events,
-        "dropped": {f"missing {c}": suppress_count(v, 5) for c, v in dropped.items()},
+        "dropped": {f"missing {c}": "suppressed" if hidden else suppress_count(v, 5)
+                    for c, v in dropped.items()},
         "time_resolution_days": 1})
 
 

@@ -28,6 +28,7 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,7 +60,7 @@ from node.cohorts.endpoints import survival_endpoint
 from node.errors import StudyRefused
 from node.governance.policy import Policy
 from protocol.codec import Release, Vector
-from protocol.design import design_columns
+from protocol.design import CATEGORICAL_COVARIATES, design_columns
 from protocol.errors import ProtocolError
 from protocol.release_signing import ReleaseSigner, sign_release, verify_release
 from protocol.releases import masked_cox_description, masked_cox_event_table
@@ -73,7 +74,6 @@ from protocol.vocabulary import (
     COX_EVENTS,
     COX_N,
     FIXED_LEVELS,
-    OPEN_LEVELS,
     cox_levels_vector,
 )
 
@@ -197,32 +197,57 @@ def _unmasked_description(analysis: Analysis, site: CoxSite, policy: Policy) -> 
     })
 
 
-def _masked_description(analysis: Analysis, study: Study, site: CoxSite) -> Release:
+def level_counts(design: Design, covariates: Sequence[str],
+                 fixed: bool) -> dict[str, dict[str, int]]:
+    """Complete cases per level of each categorical covariate: every fixed level (``fixed``,
+    for secure aggregation; a covariate without one is refused) or the levels present."""
+    out: dict[str, dict[str, int]] = {}
+    for cov in covariates:
+        if cov not in CATEGORICAL_COVARIATES:
+            continue
+        if fixed and cov not in FIXED_LEVELS:
+            raise StudyRefused(f"covariate {cov} has no fixed list of levels, so it cannot "
+                               "be used with secure aggregation")
+        names = list(FIXED_LEVELS[cov]) if fixed else design.levels.get(cov, [])
+        counts = design.matrix([f"{cov}={level}" for level in names]).sum(axis=0) \
+            if names else []
+        out[cov] = {level: int(c) for level, c in zip(names, counts, strict=True)}
+    return out
+
+
+def _masked_description(analysis: Analysis, study: Study, site: CoxSite,
+                        presence: Mapping[str, Sequence[bool]] | None,
+                        hide_dropped: bool) -> Release:
+    """The fixed-shape description. ``presence``: the levels present in the pooled cohort
+    (from the screening; every site sends the same, so the sum says nothing of which site
+    has which level); ``hide_dropped``: pooled dropped counts too small to show (sent as 0)."""
     table = survival_counts(site.durations, site.events, study.horizon_days)
+    dropped = [0 if hide_dropped else site.design.dropped.get(f"missing {c}", 0)
+               for c in analysis.covariates]
     vectors: dict[str, npt.NDArray[np.int64]] = {
         COX_N: np.array([site.design.n], dtype=np.int64),
         COX_EVENTS: np.array([int(np.sum(site.events))], dtype=np.int64),
-        COX_DROPPED: np.array([site.design.dropped.get(f"missing {c}", 0)
-                               for c in analysis.covariates], dtype=np.int64),
+        COX_DROPPED: np.array(dropped, dtype=np.int64),
         COX_DAY_EVENTS: np.asarray(table.events, dtype=np.int64),
         COX_DAY_EXITS: np.asarray(table.events + table.censored, dtype=np.int64),
     }
     levels: dict[str, list[str]] = {}
-    for cov in analysis.covariates:
-        if cov in FIXED_LEVELS:
-            levels[cov] = list(FIXED_LEVELS[cov])
-            present = set(site.design.levels.get(cov, []))
-            vectors[cox_levels_vector(cov)] = np.array([int(v in present) for v in levels[cov]],
-                                                       dtype=np.int64)
-        elif cov in OPEN_LEVELS:
-            raise StudyRefused(f"covariate {cov} has no fixed list of levels, so it cannot "
-                               "be used with secure aggregation")
-    return Release(analysis=analysis.name, kind="cox", vectors=vectors,
-                   metadata={"covariates": list(analysis.covariates), "levels": levels})
+    own = level_counts(site.design, analysis.covariates, fixed=True)
+    for cov, counts in own.items():
+        levels[cov] = list(counts)
+        present = presence.get(cov) if presence is not None else None
+        flags = present if present is not None else [c > 0 for c in counts.values()]
+        vectors[cox_levels_vector(cov)] = np.array([int(f) for f in flags], dtype=np.int64)
+    metadata: dict[str, Any] = {"covariates": list(analysis.covariates), "levels": levels}
+    if hide_dropped:
+        metadata["dropped_hidden"] = True
+    return Release(analysis=analysis.name, kind="cox", vectors=vectors, metadata=metadata)
 
 
 def describe(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
-             policy: Policy, memo: dict[str, CoxSite], masked: bool) -> Release:
+             policy: Policy, memo: dict[str, CoxSite], masked: bool,
+             presence: Mapping[str, Sequence[bool]] | None = None,
+             hide_dropped: bool = False) -> Release:
     """The first release: prepare and keep the site's data, describe it.
 
     Masked releases use day-resolution follow-up only in a study with secure aggregation (the
@@ -248,7 +273,7 @@ def describe(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFr
             return Release.failure(analysis.name, analysis.kind, reason)
     memo[analysis.name] = site
     if masked:
-        return _masked_description(analysis, study, site)
+        return _masked_description(analysis, study, site, presence, hide_dropped)
     return _unmasked_description(analysis, site, policy)
 
 
@@ -259,6 +284,11 @@ def _too_small(site: CoxSite, policy: Policy) -> str | None:
     if n < policy.min_cohort or 0 < events < policy.min_cell:
         return (f"withheld: fewer than min_cohort={policy.min_cohort} complete cases or "
                 f"min_cell={policy.min_cell} events")
+    for cov, counts in level_counts(site.design, site.design.covariates, fixed=False).items():
+        if any(0 < c < policy.min_cell for c in counts.values()):
+            # an indicator column's sums over its level would cover those few patients
+            return (f"withheld: a level of covariate {cov} has fewer than "
+                    f"min_cell={policy.min_cell} complete cases")
     return None
 
 

@@ -48,7 +48,9 @@ def _release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFr
                                       hidden_grades=screened.hidden_grades.get(name))
     if analysis.kind == "cox":
         return cox.describe(analysis, study, tables, cohort, policy, memo,
-                            masked=participants is not None)
+                            masked=participants is not None,
+                            presence=screened.cox_presence.get(name),
+                            hide_dropped=name in screened.cox_hide_dropped)
     return Release.failure(analysis.name, analysis.kind,
                            f"kind {analysis.kind} is not supported by this node version")
 

@@ -15,11 +15,14 @@ same decisions (:func:`decide`; thresholds are the strictest of all participants
 - per adverse-event term: a term with 1 to ``min_cell - 1`` patients is withheld whole
   (counts, person-time, onset days); grade cells are hidden with complementary suppression
   (:func:`analytics.hide_cells`);
-- per Cox model: fewer than ``min_cohort`` complete cases or ``min_cell`` events withhold it.
+- per Cox model: fewer than ``min_cohort`` complete cases or ``min_cell`` events, or a level
+  of a categorical covariate with 1 to ``min_cell - 1`` complete cases, withhold it; patients
+  dropped per covariate are not shown when one of those counts is below ``min_cell``.
 
 Counts: ``sites`` (1 if this site has a patient in the cohort), ``cohort``; per analysis ``i``:
 ``a{i}.groups`` and ``a{i}.group_sites`` over the fixed levels, ``a{i}.cells`` (per term:
-with_event, grades 1-5, without grade), ``a{i}.cases`` (complete cases, events).
+with_event, grades 1-5, without grade), ``a{i}.cases`` (complete cases, events),
+``a{i}.dropped`` (per covariate) and ``a{i}.levels`` (complete cases per fixed level).
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ from node.cohorts.endpoints import group_labels, survival_endpoint
 from node.errors import StudyRefused
 from node.governance.policy import Policy
 from node.releases import adverse_events
+from node.releases.cox import level_counts
 from node.releases.survival import KINDS as SURVIVAL_KINDS
 from protocol.codec import Release
+from protocol.design import CATEGORICAL_COVARIATES
 from protocol.screening import SCREEN, SCREEN_KIND
 from protocol.study import Analysis, Study
-from protocol.vocabulary import AE_GRADES, SITE, fixed_groups, has_fixed_levels
+from protocol.vocabulary import AE_GRADES, FIXED_LEVELS, SITE, fixed_groups, has_fixed_levels
 
 __all__ = ["Screened", "decide", "screen_counts"]
 
@@ -64,6 +69,11 @@ class Screened:
         Adverse-event analysis name -> terms withheld whole.
     hidden_grades
         Adverse-event analysis name -> term -> grade keys hidden.
+    cox_presence
+        Cox model name -> categorical covariate -> which fixed levels the pooled complete
+        cases have (every site describes the model with these).
+    cox_hide_dropped
+        Cox models whose pooled counts of patients dropped per covariate are not shown.
     min_cohort, min_cell
         The thresholds applied (the strictest over the participants).
     """
@@ -72,6 +82,8 @@ class Screened:
     withheld_groups: dict[str, list[str]] = field(default_factory=dict)
     withheld_terms: dict[str, list[str]] = field(default_factory=dict)
     hidden_grades: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    cox_presence: dict[str, dict[str, list[bool]]] = field(default_factory=dict)
+    cox_hide_dropped: set[str] = field(default_factory=set)
     min_cohort: int = 10
     min_cell: int = 5
 
@@ -98,14 +110,21 @@ def _ae_cells(analysis: Analysis, study: Study, tables: Tables,
     return np.array(rows, dtype=np.int64).reshape(len(rows), _CELLS)
 
 
-def _cox_cases(analysis: Analysis, study: Study, tables: Tables,
-               cohort: pd.DataFrame) -> npt.NDArray[np.int64]:
+def _cox_counts(analysis: Analysis, study: Study, tables: Tables,
+                cohort: pd.DataFrame) -> dict[str, npt.NDArray[np.int64]]:
+    """Complete cases and their events; patients dropped per covariate; complete cases per
+    fixed level of each categorical covariate (in the study's covariate order)."""
     assert analysis.endpoint is not None
     design = build_design(tables, cohort, analysis.covariates)
     outcome = survival_endpoint(tables, cohort, analysis.endpoint, study.horizon_days,
                                 study.censor_at)
     events = int(outcome["event"].to_numpy(dtype=bool)[design.mask].sum())
-    return np.array([int(design.n), events], dtype=np.int64)
+    levels = [c for counts in level_counts(design, analysis.covariates, fixed=True).values()
+              for c in counts.values()]
+    return {"cases": np.array([int(design.n), events], dtype=np.int64),
+            "dropped": np.array([design.dropped.get(f"missing {c}", 0)
+                                 for c in analysis.covariates], dtype=np.int64),
+            "levels": np.array(levels, dtype=np.int64)}
 
 
 def screen_counts(study: Study, tables: Tables, cohort: pd.DataFrame, site_id: str,
@@ -128,7 +147,8 @@ def screen_counts(study: Study, tables: Tables, cohort: pd.DataFrame, site_id: s
             elif analysis.kind == "adverse_events":
                 vectors[f"a{i}.cells"] = _ae_cells(analysis, study, tables, cohort)
             elif analysis.kind == "cox":
-                vectors[f"a{i}.cases"] = _cox_cases(analysis, study, tables, cohort)
+                for part, vec in _cox_counts(analysis, study, tables, cohort).items():
+                    vectors[f"a{i}.{part}"] = vec
         except StudyRefused:
             continue
     return Release(SCREEN, SCREEN_KIND, vectors,
@@ -177,13 +197,37 @@ def decide(study: Study, pooled: Release, thresholds: Sequence[Mapping[str, int]
         elif f"a{i}.cells" in v:
             _terms(out, analysis, np.asarray(v[f"a{i}.cells"], dtype=np.int64), min_cell)
         elif f"a{i}.cases" in v:
-            n, events = (int(x) for x in np.asarray(v[f"a{i}.cases"]))
-            if n < min_cohort or 0 < events < min_cell:
-                out.withheld_analyses[name] = (
-                    f"withheld: fewer than min_cohort={min_cohort} complete cases or "
-                    f"min_cell={min_cell} events network-wide")
+            _cox(out, analysis, {p: np.asarray(v[f"a{i}.{p}"], dtype=np.int64)
+                                 for p in ("cases", "dropped", "levels")},
+                 min_cohort, min_cell)
 
     return out
+
+
+def _cox(out: Screened, analysis: Analysis, v: Mapping[str, npt.NDArray[np.int64]],
+         min_cohort: int, min_cell: int) -> None:
+    name = analysis.name
+    n, events = (int(x) for x in v["cases"])
+    if n < min_cohort or 0 < events < min_cell:
+        out.withheld_analyses[name] = (f"withheld: fewer than min_cohort={min_cohort} complete "
+                                       f"cases or min_cell={min_cell} events network-wide")
+        return
+    presence: dict[str, list[bool]] = {}
+    start = 0
+    for cov in analysis.covariates:
+        if cov not in CATEGORICAL_COVARIATES:
+            continue  # (level_counts refused the others under secure aggregation)
+        counts = v["levels"][start:start + len(FIXED_LEVELS[cov])]
+        start += len(FIXED_LEVELS[cov])
+        if any(0 < int(c) < min_cell for c in counts):
+            # an indicator column's sums over that level would cover those few patients
+            out.withheld_analyses[name] = (f"withheld: a level of covariate {cov} has fewer "
+                                           f"than min_cell={min_cell} patients network-wide")
+            return
+        presence[cov] = [int(c) > 0 for c in counts]
+    out.cox_presence[name] = presence
+    if any(0 < int(d) < min_cell for d in v["dropped"]):
+        out.cox_hide_dropped.add(name)  # and all of them: one hidden is the total minus others
 
 
 def _terms(out: Screened, analysis: Analysis, cells: npt.NDArray[np.int64],

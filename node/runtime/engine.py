@@ -13,6 +13,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,9 @@ class NodeEngine:
         The site's certificate, key and network CA (needed for secure aggregation).
     ledger
         The disclosure ledger of released cohorts (differencing protection).
+    secure_state
+        File that keeps the secure-aggregation rules' state of unexpired studies across
+        restarts (attempts, participants, answered rounds; never a key).
     """
 
     def __init__(
@@ -131,9 +135,11 @@ class NodeEngine:
         approvals: Approvals | None = None,
         credentials: Credentials | None = None,
         ledger: DisclosureLedger | None = None,
+        secure_state: Path | None = None,
     ) -> None:
         self.site_id = site_id
-        self.secure = SecureSessions(site_id, credentials) if credentials is not None else None
+        self.secure = SecureSessions(site_id, credentials, secure_state) \
+            if credentials is not None else None
         self.signer = ReleaseSigner.from_credentials(site_id, credentials) \
             if credentials is not None else None
         self.ledger = ledger

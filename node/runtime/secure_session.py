@@ -13,14 +13,18 @@ others.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from node.errors import StudyRefused
+from node.errors import NodeError, StudyRefused
 from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.key_exchange import KeyAnnouncement, announce, verify_announcement
@@ -36,8 +40,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 """Key exchanges a site takes part in for one study (the first and two restarts)."""
-_KEPT = 32
-"""Secure studies whose keys a node keeps (the oldest are forgotten first)."""
+_STATE_VERSION = 1
 
 
 @dataclass
@@ -53,6 +56,28 @@ class _StudyKeys:
     """Attempts whose private key was erased (the attempt ended)."""
     expires: dt.date | None = None
     screens: dict[int, tuple[int, Release]] = field(default_factory=dict)
+    lost: set[int] = field(default_factory=set)
+    """Attempts announced before this node restarted: their keys died with the process."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """What survives a restart: the rules' state, never a key."""
+        return {"attempt": self.attempt,
+                "announced": sorted(set(self.announced) | self.lost | self.erased),
+                "erased": sorted(self.erased),
+                "participants": {str(a): list(p) for a, p in self.participants.items()},
+                "rounds": {f"{a}:{r}": d for (a, r), d in self.rounds.items()},
+                "expires": None if self.expires is None else self.expires.isoformat()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> _StudyKeys:
+        """A study's rules after a restart: announced attempts have no key any more."""
+        erased = {int(a) for a in d["erased"]}
+        return cls(attempt=int(d["attempt"]), erased=erased,
+                   lost={int(a) for a in d["announced"]} - erased,
+                   participants={int(a): tuple(p) for a, p in d["participants"].items()},
+                   rounds={(int(k.split(":")[0]), int(k.split(":")[1])): v
+                           for k, v in d["rounds"].items()},
+                   expires=None if d["expires"] is None else dt.date.fromisoformat(d["expires"]))
 
 
 class SecureSessions:
@@ -65,18 +90,44 @@ class SecureSessions:
     only (its masks are bound to the round: two answers would differ by the plain values).
     """
 
-    def __init__(self, site_id: str, credentials: Credentials) -> None:
+    def __init__(self, site_id: str, credentials: Credentials,
+                 state_file: Path | None = None) -> None:
         self.site_id = site_id
         self._identity = load_pem_private_key(credentials.key.read_bytes(), password=None)
         self._certificate = credentials.cert.read_bytes()
         self._ca = credentials.ca.read_bytes()
-        self._studies: dict[str, _StudyKeys] = {}
+        self._state_file = state_file
+        self._studies: dict[str, _StudyKeys] = self._load()
+
+    # The rules' state of every study is kept (never evicted: forgetting a study would let an
+    # aggregator start its attempts afresh) and, with a state file, survives a restart; an
+    # expired study keeps its rules and loses its keys (sweep).
+
+    def _load(self) -> dict[str, _StudyKeys]:
+        if self._state_file is None or not self._state_file.exists():
+            return {}
+        data = json.loads(self._state_file.read_text(encoding="utf-8"))
+        if data.get("version") != _STATE_VERSION:
+            raise NodeError(f"{self._state_file}: unknown secure-session state version")
+        return {sid: _StudyKeys.from_dict(d) for sid, d in data["studies"].items()}
+
+    def _save(self) -> None:
+        if self._state_file is None:
+            return
+        body = json.dumps({"version": _STATE_VERSION, "studies": {
+            sid: k.to_dict() for sid, k in sorted(self._studies.items())}}, sort_keys=True)
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_file.with_name(self._state_file.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(body)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._state_file)
 
     def _study(self, study_id: str) -> _StudyKeys:
         if study_id not in self._studies:
             self._studies[study_id] = _StudyKeys()
-            while len(self._studies) > _KEPT:
-                self._studies.pop(next(iter(self._studies)))
         return self._studies[study_id]
 
     def announce(self, study_id: str, attempt: int) -> Release:
@@ -93,6 +144,9 @@ class SecureSessions:
                                f"{keys.attempt}")
         if attempt in keys.announced:
             return keys.announced[attempt]
+        if attempt in keys.lost:
+            raise StudyRefused(f"secure aggregation: key exchange {attempt} was announced "
+                               "before this node restarted; its key is gone")
         private, announcement = announce(self.site_id, study_id, attempt, self._identity,
                                          self._certificate)
         self._erase(keys)  # a newer attempt ends the older ones: their keys go
@@ -100,6 +154,7 @@ class SecureSessions:
         keys.keys = {attempt: private}
         keys.announced = {attempt: Release(analysis=KEYS, kind=KEY_KIND, vectors={},
                                            metadata={"announcement": announcement.to_dict()})}
+        self._save()
         return keys.announced[attempt]
 
     def masker(self, study_id: str, relay: KeyRelay, min_sites: int
@@ -140,6 +195,7 @@ class SecureSessions:
         if keys.participants.setdefault(attempt, participants) != participants:
             raise StudyRefused(f"secure aggregation: attempt {attempt} already has other "
                                "participants")
+        self._save()
         masker = PairwiseMasker(self.site_id, private, announcements, study_id, attempt)
         return masker, list(participants)
 
@@ -154,12 +210,21 @@ class SecureSessions:
               expires: dt.date | None = None) -> None:
         """Note ``study_id``'s expiry and erase the keys of every study expired by ``today``
         (no round of an expired study is answered, so its keys serve nothing)."""
-        if study_id is not None:
-            self._study(study_id).expires = expires
+        changed = False
+        if study_id is not None and self._study(study_id).expires != expires:
+            self._study(study_id).expires, changed = expires, True
         for name, keys in self._studies.items():
-            if keys.keys and keys.expires is not None and keys.expires < today:
+            if (keys.keys or keys.screens) and keys.expires is not None \
+                    and keys.expires < today:
+                # its keys serve nothing any more; its rules stay (a small record per study),
+                # so that even a clock set back cannot start its attempts afresh
                 self._erase(keys)
-                logger.info("secure aggregation: study %s expired; ephemeral keys erased", name)
+                keys.screens.clear()
+                logger.info("secure aggregation: study %s expired; ephemeral keys erased",
+                            name)
+                changed = True
+        if changed:
+            self._save()
 
     def end(self, study_id: str) -> None:
         """Erase the study's ephemeral keys now (its last round is answered)."""
@@ -179,6 +244,7 @@ class SecureSessions:
         if keys.rounds.setdefault((attempt, round), requests) != requests:
             raise StudyRefused(f"secure aggregation: round {round} was already answered for "
                                "other requests")
+        self._save()
 
     def screen(self, study_id: str, attempt: int, round: int, masked: Release,
                masker: PairwiseMasker) -> Release:

@@ -99,6 +99,7 @@ def build_engine(config: NodeConfig, today: Any = dt.date.today) -> NodeEngine:
         credentials=load_credentials(credentials_dir) if credentials_dir.exists() else None,
         ledger=DisclosureLedger(config.node_dir / "ledger",
                                 load_or_create_salt(config.node_dir / "ledger.salt")),
+        secure_state=config.node_dir / "secure-sessions.json",
     )
 
 
