@@ -191,3 +191,29 @@ def test_dropped_counts_below_min_cell_are_not_aggregator_computable(
     assert described  # the description was released, with the count sent as zeros
     for a in described:
         assert not np.asarray(a.pooled["dropped"]).any()
+
+
+def test_the_newton_cap_outlives_the_nodes_study_cache(
+        net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
+    import hashlib
+
+    from protocol.rounds import summary_requests
+
+    cox = {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+           "covariates": ["age_at_infusion"]}
+    study = make_study("review-cox-cap", [cox], cohort={}, secure_aggregation=False)
+    results = net.run(study, timeout_s=120)
+    assert "error" not in results["analyses"]["cox"], results["analyses"]["cox"]
+    site = "se-uppsala"
+    engine = net.nodes[site]
+    key = next(k for k in engine._cache if k[0] == study.id)
+    answered = engine._cache[key].memo["cox"].chain.rounds
+    assert answered > 0
+    for i in range(4):  # four other studies push it out of the node's cache
+        other = make_study(f"review-other-{i}", [KM], cohort={}, secure_aggregation=False)
+        engine._prepared(other, hashlib.sha256(other.id.encode()).hexdigest())
+    assert key not in engine._cache
+    # described again (a new fit), the study still counts the Newton rounds it answered
+    signed = sign_study(study, KEY)
+    assert engine.answer(study.id, signed, 50, summary_requests(study)).releases is not None
+    assert engine._cache[key].memo["cox"].chain.rounds == answered

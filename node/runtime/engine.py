@@ -65,6 +65,8 @@ class _Prepared:
     tables: _TableCache
     cohort: pd.DataFrame
     memo: dict[str, CoxSite]
+    key: tuple[str, str] = ("", "")
+    """(study id, study digest)."""
     ledger_sets: frozenset[str] = frozenset()
     """Ledger sets (patients, infusions, Cox complete cases) checked and recorded already."""
 
@@ -150,6 +152,8 @@ class NodeEngine:
         self.today = today
         self.approvals = approvals
         self._cache: OrderedDict[tuple[str, str], _Prepared] = OrderedDict()
+        self._newton_rounds: dict[tuple[str, str, str], int] = {}
+        """Newton rounds answered per (study, digest, Cox analysis) of evicted studies."""
 
     def _refuse(self, study_id: str, reason: str) -> TaskOutcome:
         self.audit.append("study_refused", study_id, reason=reason)
@@ -201,10 +205,12 @@ class NodeEngine:
             return self._cache[key]
         tables = _TableCache(self.open_tables())
         cohort = select_cohort(tables, study.cohort, today=self.today())
-        prepared = _Prepared(tables, cohort, {})
+        prepared = _Prepared(tables, cohort, {}, key=key)
         self._cache[key] = prepared
         while len(self._cache) > _CACHED_STUDIES:
-            self._cache.popitem(last=False)
+            old_key, old = self._cache.popitem(last=False)
+            for name, site in old.memo.items():  # the Newton cap outlives the cache
+                self._newton_rounds[(*old_key, name)] = site.chain.rounds
         return prepared
 
     def _ledger_refusal(self, study: Study, prepared: _Prepared) -> str | None:
@@ -343,6 +349,11 @@ class NodeEngine:
                                   self.site_id, self.policy, prepared.memo, participants,
                                   screened)
                     for name in requests.summaries]
+        for name in requests.summaries:  # a study read again keeps its count of Newton rounds
+            site = prepared.memo.get(name)
+            carried = self._newton_rounds.get((*prepared.key, name))
+            if site is not None and carried is not None:
+                site.chain.rounds = max(site.chain.rounds, carried)
         attempt = requests.relay.attempt if requests.relay is not None else 0
         cox_round = CoxRound(self.signer, study.id, attempt, round,
                              None if participants is None else tuple(participants))
