@@ -19,6 +19,7 @@ individual data of the sites with durations rounded up to the bins stated in res
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from protocol.errors import ProtocolError
 from protocol.pki import init_ca, issue_site, load_credentials
 from protocol.release_signing import SIGNED, ReleaseSigner, sign_release, verify_release
 from protocol.rounds import NewtonRequest, newton_from_release, newton_request, parse_requests
+from protocol.signing import sign_study
 from tests.conftest import COX_TODAY, lifelines_reference, pooled_frame
 
 KEY = Ed25519PrivateKey.generate()
@@ -274,8 +276,12 @@ def test_every_relayed_release_is_signed_and_verifies(tmp_path, sites):
         results = net.run(study, timeout_s=60)
     assert "error" not in results["analyses"]["cox"]
     ca = (sites[0] / "ca" / "ca.pem").read_bytes()
-    signers = {verify_release(r, ca, study.id).site for r in relayed}
+    # signed for this content of the study: its id and the SHA-256 of the signed study
+    bound = f"{study.id}@{hashlib.sha256(sign_study(study, KEY).canonical_study).hexdigest()}"
+    signers = {verify_release(r, ca, bound).site for r in relayed}
     assert signers == set(sites[1])
+    with pytest.raises(ProtocolError, match="signed for study"):
+        verify_release(relayed[0], ca, study.id)  # the id alone (other content) does not do
 
 
 # -- (e) exactness on the binned times -----------------------------------------------------------

@@ -355,7 +355,9 @@ class NodeEngine:
             if site is not None and carried is not None:
                 site.chain.rounds = max(site.chain.rounds, carried)
         attempt = requests.relay.attempt if requests.relay is not None else 0
-        cox_round = CoxRound(self.signer, study.id, attempt, round,
+        # signatures bind the signed study's content, not only its id
+        bound = f"{study.id}@{prepared.key[1]}"
+        cox_round = CoxRound(self.signer, bound, attempt, round,
                              None if participants is None else tuple(participants))
         for newton in requests.newton:
             releases.append(cox_step_release(by_name[newton.analysis], study, prepared.tables,
@@ -364,7 +366,7 @@ class NodeEngine:
         if requests.relay is not None:
             releases = SecureSessions.mask(releases, masker, round)
         # Cox releases are signed as sent, so other sites can check relayed ones
-        return seal_cox(releases, prepared.memo, self.signer, study.id, attempt, round)
+        return seal_cox(releases, prepared.memo, self.signer, bound, attempt, round)
 
 
 def _sha256(data: bytes) -> str:
