@@ -51,6 +51,9 @@ def pool_adverse_events(analysis: Analysis, study: Study,
     sums: dict[str, dict[str, Any]] = {}
     min_cell = max([int(r.metadata.get("min_cell", 5)) for r in releases.values()] + [5])
     onset_everywhere = all(r.metadata.get("onset_released") for r in releases.values())
+    # secure aggregation: no onset days, the median every site computed from the screening
+    medians = next((r.metadata["median_onset"] for r in releases.values()
+                    if isinstance(r.metadata.get("median_onset"), dict)), None)
     for release in releases.values():
         window = int(release.metadata["window_days"])
         for term, (counts, grades, onset) in adverse_event_terms(release, window).items():
@@ -79,6 +82,9 @@ def pool_adverse_events(analysis: Analysis, study: Study,
         result = ae_term_result(at_risk, with_event, float(person_days),
                                 shown if analysis.by_grade else None,
                                 acc["onset"] if onset_everywhere else None, min_cell)
+        if medians is not None:
+            median = medians.get(term)
+            result["median_onset_day"] = None if median is None else float(median)
         withheld = acc["withheld"]
         if withheld[0]:
             result.update(with_event=_cell(with_event, True, min_cell), proportion=None,

@@ -240,7 +240,10 @@ class DisclosureLedger:
                     continue  # one study's own sets are one release
                 if abs(int(released.size) - int(cohort.size)) >= k:
                     continue  # the difference is at least the difference in sizes
-                d = difference_size(cohort, released)
+                common = np.intersect1d(cohort, released, assume_unique=True).size
+                if common == 0:
+                    continue  # disjoint releases: one cannot be subtracted from the other
+                d = int(cohort.size + released.size - 2 * common)
                 if 0 < d < k:
                     logger.info("ledger: study %s refused (differencing risk against study "
                                 "%s, %s)", study_id, earlier, kind)

@@ -50,7 +50,7 @@ from protocol.study import Analysis, Study
 from protocol.vocabulary import AE_GRADES
 
 __all__ = ["GRADES", "AdverseEventStatistics", "TermSummary", "ae_site_summary",
-           "canonical_terms", "release", "statistics", "window_days"]
+           "canonical_terms", "event_rows", "release", "statistics", "window_days"]
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,16 @@ def ae_site_summary(tables: Tables, cohort_df: pd.DataFrame, terms: Sequence[str
     return out
 
 
+def event_rows(analysis: Analysis, study: Study, tables: Tables,
+               cohort: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per term, the cohort rows (positions) with an event in the analysis' window: the set a
+    ``with_event`` count is taken over (for the disclosure ledger)."""
+    canon = canonical_terms(analysis.terms)
+    events = _window_events(tables, cohort, canon, _check_window(window_days(analysis, study)))
+    return {term: np.unique(rows["pos"].to_numpy(dtype="int64"))
+            for term, rows in _by_term(events, canon).items()}
+
+
 def _by_term(events: pd.DataFrame, terms: list[str]) -> dict[str, pd.DataFrame]:
     """Events of each term (an empty frame for a term without events), in ``terms`` order."""
     groups = dict(iter(events.groupby("term", sort=False))) if len(events) else {}
@@ -262,14 +272,17 @@ def _cells(s: TermSummary) -> list[int]:
 
 def release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
             policy: Policy, masked: bool, withheld_terms: Sequence[str] = (),
-            hidden_grades: Mapping[str, Sequence[str]] | None = None) -> Release:
+            hidden_grades: Mapping[str, Sequence[str]] | None = None,
+            onset_medians: Mapping[str, float | None] | None = None) -> Release:
     """The unmasked release or the masked one.
 
     Unmasked, under this site's rules: a term with 1 to ``min_cell - 1`` patients is
     withheld (with_event, person-days and grades), and grades are hidden with complementary
     suppression (:func:`analytics.hide_cells`), so no hidden cell follows from the shown ones.
     Masked, the same decisions come from the pooled screening counts (``withheld_terms``,
-    ``hidden_grades``) and withheld values are released as zeros.
+    ``hidden_grades``) and withheld values are released as zeros; onset days are not
+    released, only the median onset day every site computed from the pooled screening
+    (``onset_medians``).
     """
     stats = statistics(analysis, study, tables, cohort)
     if masked:
@@ -282,12 +295,13 @@ def release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFra
                       for g in GRADES]
             return int(s.with_event), int(s.person_days), grades
 
-        meta: dict[str, Any] = {}
+        meta: dict[str, Any] = {"median_onset": dict(onset_medians or {})}
         if withheld_terms:
             meta["withheld_terms"] = list(withheld_terms)
         if hidden:
             meta["hidden_grades"] = {t: list(g) for t, g in hidden.items()}
-        return _pack(analysis, stats, masked_shown, True, meta)
+        # no onset days: their running total would give the count within any shorter window
+        return _pack(analysis, stats, masked_shown, False, meta)
 
     def unmasked_shown(term: str, s: TermSummary) -> tuple[int, int, list[int]]:
         if 0 < s.with_event < policy.min_cell:

@@ -45,7 +45,8 @@ def _release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFr
         return adverse_events.release(analysis, study, tables, cohort, policy,
                                       masked=participants is not None,
                                       withheld_terms=screened.withheld_terms.get(name, ()),
-                                      hidden_grades=screened.hidden_grades.get(name))
+                                      hidden_grades=screened.hidden_grades.get(name),
+                                      onset_medians=screened.onset_medians.get(name))
     if analysis.kind == "cox":
         return cox.describe(analysis, study, tables, cohort, policy, memo,
                             masked=participants is not None,

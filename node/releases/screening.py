@@ -13,8 +13,9 @@ same decisions (:func:`decide`; thresholds are the strictest of all participants
   (unless that is ``group_by: site`` and the site's policy allows site-level release), are
   withheld, with complementary withholding (:func:`analytics.withhold_groups`);
 - per adverse-event term: a term with 1 to ``min_cell - 1`` patients is withheld whole
-  (counts, person-time, onset days); grade cells are hidden with complementary suppression
-  (:func:`analytics.hide_cells`);
+  (counts, person-time); grade cells are hidden with complementary suppression
+  (:func:`analytics.hide_cells`); onset days are never released, only the median first-onset
+  day of a shown term, computed here (windows up to :data:`ONSET_SCREEN_DAYS`);
 - per Cox model: fewer than ``min_cohort`` complete cases or ``min_cell`` events, or a level
   of a categorical covariate with 1 to ``min_cell - 1`` complete cases, withhold it; patients
   dropped per covariate are not shown when one of those counts is below ``min_cell``.
@@ -34,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from analytics import hide_cells, withhold_groups
+from analytics import hide_cells, median_from_histogram, withhold_groups
 from node.cohorts.cohort import Tables
 from node.cohorts.covariates import build_design
 from node.cohorts.endpoints import group_labels, survival_endpoint
@@ -52,6 +53,8 @@ from protocol.vocabulary import AE_GRADES, FIXED_LEVELS, SITE, fixed_groups, has
 __all__ = ["Screened", "decide", "screen_counts"]
 
 GROUPED_KINDS = (*SURVIVAL_KINDS, "cumulative_incidence")
+ONSET_SCREEN_DAYS = 365
+"""Longest adverse-event window whose onset days are screened (for the median onset day)."""
 _CELLS = len(AE_GRADES) + 2  # with_event, grades, without grade
 
 
@@ -69,6 +72,10 @@ class Screened:
         Adverse-event analysis name -> terms withheld whole.
     hidden_grades
         Adverse-event analysis name -> term -> grade keys hidden.
+    onset_medians
+        Adverse-event analysis name -> shown term -> median first-onset day, from the pooled
+        onset days (the days themselves are never released: their running total would give
+        the term's count within any shorter window).
     cox_presence
         Cox model name -> categorical covariate -> which fixed levels the pooled complete
         cases have (every site describes the model with these).
@@ -82,6 +89,7 @@ class Screened:
     withheld_groups: dict[str, list[str]] = field(default_factory=dict)
     withheld_terms: dict[str, list[str]] = field(default_factory=dict)
     hidden_grades: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    onset_medians: dict[str, dict[str, float | None]] = field(default_factory=dict)
     cox_presence: dict[str, dict[str, list[bool]]] = field(default_factory=dict)
     cox_hide_dropped: set[str] = field(default_factory=set)
     min_cohort: int = 10
@@ -100,14 +108,21 @@ def _group_counts(analysis: Analysis, cohort: pd.DataFrame, site_id: str,
     return sizes, (sizes > 0).astype(np.int64)
 
 
-def _ae_cells(analysis: Analysis, study: Study, tables: Tables,
-              cohort: pd.DataFrame) -> npt.NDArray[np.int64]:
+def _ae_counts(analysis: Analysis, study: Study, tables: Tables,
+               cohort: pd.DataFrame) -> dict[str, npt.NDArray[np.int64]]:
+    """Per term: with_event, grades 1-5 and without grade (``cells``); for windows up to
+    :data:`ONSET_SCREEN_DAYS`, the first-onset day histogram (``onset``)."""
     stats = adverse_events.statistics(analysis, study, tables, cohort)
     rows = []
     for summary in stats.terms.values():
         grades = [int(summary.grades.get(g, 0)) for g in AE_GRADES]
         rows.append([summary.with_event, *grades, summary.with_event - sum(grades)])
-    return np.array(rows, dtype=np.int64).reshape(len(rows), _CELLS)
+    out = {"cells": np.array(rows, dtype=np.int64).reshape(len(rows), _CELLS)}
+    if stats.window <= ONSET_SCREEN_DAYS:
+        out["onset"] = np.array([np.asarray(t.onset_histogram, dtype=np.int64)
+                                 for t in stats.terms.values()],
+                                dtype=np.int64).reshape(len(rows), stats.window + 1)
+    return out
 
 
 def _cox_counts(analysis: Analysis, study: Study, tables: Tables,
@@ -145,7 +160,8 @@ def screen_counts(study: Study, tables: Tables, cohort: pd.DataFrame, site_id: s
                     sizes, present = _group_counts(analysis, cohort, site_id, levels)
                     vectors[f"a{i}.groups"], vectors[f"a{i}.group_sites"] = sizes, present
             elif analysis.kind == "adverse_events":
-                vectors[f"a{i}.cells"] = _ae_cells(analysis, study, tables, cohort)
+                for part, vec in _ae_counts(analysis, study, tables, cohort).items():
+                    vectors[f"a{i}.{part}"] = vec
             elif analysis.kind == "cox":
                 for part, vec in _cox_counts(analysis, study, tables, cohort).items():
                     vectors[f"a{i}.{part}"] = vec
@@ -195,7 +211,8 @@ def decide(study: Study, pooled: Release, thresholds: Sequence[Mapping[str, int]
             elif hidden:
                 out.withheld_groups[name] = hidden
         elif f"a{i}.cells" in v:
-            _terms(out, analysis, np.asarray(v[f"a{i}.cells"], dtype=np.int64), min_cell)
+            _terms(out, analysis, np.asarray(v[f"a{i}.cells"], dtype=np.int64), min_cell,
+                   None if f"a{i}.onset" not in v else np.asarray(v[f"a{i}.onset"]))
         elif f"a{i}.cases" in v:
             _cox(out, analysis, {p: np.asarray(v[f"a{i}.{p}"], dtype=np.int64)
                                  for p in ("cases", "dropped", "levels")},
@@ -231,16 +248,21 @@ def _cox(out: Screened, analysis: Analysis, v: Mapping[str, npt.NDArray[np.int64
 
 
 def _terms(out: Screened, analysis: Analysis, cells: npt.NDArray[np.int64],
-           min_cell: int) -> None:
+           min_cell: int, onset: npt.NDArray[np.int64] | None) -> None:
     terms = adverse_events.canonical_terms(analysis.terms)
-    for term, row in zip(terms, cells.reshape(len(terms), _CELLS), strict=True):
+    medians: dict[str, float | None] = {}
+    for t, (term, row) in enumerate(zip(terms, cells.reshape(len(terms), _CELLS),
+                                        strict=True)):
         with_event = int(row[0])
         if 0 < with_event < min_cell:
             out.withheld_terms.setdefault(analysis.name, []).append(term)
             continue
+        if onset is not None and with_event >= min_cell:
+            medians[term] = median_from_histogram(onset.reshape(len(terms), -1)[t])
         if not analysis.by_grade or with_event == 0:
             continue
         hidden = hide_cells([int(x) for x in row[1:]], min_cell)
         grades = [g for g, h in zip(AE_GRADES, hidden[:-1], strict=True) if h]
         if grades:
             out.hidden_grades.setdefault(analysis.name, {})[term] = grades
+    out.onset_medians[analysis.name] = medians

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +20,13 @@ import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node.cohorts.cohort import TableSource, select_cohort
+from node.cohorts.endpoints import group_labels
 from node.errors import NodeError, StudyRefused
 from node.governance.approvals import Approvals
 from node.governance.audit import AuditTrail
 from node.governance.ledger import INFUSIONS, PATIENTS, DisclosureLedger
 from node.governance.policy import Policy
-from node.releases import cox_step_release, first_release, release_summary
+from node.releases import adverse_events, cox_step_release, first_release, release_summary
 from node.releases.cox import CoxRound, CoxSite
 from node.releases.cox import seal as seal_cox
 from node.releases.screening import Screened, decide, screen_counts
@@ -67,6 +68,8 @@ class _Prepared:
     memo: dict[str, CoxSite]
     key: tuple[str, str] = ("", "")
     """(study id, study digest)."""
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    """Cohort rows of each ledger set other than the cohort's patients and infusions."""
     ledger_sets: frozenset[str] = frozenset()
     """Ledger sets (patients, infusions, Cox complete cases) checked and recorded already."""
 
@@ -220,10 +223,63 @@ class NodeEngine:
         its number; later rounds of the same prepared study skip it."""
         return self._ledger_check(study, prepared, (PATIENTS, INFUSIONS))
 
-    def _record(self, study: Study, prepared: _Prepared) -> str | None:
+    def _record(self, study: Study, prepared: _Prepared,
+                releases: Sequence[Release] = ()) -> str | None:
         """Check and record the parts of the cohort this round's releases were computed over
-        (the complete cases of each Cox model), or why they may not leave the site."""
-        return self._ledger_check(study, prepared, tuple(f"cox:{n}" for n in prepared.memo))
+        (the complete cases of each Cox model; each group shown, and the union of the groups
+        withheld, of each grouped analysis), or why they may not leave the site.
+
+        A withheld union is what ``cohort - shown groups`` gives; recorded, it cannot be
+        approached by a later study's cohort or group (e.g. a cohort of the withheld groups
+        but one patient)."""
+        masks = {f"cox:{n}": site.design.mask for n, site in prepared.memo.items()}
+        by_name = {a.name: a for a in study.analyses}
+        for release in releases:
+            analysis = by_name.get(release.analysis)
+            if release.error or analysis is None or analysis.group_by is None \
+                    or "groups" not in release.metadata:
+                continue
+            labels = group_labels(prepared.cohort, analysis.group_by, self.site_id).to_numpy()
+            withheld = [str(g) for g in release.metadata.get("withheld") or []]
+            for label in release.metadata["groups"]:
+                if label not in withheld and np.any(labels == label):
+                    masks[f"group:{analysis.name}:{_short(label)}"] = labels == label
+            if withheld:
+                masks[f"withheld:{analysis.name}"] = np.isin(labels, withheld)
+        if not study.privacy.secure_aggregation:
+            reason = self._ae_sets(study, prepared, releases, masks)
+            if reason:
+                return reason
+        prepared.masks.update(masks)
+        return self._ledger_check(study, prepared, tuple(masks))
+
+    def _ae_sets(self, study: Study, prepared: _Prepared, releases: Sequence[Release],
+                 masks: dict[str, np.ndarray]) -> str | None:
+        """Unmasked adverse-event counts are this site's: the patients with a term within one
+        window, next to another window (of this study, or of another in the ledger), would
+        give its onsets between the two days. Each shown term's set joins the ledger, and two
+        windows of one term in this study must differ by 0 or ``min_cohort_difference``."""
+        by_name = {a.name: a for a in study.analyses}
+        k = self.policy.min_cohort_difference
+        seen: dict[str, list[np.ndarray]] = {}
+        for release in releases:
+            analysis = by_name.get(release.analysis)
+            if release.error or analysis is None or analysis.kind != "adverse_events":
+                continue
+            for term, rows in adverse_events.event_rows(analysis, study, prepared.tables,
+                                                        prepared.cohort).items():
+                if rows.size < self.policy.min_cell:
+                    continue  # withheld (or none): its count did not leave the site
+                for other in seen.get(term, []):
+                    d = int(np.setxor1d(rows, other).size)
+                    if 0 < d < k:
+                        return (f"two onset windows of {term} differ by fewer than {k} "
+                                "patients (differencing risk)")
+                seen.setdefault(term, []).append(rows)
+                mask = np.zeros(len(prepared.cohort), dtype=bool)
+                mask[rows] = True
+                masks[f"ae:{analysis.name}:{_short(term)}"] = mask
+        return None
 
     def _ledger_check(self, study: Study, prepared: _Prepared,
                       names: tuple[str, ...]) -> str | None:
@@ -238,8 +294,7 @@ class NodeEngine:
             elif name == INFUSIONS:
                 sets[name] = self.ledger.infusion_digests(ids)
             else:
-                mask = prepared.memo[name.removeprefix("cox:")].design.mask
-                sets[name] = self.ledger.infusion_digests(ids[mask])
+                sets[name] = self.ledger.infusion_digests(ids[prepared.masks[name]])
         reason = self.ledger.check_and_record(study.id, sets, self.policy.min_cohort_difference)
         if reason is None:
             prepared.ledger_sets = prepared.ledger_sets | sets.keys()
@@ -285,7 +340,7 @@ class NodeEngine:
         except StudyRefused as exc:
             return self._refuse(study_id, str(exc))
         if requests.analyses:
-            reason = self._record(study, prepared)
+            reason = self._record(study, prepared, releases)
             if reason:  # computed over too few records apart from a release: not sent
                 return self._refuse(study_id, reason)
         for release in releases:
@@ -367,6 +422,11 @@ class NodeEngine:
             releases = SecureSessions.mask(releases, masker, round)
         # Cox releases are signed as sent, so other sites can check relayed ones
         return seal_cox(releases, prepared.memo, self.signer, bound, attempt, round)
+
+
+def _short(label: str) -> str:
+    """A ledger-safe name for a group label."""
+    return hashlib.sha256(label.encode()).hexdigest()[:16]
 
 
 def _sha256(data: bytes) -> str:
