@@ -5,7 +5,11 @@ other and read off those patients' values. For every cohort it has released, a n
 keeps salted digests of the cohort's patient pseudonyms, and refuses a new study whose cohort
 differs from an earlier released one by 1 to ``k - 1`` patients (size of the symmetric
 difference). Identical cohorts (difference 0, e.g. the next round of an iterative analysis or a
-re-run of the same study) and differences of ``k`` or more patients are allowed.
+re-run of the same study) and differences of ``k`` or more patients are allowed. Disjoint sets are
+not compared (neither can be subtracted from the other). Besides the cohort's patients and
+infusions the node records, as named infusion sets, each Cox model's complete cases, each group
+a grouped analysis shows and the union of those it withholds, and (unmasked) each adverse-event
+term's patients within the window.
 
 A digest is the first 8 bytes (big-endian uint64) of HMAC-SHA256(salt, pseudonym), with a
 32-byte site salt kept in a 0600 file. Without the salt nobody can tell from the ledger whether
