@@ -165,3 +165,24 @@ def test_the_rules_survive_a_restart_and_the_keys_do_not(net: SimulatedNetwork,
         "no ephemeral key for attempt 1 (node restarted?)")
     # ... and the next attempt is announced as usual
     assert node.answer(study.id, signed, 7, (announce_request(2),)).releases is not None
+
+
+def test_an_attempt_has_one_masker_whose_guard_spans_its_rounds(net: SimulatedNetwork) -> None:
+    from node.errors import StudyRefused
+    from protocol.errors import SecureAggregationError
+
+    study = _study("guard-one-masker", min_sites=3)
+    keys = _announce(net, study)
+    site = sorted(keys)[0]
+    secure = net.nodes[site].secure
+    assert secure is not None
+    relay = key_relay(1, [keys[s] for s in sorted(keys)])
+    first, participants = secure.masker(study.id, relay, 3)
+    again, _ = secure.masker(study.id, relay, 3)
+    assert again is first and participants == sorted(keys)  # verified and derived once
+    first.mask(7, "k", np.array([1, 2, 3]))
+    with pytest.raises(SecureAggregationError, match="never reused"):
+        again.mask(7, "k", np.array([1, 2, 4]))  # the guard is the attempt's, not a call's
+    secure.end(study.id)
+    with pytest.raises(StudyRefused, match="has ended"):
+        secure.masker(study.id, relay, 3)

@@ -13,6 +13,7 @@ others.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -56,6 +57,8 @@ class _StudyKeys:
     """Attempts whose private key was erased (the attempt ended)."""
     expires: dt.date | None = None
     screens: dict[int, tuple[int, Release]] = field(default_factory=dict)
+    maskers: dict[int, tuple[str, PairwiseMasker]] = field(default_factory=dict)
+    """The attempt's verified relay (its digest) and masker, built once per attempt."""
     lost: set[int] = field(default_factory=set)
     """Attempts announced before this node restarted: their keys died with the process."""
 
@@ -176,6 +179,13 @@ class SecureSessions:
                 raise StudyRefused(f"secure aggregation: attempt {attempt} has ended; its "
                                    "ephemeral key was erased")
             raise StudyRefused(f"no ephemeral key for attempt {attempt} (node restarted?)")
+        relayed = hashlib.sha256(json.dumps(list(relay.announcements), sort_keys=True)
+                                 .encode()).hexdigest()
+        cached = keys.maskers.get(attempt)
+        if cached is not None and cached[0] == relayed:
+            # the same relay as before: verified then; its masker (and its guard against
+            # reusing a mask) serves every round of the attempt
+            return cached[1], list(cached[1].participants)
         announcements: dict[str, KeyAnnouncement] = {}
         try:
             for raw in relay.announcements:
@@ -195,8 +205,12 @@ class SecureSessions:
         if keys.participants.setdefault(attempt, participants) != participants:
             raise StudyRefused(f"secure aggregation: attempt {attempt} already has other "
                                "participants")
+        if cached is not None:  # same sites, other keys: refused like other participants
+            raise StudyRefused(f"secure aggregation: attempt {attempt} was relayed with "
+                               "other announcements before")
         self._save()
         masker = PairwiseMasker(self.site_id, private, announcements, study_id, attempt)
+        keys.maskers[attempt] = (relayed, masker)
         return masker, list(participants)
 
     @staticmethod
@@ -205,6 +219,7 @@ class SecureSessions:
         asked again gets the same, now unusable, key rather than a fresh one)."""
         keys.erased.update(keys.keys)
         keys.keys.clear()
+        keys.maskers.clear()  # they hold the pairwise secrets derived from the keys
 
     def sweep(self, today: dt.date, study_id: str | None = None,
               expires: dt.date | None = None) -> None:
