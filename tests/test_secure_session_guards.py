@@ -170,13 +170,14 @@ def test_the_rules_survive_a_restart_and_the_keys_do_not(net: SimulatedNetwork,
 def test_an_attempt_has_one_masker_whose_guard_spans_its_rounds(net: SimulatedNetwork) -> None:
     from node.errors import StudyRefused
     from protocol.errors import SecureAggregationError
+    from protocol.rounds import KeyRelay
 
     study = _study("guard-one-masker", min_sites=3)
     keys = _announce(net, study)
     site = sorted(keys)[0]
     secure = net.nodes[site].secure
     assert secure is not None
-    relay = key_relay(1, [keys[s] for s in sorted(keys)])
+    relay = KeyRelay(1, tuple(keys[s] for s in sorted(keys)))
     first, participants = secure.masker(study.id, relay, 3)
     again, _ = secure.masker(study.id, relay, 3)
     assert again is first and participants == sorted(keys)  # verified and derived once
