@@ -176,7 +176,7 @@ def _day_numbers(col: Any) -> Any:
 def measure_columnar(store: Path) -> float:
     """Seconds of the reference (its imports done before)."""
     import numpy  # noqa: F401
-    import pyarrow.compute  # noqa: F401
+    import pyarrow.compute
     import pyarrow.parquet  # noqa: F401
     t0 = time.perf_counter()
     columnar_counts(store, dt.date.today())
