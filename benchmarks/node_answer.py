@@ -91,10 +91,13 @@ def _engine(store: Path, work: Path) -> Any:
 
 
 def _answer(engine: Any, signed: Any, study: Any) -> float:
+    """Seconds of the node's answer to the study's first round (one summary per analysis)."""
+    from protocol.rounds import summary_requests
+    requests = summary_requests(study)
     t0 = time.perf_counter()
-    out = engine.answer(study.id, signed)
+    out = engine.answer(study.id, signed, 1, requests)
     seconds = time.perf_counter() - t0
-    if out.refusal or any(r.error for r in out.releases):
+    if out.refusal or len(out.releases) != len(requests) or any(r.error for r in out.releases):
         raise SystemExit(f"node refused: {out.refusal or [r.error for r in out.releases]}")
     return seconds
 
