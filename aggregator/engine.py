@@ -9,6 +9,15 @@ transport events (it is the transport's listener) and by a ticker calling
 A study's participants are fixed at submission: every site ever seen plus those connected.
 Each round, every site the strategies ask gets one task; a round ends when every task is
 answered, refused, or silent for longer than ``site_timeout_s``.
+
+Fixed costs. Entering a round (its run state, its tasks, the participants' states, and at
+submission the study itself) is one transaction, committed before any task is sent. Each
+answer is one transaction (the last one of a round also holds the next round). The current
+round of every running study is kept in memory too: its run state, its tasks and the answers
+so far, decoded once as they arrive, so a reply reads nothing back from the database and the
+round is advanced from memory. After a restart, :meth:`StudyEngine.resume` rebuilds it from
+the store (decoding the stored answers once). :meth:`StudyEngine.wait` returns when a study
+ends, for callers that want completion pushed rather than polled.
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from aggregator.errors import DuplicateStudy, Rejected, UnknownStudy
@@ -41,6 +51,7 @@ from aggregator.strategies import default_strategies
 from aggregator.strategy import Strategy
 from aggregator.transport import HelloInfo, NodeTransport, StudyTask, TaskReply
 from protocol.approval import awaiting_digest
+from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.signing import SignedStudy, verify_study
 from protocol.study import Study, study_from_dict
@@ -79,6 +90,23 @@ class _Running:
     study: Study
     signed: SignedStudy
     run: StudyRun
+
+
+@dataclass
+class _Round:
+    """A running study's current round in memory (the store holds the same, durably)."""
+
+    number: int
+    started_at: float
+    state_json: str
+    state: RunState  # read only: a round is advanced from a fresh copy of ``state_json``
+    requests: Mapping[str, tuple[Release, ...]]  # what each site is asked (its task's inputs)
+    tasks: dict[str, str]  # site -> task id
+    sites: dict[str, str]  # task id -> site
+    answers: dict[str, Answer] = field(default_factory=dict)  # sites whose task has ended
+
+    def complete(self) -> bool:
+        return len(self.answers) >= len(self.tasks)
 
 
 class StudyEngine:
@@ -123,6 +151,8 @@ class StudyEngine:
         self._approval_poll = float(approval_poll_s)
         self._lock = threading.RLock()
         self._running: dict[str, _Running] = {}
+        self._rounds: dict[str, _Round] = {}
+        self._waiters: dict[str, set[threading.Event]] = {}
         self._started_at = clock()
         transport.set_listener(self)
 
@@ -159,20 +189,54 @@ class StudyEngine:
             participants = sorted(set(self._store.site_ids()) | connected)
             record = StudyRecord(study.id, signed.canonical_study, signed.signature,
                                  signed.public_key, study.title, "running", now, None, None)
-            try:
-                self._store.add_study(record, {s: uuid.uuid4().hex for s in participants})
-            except sqlite3.IntegrityError as exc:
-                raise DuplicateStudy(f"study {study.id} was already submitted") from exc
             self._running[study.id] = _Running(study, signed, run)
+            try:  # the study and its first round: one transaction
+                with self._store.transaction():
+                    self._store.add_study(record, {s: uuid.uuid4().hex for s in participants})
+                    self._enter_round(study.id, run.start(participants))
+            except sqlite3.IntegrityError as exc:
+                self._forget(study.id)
+                raise DuplicateStudy(f"study {study.id} was already submitted") from exc
+            except BaseException:
+                self._forget(study.id)
+                raise
             logger.info("study %s submitted: %d participants, %d connected", study.id,
                         len(participants), len(connected & set(participants)))
-            self._enter_round(study.id, run.start(participants))
         return study.id
 
     def status(self, study_id: str) -> StudyStatus:
         """The study's status and participants; raise :class:`UnknownStudy` if unknown."""
         with self._lock:
             return self._status(self._record(study_id))
+
+    def wait(self, study_id: str, timeout_s: float,
+             wake: threading.Event | None = None) -> StudyStatus:
+        """The study's status once it is no longer running, or after ``timeout_s`` seconds
+        (or when ``wake`` is set, e.g. by a cancelled call), whichever comes first; raise
+        :class:`UnknownStudy` if unknown."""
+        event = wake or threading.Event()
+        with self._lock:
+            status = self._status(self._record(study_id))
+            if status.status != "running" or timeout_s <= 0:
+                return status
+            self._waiters.setdefault(study_id, set()).add(event)
+        try:
+            event.wait(timeout_s)
+        finally:
+            with self._lock:
+                waiting = self._waiters.get(study_id)
+                if waiting is not None:
+                    waiting.discard(event)
+                    if not waiting:
+                        del self._waiters[study_id]
+        return self.status(study_id)
+
+    def wake_waiters(self) -> None:
+        """End every :meth:`wait` now (they return the current status): at shutdown."""
+        with self._lock:
+            for waiting in self._waiters.values():
+                for event in waiting:
+                    event.set()
 
     def results(self, study_id: str) -> dict[str, Any] | None:
         """results.json of a finished study, ``None`` while it runs."""
@@ -209,10 +273,14 @@ class StudyEngine:
                     self._reload(record)
             resumed = sorted(self._running)
             for study_id in resumed:
-                if self._store.current_round(study_id) is None:  # stopped inside submit
+                loaded = self._load_round(study_id)
+                if loaded is not None:
+                    self._rounds[study_id] = loaded
+                else:  # stopped inside submit (by an aggregator that committed it in parts)
                     run = self._running[study_id].run
-                    self._enter_round(study_id, run.start(
-                        [s.site_id for s in self._store.study_sites(study_id)]))
+                    with self._store.transaction():
+                        self._enter_round(study_id, run.start(
+                            [s.site_id for s in self._store.study_sites(study_id)]))
             for site_id in connected:
                 self._resend(site_id)
             for study_id in resumed:
@@ -235,25 +303,26 @@ class StudyEngine:
         with self._lock:
             now = self._clock()
             for study_id in list(self._running):
-                current = self._store.current_round(study_id)
-                if current is None:
+                current = self._rounds.get(study_id)
+                if current is None or current.complete():
                     continue
                 timed_out = now - max(current.started_at, self._started_at) >= self._timeout
-                for task in self._store.round_tasks(study_id, current.round):
-                    if task.state not in OPEN_STATES:
-                        continue
-                    if task.reason.startswith(AWAITING_APPROVAL):
-                        self._poll_approval(study_id, task, now)
-                        continue
-                    if not timed_out:
-                        continue
-                    what = "no answer" if task.state == "sent" else "not connected"
-                    reason = f"{what} within {self._timeout:g} s"
-                    if self._store.set_round_task(task.task_id, "silent", now, reason=reason):
-                        logger.info("study %s: site %s silent in round %d (%s)", study_id,
-                                    task.site_id, current.round, reason)
-                if self._try_advance(study_id):
-                    completed.append(study_id)
+                with self._round_change(study_id):
+                    for task in self._store.open_tasks(study_id, current.number):
+                        if task.reason.startswith(AWAITING_APPROVAL):
+                            self._poll_approval(study_id, task, now)
+                            continue
+                        if not timed_out:
+                            continue
+                        what = "no answer" if task.state == "sent" else "not connected"
+                        reason = f"{what} within {self._timeout:g} s"
+                        if self._store.set_round_task(task.task_id, "silent", now,
+                                                      reason=reason):
+                            current.answers[task.site_id] = Failure(reason, silent=True)
+                            logger.info("study %s: site %s silent in round %d (%s)", study_id,
+                                        task.site_id, current.number, reason)
+                    if self._try_advance(study_id):
+                        completed.append(study_id)
         return completed
 
     # -- transport listener --------------------------------------------------------------------
@@ -278,39 +347,50 @@ class StudyEngine:
     def on_reply(self, site_id: str, reply: TaskReply) -> None:
         """Record an answer or refusal; unknown, foreign, stale or repeated ones are ignored."""
         with self._lock:
-            task = self._store.round_task(reply.task_id)
-            current = self._store.current_round(reply.study_id)
-            if task is None or task.site_id != site_id or task.study_id != reply.study_id \
-                    or reply.study_id not in self._running or current is None \
-                    or current.round != task.round:
+            study_id = reply.study_id
+            current = self._rounds.get(study_id)
+            if current is None or current.sites.get(reply.task_id) != site_id \
+                    or study_id not in self._running:
                 logger.warning("ignoring reply of %s to task %s: not an open task of a "
                                "running study", site_id, reply.task_id)
+                return
+            if site_id in current.answers:
+                logger.info("ignoring repeated reply of %s to task %s", site_id, reply.task_id)
                 return
             now = self._clock()
             if reply.refusal is None and awaiting_digest(reply.releases) is not None:
                 # not an answer and not a refusal: the task stays open and is sent again
-                if self._store.mark_awaiting(task, now, f"{AWAITING_APPROVAL} at {site_id}") \
+                task = self._store.round_task(reply.task_id)
+                if task is not None and self._store.mark_awaiting(
+                        task, now, f"{AWAITING_APPROVAL} at {site_id}") \
                         and not task.reason.startswith(AWAITING_APPROVAL):
                     logger.info("study %s: %s awaits its data steward's approval",
-                                task.study_id, site_id)
+                                study_id, site_id)
                 return
-            if reply.refusal is not None:
-                reason = reply.refusal or "refused without a reason"
-                # refused before it ever answered: out of the study (aggregator.run)
-                first = site_id not in self._state(task.study_id)[1].answered
-                changed = self._store.record_reply(
-                    task, "refused", now, reason=reason,
-                    participant=("refused", reason) if first else None)
-            else:
-                blob = encode_task_result(task.task_id, task.study_id, reply.releases or ())
-                changed = self._store.record_reply(task, "answered", now, result=blob,
-                                                   participant=("released", ""))
-            if not changed:
-                logger.info("ignoring repeated reply of %s to task %s", site_id, task.task_id)
-                return
-            logger.info("study %s: round %d %s by %s", task.study_id, task.round,
-                        "refused" if reply.refusal is not None else "answered", site_id)
-            self._try_advance(task.study_id)
+            with self._round_change(study_id):
+                answer: Answer
+                if reply.refusal is not None:
+                    reason = reply.refusal or "refused without a reason"
+                    # refused before it ever answered: out of the study (aggregator.run)
+                    first = site_id not in current.state.answered
+                    changed = self._store.record_answer(
+                        study_id, site_id, reply.task_id, "refused", now, reason=reason,
+                        participant=("refused", reason) if first else None)
+                    answer = Failure(reason)
+                else:
+                    answer = reply.releases or ()
+                    blob = encode_task_result(reply.task_id, study_id, answer)
+                    changed = self._store.record_answer(
+                        study_id, site_id, reply.task_id, "answered", now, result=blob,
+                        participant=("released", ""))
+                if not changed:
+                    logger.info("ignoring repeated reply of %s to task %s", site_id,
+                                reply.task_id)
+                    return
+                current.answers[site_id] = answer
+                logger.info("study %s: round %d %s by %s", study_id, current.number,
+                            "refused" if reply.refusal is not None else "answered", site_id)
+                self._try_advance(study_id)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -340,33 +420,95 @@ class StudyEngine:
             return
         self._running[record.study_id] = _Running(study, signed, run)
 
-    def _state(self, study_id: str) -> tuple[int, RunState]:
+    def _load_round(self, study_id: str) -> _Round | None:
+        """The study's current round from the store (its answers decoded once), or ``None``
+        before its first."""
         current = self._store.current_round(study_id)
-        assert current is not None
-        return current.round, RunState.from_dict(json.loads(current.state_json))
+        if current is None:
+            return None
+        state = RunState.from_dict(json.loads(current.state_json))
+        requests = self._running[study_id].run.requests(state)
+        loaded = _Round(current.round, current.started_at, current.state_json, state, requests,
+                        {}, {})
+        for task in self._store.round_tasks(study_id, current.round):
+            loaded.tasks[task.site_id] = task.task_id
+            loaded.sites[task.task_id] = task.site_id
+            if task.state == "answered":
+                try:
+                    loaded.answers[task.site_id] = decode_task_result(task.result or b"")
+                except (ProtocolError, ValueError, TypeError) as exc:
+                    loaded.answers[task.site_id] = Failure(f"stored answer unreadable: {exc}")
+            elif task.state not in OPEN_STATES:
+                loaded.answers[task.site_id] = Failure(task.reason,
+                                                       silent=task.state == "silent")
+        return loaded
+
+    @contextmanager
+    def _round_change(self, study_id: str) -> Iterator[None]:
+        """One transaction of changes to a study's current round; when it fails, the round
+        in memory is read back from the store, so memory never runs ahead of it."""
+        try:
+            with self._store.transaction():
+                yield
+        except BaseException:
+            if study_id in self._running:
+                loaded = self._load_round(study_id)
+                if loaded is not None:
+                    self._rounds[study_id] = loaded
+            raise
+
+    def _forget(self, study_id: str) -> None:
+        """Drop a study from memory and wake whoever waits for it."""
+        self._running.pop(study_id, None)
+        self._rounds.pop(study_id, None)
+        for event in self._waiters.pop(study_id, ()):
+            event.set()
 
     def _enter_round(self, study_id: str, state: RunState) -> bool:
         """Persist ``state`` as the next round and send its tasks; finish when done.
 
-        Returns whether the study completed.
+        Everything is one transaction (joining the caller's); the tasks are sent, and memory
+        follows, once it has committed. Returns whether the study completed.
         """
         run = self._running[study_id].run
-        for _ in range(_MAX_EMPTY_ROUNDS):
-            self._sync_participants(study_id, state)
-            if run.finished(state):
-                self._finish(study_id, state)
-                return True
-            requests = run.requests(state)
-            if requests:
-                break
-            state = run.advance(state, {})  # nobody to ask: the strategies settle
-        else:
-            raise RuntimeError(f"study {study_id}: no progress after {_MAX_EMPTY_ROUNDS} rounds")
-        tasks = {site: uuid.uuid4().hex for site in sorted(requests)}
-        self._store.save_round(study_id, state.round, json.dumps(state.to_dict()),
-                               self._clock(), tasks)
-        self._send(study_id, state.round, {s: (t, requests[s]) for s, t in tasks.items()})
+        with self._store.transaction():
+            for _ in range(_MAX_EMPTY_ROUNDS):
+                self._sync_participants(study_id, state)
+                if run.finished(state):
+                    self._finish(study_id, state)
+                    return True
+                requests = run.requests(state)
+                if requests:
+                    break
+                state = run.advance(state, {})  # nobody to ask: the strategies settle
+            else:
+                raise RuntimeError(f"study {study_id}: no progress after "
+                                   f"{_MAX_EMPTY_ROUNDS} rounds")
+            tasks = {site: uuid.uuid4().hex for site in sorted(requests)}
+            connected = set(self._transport.connected_sites())
+            state_json = json.dumps(state.to_dict())
+            now = self._clock()
+            self._store.save_round(study_id, state.round, state_json, now, tasks,
+                                   sent=connected & set(tasks))
+            entered = _Round(state.round, now, state_json, state, requests, tasks,
+                             {t: s for s, t in tasks.items()})
+
+            def sent() -> None:
+                self._rounds[study_id] = entered
+                self._dispatch(study_id, entered, connected)
+
+            self._store.after_commit(sent)
         return False
+
+    def _dispatch(self, study_id: str, entered: _Round, connected: Collection[str]) -> None:
+        """Send a committed round's tasks to the sites it recorded as sent; a site that went
+        away meanwhile gets its task back to pending (it is resent when it reconnects)."""
+        signed = self._running[study_id].signed
+        unsent = {site: task_id for site, task_id in entered.tasks.items() if site in connected
+                  and not self._transport.send_task(site, StudyTask(
+                      task_id, study_id, signed, entered.number, entered.requests[site]))}
+        if unsent:
+            self._store.mark_unsent(study_id, unsent, self._clock())
 
     def _send(self, study_id: str, round: int,
               tasks: Mapping[str, tuple[str, tuple[Any, ...]]]) -> None:
@@ -382,10 +524,10 @@ class StudyEngine:
     def _resend(self, site_id: str) -> None:
         for task in self._store.open_round_tasks(site_id):
             running = self._running.get(task.study_id)
-            if running is None:
+            current = self._rounds.get(task.study_id)
+            if running is None or current is None:
                 continue
-            _, state = self._state(task.study_id)
-            requests = running.run.requests(state).get(site_id)
+            requests = current.requests.get(site_id)
             if requests:
                 self._send(task.study_id, task.round, {site_id: (task.task_id, requests)})
 
@@ -398,35 +540,29 @@ class StudyEngine:
         if now >= deadline:
             reason = f"no approval at {task.site_id} before the end of {expires.isoformat()}" \
                 " (study expiry)"
-            first = task.site_id not in self._state(study_id)[1].answered
+            current = self._rounds[study_id]
+            first = task.site_id not in current.state.answered
             if self._store.record_reply(task, "refused", now, reason=reason,
                                         participant=("refused", reason) if first else None):
+                current.answers[task.site_id] = Failure(reason)
                 logger.info("study %s: %s", study_id, reason)
             return
         if now - task.updated_at < self._approval_poll:
             return
-        running = self._running[study_id]
-        requests = running.run.requests(self._state(study_id)[1]).get(task.site_id)
+        requests = self._rounds[study_id].requests.get(task.site_id)
         if requests:
             self._send(study_id, task.round, {task.site_id: (task.task_id, requests)})
 
     def _try_advance(self, study_id: str) -> bool:
         """Advance the study when every task of its round is final; return if it completed."""
-        current = self._store.current_round(study_id)
-        if study_id not in self._running or current is None or \
-                self._store.open_task_count(study_id, current.round):
+        current = self._rounds.get(study_id)
+        if study_id not in self._running or current is None or not current.complete():
             return False
-        rnd, state = current.round, RunState.from_dict(json.loads(current.state_json))
-        tasks = self._store.round_tasks(study_id, rnd)
-        answers: dict[str, Answer] = {}
-        for t in tasks:
-            if t.state == "answered":
-                answers[t.site_id] = decode_task_result(t.result or b"")
-            else:
-                answers[t.site_id] = Failure(t.reason, silent=t.state == "silent")
+        rnd = current.number
+        state = RunState.from_dict(json.loads(current.state_json))  # advance changes it
         try:
             return self._enter_round(study_id,
-                                     self._running[study_id].run.advance(state, answers))
+                                     self._running[study_id].run.advance(state, current.answers))
         except Exception as exc:  # a bug must not leave the study running for ever
             logger.exception("study %s: round %d could not be advanced", study_id, rnd)
             self._fail(study_id, f"internal error in round {rnd}: {exc}")
@@ -443,15 +579,18 @@ class StudyEngine:
             self._clock())
 
     def _fail(self, study_id: str, reason: str) -> None:
-        run = self._running.pop(study_id)
-        self._store.finish_study(study_id, "failed", json.dumps(
-            failed_document(study_id, reason, run.study)), self._clock())
+        run = self._running[study_id]
+        with self._store.transaction():
+            self._store.finish_study(study_id, "failed", json.dumps(
+                failed_document(study_id, reason, run.study)), self._clock())
+            self._store.after_commit(lambda: self._forget(study_id))
 
     def _finish(self, study_id: str, state: RunState) -> None:
-        run = self._running.pop(study_id)
+        run = self._running[study_id]
         doc = results_document(run.study, state, run.run.results(state))
         self._store.finish_study(study_id, "completed", json.dumps(doc, default=json_default),
                                  self._clock())
+        self._store.after_commit(lambda: self._forget(study_id))
         logger.info("study %s completed: %d participated, %d refused, %d unreachable",
                     study_id, len(doc["sites"]["participated"]), len(doc["sites"]["refused"]),
                     len(doc["sites"]["unreachable"]))

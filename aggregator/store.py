@@ -5,8 +5,10 @@ results (``studies``), the state of each participant of a study (``study_sites``
 running study is in with its run state (``iterations``) and every task of every round with the
 site's answer (``round_tasks``; see :mod:`aggregator.run`). Every state change is one
 transaction, so a crash never leaves a half-written study; reopening the file gives the same
-state (schema and migrations: :mod:`aggregator.schema`). Times are Unix seconds (floats) as
-given by the caller's clock.
+state (schema and migrations: :mod:`aggregator.schema`). A caller groups several changes into
+one transaction with :meth:`Store.transaction` (a nested one is a savepoint) and defers what
+must follow the commit (sending tasks) with :meth:`Store.after_commit`. Times are Unix seconds
+(floats) as given by the caller's clock.
 
 The store is shared by gRPC threads and the timeout ticker: it holds one connection guarded by a
 re-entrant lock, with the database in WAL mode.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +131,8 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._depth = 0  # transactions open on the lock's thread (nested ones are savepoints)
+        self._on_commit: list[list[Callable[[], None]]] = []  # per open level
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -156,17 +160,58 @@ class Store:
                 self._conn = None
 
     @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Make every change of the block one transaction: committed when the outermost block
+        ends, rolled back on any error. Inside another transaction it is a savepoint: an error
+        undoes only the changes of this block (and drops its :meth:`after_commit` calls)."""
+        with self._tx():
+            yield
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the open transaction has committed (at once when none is
+        open); it is dropped if the transaction, or the savepoint it was made in, rolls
+        back. Callbacks run on the committing thread, in order, holding the store's lock."""
+        with self._lock:
+            if not self._depth:
+                callback()
+            else:
+                self._on_commit[-1].append(callback)
+
+    @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed on success, rolled back on any error."""
+        """One write transaction (a savepoint when nested): committed on success, rolled
+        back on any error."""
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
+            level = self._depth
+            conn.execute("BEGIN IMMEDIATE" if level == 0 else f"SAVEPOINT tx{level}")
+            self._depth += 1
+            self._on_commit.append([])
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                self._depth -= 1
+                self._on_commit.pop()
+                if level == 0:
+                    conn.execute("ROLLBACK")
+                else:
+                    conn.execute(f"ROLLBACK TO tx{level}")
+                    conn.execute(f"RELEASE tx{level}")
                 raise
-            conn.execute("COMMIT")
+            self._depth -= 1
+            callbacks = self._on_commit.pop()
+            if level:
+                conn.execute(f"RELEASE tx{level}")
+                self._on_commit[-1].extend(callbacks)
+                return
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            for callback in callbacks:
+                callback()
 
     def query(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
         """Run a read query (for inspection and tests)."""
@@ -307,8 +352,13 @@ class Store:
     # -- rounds ------------------------------------------------------------------------------
 
     def save_round(self, study_id: str, round: int, state_json: str, now: float,
-                   tasks: Mapping[str, str]) -> None:
-        """Enter round ``round`` of a study: its run state and its tasks (site -> task id)."""
+                   tasks: Mapping[str, str], sent: Collection[str] = ()) -> None:
+        """Enter round ``round`` of a study: its run state and its tasks (site -> task id).
+
+        The tasks of the sites in ``sent`` are recorded as sent, with their participants, as
+        :meth:`mark_sent` does (for a caller that sends them once this has committed); the
+        others are ``pending``.
+        """
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO iterations (study_id, round, round_started_at, state_json)"
@@ -317,8 +367,14 @@ class Store:
                 (study_id, round, now, state_json))
             conn.executemany(
                 "INSERT INTO round_tasks (study_id, round, site_id, task_id, state, updated_at)"
-                " VALUES (?, ?, ?, ?, 'pending', ?)",
-                [(study_id, round, site, task, now) for site, task in sorted(tasks.items())])
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(study_id, round, site, task, "sent" if site in sent else "pending", now)
+                 for site, task in sorted(tasks.items())])
+            conn.executemany(
+                "UPDATE study_sites SET state='sent', updated_at=?, task_id=? WHERE study_id=?"
+                " AND site_id=? AND state IN ('pending', 'sent', 'released')",
+                [(now, task, study_id, site) for site, task in sorted(tasks.items())
+                 if site in sent])
 
     def current_round(self, study_id: str) -> RoundRecord | None:
         """The round a study is in, or ``None`` before its first."""
@@ -338,6 +394,13 @@ class Store:
         rows = self._query("SELECT COUNT(*) FROM round_tasks WHERE study_id=? AND round=?"
                            " AND state IN ('pending', 'sent')", (study_id, round))
         return int(rows[0][0])
+
+    def open_tasks(self, study_id: str, round: int) -> list[RoundTaskRecord]:
+        """The pending or sent tasks of a round, by site id (no answers to read)."""
+        rows = self._query(f"{_TASK_SELECT} WHERE r.study_id=? AND r.round=?"
+                           " AND r.state IN ('pending', 'sent') ORDER BY r.site_id",
+                           (study_id, round))
+        return [_task(r) for r in rows]
 
     def round_task(self, task_id: str) -> RoundTaskRecord | None:
         """The task with this id, or ``None``."""
@@ -387,17 +450,36 @@ class Store:
         """Record a site's answer (``answered``) or refusal (``refused``) to an open task and,
         in the same transaction, its participant's new ``(state, reason)``; return whether the
         task was still open."""
+        return self.record_answer(task.study_id, task.site_id, task.task_id, state, now,
+                                  reason=reason, result=result, participant=participant)
+
+    def record_answer(self, study_id: str, site_id: str, task_id: str, state: str,
+                      now: float, *, reason: str = "", result: bytes | None = None,
+                      participant: tuple[str, str] | None = None) -> bool:
+        """:meth:`record_reply` of the task ``task_id`` of ``site_id`` in ``study_id``."""
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE round_tasks SET state=?, reason=?, result=?, updated_at=?"
                 " WHERE task_id=? AND state IN ('pending', 'sent')",
-                (state, reason, result, now, task.task_id))
+                (state, reason, result, now, task_id))
             if cur.rowcount and participant is not None:
                 conn.execute(
                     "UPDATE study_sites SET state=?, reason=?, updated_at=? WHERE study_id=?"
                     " AND site_id=? AND state IN ('pending', 'sent', 'released')",
-                    (*participant, now, task.study_id, task.site_id))
+                    (*participant, now, study_id, site_id))
             return cur.rowcount > 0
+
+    def mark_unsent(self, study_id: str, tasks: Mapping[str, str], now: float) -> None:
+        """Undo :meth:`save_round`'s ``sent`` for tasks (``site -> task id``) that could not be
+        sent after all: they and their participants go back to ``pending``."""
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE round_tasks SET state='pending', updated_at=?"
+                " WHERE task_id=? AND state='sent'", [(now, task) for task in tasks.values()])
+            conn.executemany(
+                "UPDATE study_sites SET state='pending', updated_at=? WHERE study_id=?"
+                " AND site_id=? AND task_id=? AND state='sent'",
+                [(now, study_id, site, task) for site, task in sorted(tasks.items())])
 
     def mark_awaiting(self, task: RoundTaskRecord, now: float, reason: str) -> bool:
         """Record that an open task's site awaits approval (``reason`` starts with

@@ -320,3 +320,54 @@ def test_a_bug_in_a_round_fails_the_study_instead_of_leaving_it_running(
     finally:
         transport.close()
         store.close()
+
+
+def test_fixed_costs_one_transaction_per_fan_out_and_per_answer_answers_kept_in_memory(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    sites = [f"site-{i:02d}" for i in range(8)]
+    for i, site in enumerate(sites, start=1):
+        rig.transport.connect(site, releasing_node(i), HelloInfo(site, "node/1", ""))
+    commits: list[str] = []
+    rig.store._conn.set_trace_callback(  # type: ignore[union-attr]
+        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None)
+
+    def no_rereading(*args: object) -> None:
+        raise AssertionError("a stored answer was read back while the study ran")
+
+    # answers are decoded once, as they arrive: none is read back or decoded again
+    monkeypatch.setattr("aggregator.engine.decode_task_result", no_rereading)
+    monkeypatch.setattr(rig.store, "round_tasks", no_rereading)
+    study = make_study("costs", min_sites=3)
+    rig.engine.submit(signed(study, KEY))
+    assert len(commits) == 1  # the study, its first round and its tasks marked sent
+    final = rig.engine.wait(study.id, 15.0)
+    assert final.status == "completed"
+    assert [s.state for s in final.sites] == ["released"] * len(sites)
+    # one per answer; the last answer's transaction also holds the results
+    assert len(commits) == 1 + len(sites)
+    assert rig.engine.results(study.id)["analyses"]["os"]["total"] == 3 * sum(  # type: ignore[index]
+        range(1, len(sites) + 1))
+
+
+def test_a_task_that_could_not_be_sent_goes_back_to_pending(rig: Rig) -> None:
+    rig.transport.connect("site-a", releasing_node(1))
+    rig.transport.connect("site-b", releasing_node(2))
+    refused: list[str] = []
+    send = rig.transport.send_task
+
+    def flaky(site_id: str, task: StudyTask) -> bool:
+        if site_id == "site-b" and not refused:
+            refused.append(task.task_id)
+            return False  # the site went away between the round's commit and the send
+        return send(site_id, task)
+
+    rig.transport.send_task = flaky  # type: ignore[method-assign]
+    study = make_study("flaky", min_sites=1)
+    rig.engine.submit(signed(study, KEY))
+    wait_until(lambda: rig.engine.status(study.id).sites[0].state == "released")
+    assert [(t.site_id, t.state) for t in rig.store.open_tasks(study.id, 1)] == [
+        ("site-b", "pending")]
+    rig.transport.connect("site-b", releasing_node(2))  # it comes back: the task is resent
+    assert rig.engine.wait(study.id, 15.0).status == "completed"
+    assert rig.engine.results(study.id)["sites"]["participated"] == [  # type: ignore[index]
+        "site-a", "site-b"]

@@ -139,3 +139,53 @@ def test_closed_store_raises(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.site_ids()
+
+
+def test_transactions_nest_as_savepoints_and_after_commit_waits_for_the_commit(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "agg.sqlite")
+    done: list[str] = []
+    commits: list[str] = []
+    store._conn.set_trace_callback(  # type: ignore[union-attr]
+        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None)
+    with store.transaction():
+        store.add_study(_record("s-001"), {"site-a": "t1"})
+        store.after_commit(lambda: done.append("outer"))
+        # a savepoint: its failure undoes only itself
+        with pytest.raises(sqlite3.IntegrityError), store.transaction():
+            store.add_study(_record("s-002"), {"site-a": "t2"})
+            store.after_commit(lambda: done.append("dropped"))
+            store.add_study(_record("s-002"), {"site-a": "t3"})
+        with store.transaction():
+            store.add_study(_record("s-003"), {"site-a": "t4"})
+            store.after_commit(lambda: done.append("inner"))
+        assert done == []  # nothing runs before the commit
+    assert done == ["outer", "inner"]
+    assert len(commits) == 1
+    assert [s.study_id for s in store.list_studies()] == ["s-001", "s-003"]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_study(_record("s-004"), {"site-a": "t5"})
+        store.after_commit(lambda: done.append("rolled back"))
+        raise RuntimeError("boom")
+    assert store.get_study("s-004") is None and done == ["outer", "inner"]
+    store.after_commit(lambda: done.append("now"))  # no transaction open: at once
+    assert done[-1] == "now"
+    store.close()
+
+
+def test_a_round_saved_as_sent_and_unsent_again(tmp_path: Path) -> None:
+    store = Store(tmp_path / "agg.sqlite")
+    store.add_study(_record(), {"site-a": "t-a", "site-b": "t-b"})
+    store.save_round("s-001", 1, "{}", 2.0, {"site-a": "r-a", "site-b": "r-b"}, sent={"site-a"})
+    assert [(t.site_id, t.state) for t in store.round_tasks("s-001", 1)] == [
+        ("site-a", "sent"), ("site-b", "pending")]
+    assert [(s.site_id, s.state, s.task_id) for s in store.study_sites("s-001")] == [
+        ("site-a", "sent", "r-a"), ("site-b", "pending", "t-b")]
+    assert [t.site_id for t in store.open_tasks("s-001", 1)] == ["site-a", "site-b"]
+    store.mark_unsent("s-001", {"site-a": "r-a"}, 3.0)
+    assert [t.state for t in store.round_tasks("s-001", 1)] == ["pending", "pending"]
+    assert [s.state for s in store.study_sites("s-001")] == ["pending", "pending"]
+    assert store.record_answer("s-001", "site-a", "r-a", "answered", 4.0, result=b"x",
+                               participant=("released", ""))
+    assert [t.site_id for t in store.open_tasks("s-001", 1)] == ["site-b"]
+    store.close()
