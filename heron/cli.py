@@ -187,8 +187,6 @@ def _aggregator(a: argparse.Namespace) -> int:
 
 
 def _study(a: argparse.Namespace) -> int:
-    from heron.coordinator import CoordinatorClient, sign_study_file
-
     if a.study_cmd == "new":
         from heron.study_tools import write_study_template
 
@@ -205,6 +203,7 @@ def _study(a: argparse.Namespace) -> int:
         _emit(check.to_dict(), a.json, check.summary())
         return 0 if check.ok else 1
     if a.study_cmd == "sign":
+        from heron.coordinator import sign_study_file
         from heron.study_tools import describe_signed_study
 
         signed = sign_study_file(Path(a.study), Path(a.key), Path(a.out))
@@ -218,6 +217,8 @@ def _study(a: argparse.Namespace) -> int:
         out = render_report(results, Path(a.out))
         print(f"report: {out}")
         return 0
+    from heron.coordinator import CoordinatorClient  # gRPC, protobuf and the TLS credentials
+
     with CoordinatorClient(a.aggregator, Path(a.credentials)) as client:
         if a.study_cmd == "submit":
             from protocol.signing import SignedStudy
@@ -400,24 +401,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``heron`` console script."""
-    from aggregator.errors import AggregatorError
-    from analytics.errors import AnalyticsError
-    from node.errors import NodeError
-    from protocol.errors import ProtocolError
+# The error roots whose message the CLI prints on one line (exit status 2), by module. They are
+# not imported here: ``import aggregator.errors`` runs ``aggregator/__init__`` and with it the
+# whole stack (numpy, scipy, pandas, ...), a second of start-up for every command. An exception
+# of one of these classes can only exist once its module has been imported, so a module absent
+# from ``sys.modules`` cannot have raised it.
+_REPORTED_ERRORS = (("heron.errors", "HeronError"), ("node.errors", "NodeError"),
+                    ("protocol.errors", "ProtocolError"), ("aggregator.errors", "AggregatorError"),
+                    ("analytics.errors", "AnalyticsError"))
 
+
+def _is_reported(exc: Exception) -> bool:
+    """Whether ``exc`` is a heron error the CLI prints as ``heron: error: ...``."""
+    for module_name, class_name in _REPORTED_ERRORS:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, getattr(module, class_name)):
+            return True
+    return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``heron`` console script.
+
+    Only the parser is built before a command runs; each handler imports the library code it
+    calls, so ``heron --version`` or ``heron study status`` loads no more than it needs.
+    """
     args = build_parser().parse_args(argv)
     daemon = getattr(args, "node_cmd", None) == "run" or getattr(args, "agg_cmd", None) == "run"
     logging.basicConfig(level=logging.INFO if args.verbose or daemon else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (HeronError, NodeError, ProtocolError, AggregatorError, AnalyticsError) as exc:
-        print(f"heron: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _is_reported(exc):
+            raise
+        print(f"heron: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
