@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -55,6 +55,13 @@ TABLE_COLUMNS: dict[str, dict[str, str]] = {
     },
 }
 
+INFUSION_COLUMNS = tuple(c for c in TABLE_COLUMNS["infusions"]
+                         if c in ("infusion_id", "patient_id", "infusion_date", "prior_lines",
+                                  *GROUPING_COLUMNS, *COHORT_LIST_KEYS))
+"""The infusions columns :func:`select_cohort` reads (the store reads no other)."""
+PATIENT_COLUMNS = ("patient_id", "sex", "birth_year")
+"""The patients columns :func:`select_cohort` reads."""
+
 
 class TableSource(Protocol):
     """Anything with ``.table(name) -> DataFrame``, such as the node's store."""
@@ -73,11 +80,17 @@ def empty_table(name: str) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols.items()})
 
 
-def get_table(tables: Tables, name: str) -> pd.DataFrame:
-    """Table ``name`` from a mapping or a store; an absent table is an empty frame."""
+def get_table(tables: Tables, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Table ``name`` from a mapping or a store; an absent table is an empty frame.
+
+    ``columns`` says which columns the caller uses: a source whose ``reads_columns`` is true
+    (the node's store) reads only those; others give the whole table.
+    """
     if isinstance(tables, Mapping):
         frame = tables.get(name)
         return empty_table(name) if frame is None else frame
+    if columns is not None and getattr(tables, "reads_columns", False):
+        return tables.table(name, columns=columns)  # type: ignore[call-arg]
     return tables.table(name)
 
 
@@ -126,8 +139,8 @@ def select_cohort(tables: Tables, cohort: Cohort,
     pandas.DataFrame
         Columns :data:`COHORT_COLUMNS`, sorted by infusion_id, with a fresh RangeIndex.
     """
-    inf = get_table(tables, "infusions")
-    pat = get_table(tables, "patients")
+    inf = get_table(tables, "infusions", INFUSION_COLUMNS)
+    pat = get_table(tables, "patients", PATIENT_COLUMNS)
     today = today or dt.date.today()
     inf = inf.loc[~(inf["infusion_date"] > pd.Timestamp(today)).fillna(False)]
     if cohort.first_infusion_only:
@@ -162,7 +175,9 @@ def cohort_index(cohort_df: pd.DataFrame) -> pd.Index:
     ValueError
         When an infusion id appears twice.
     """
-    ids = pd.Index(cohort_df["infusion_id"].astype("string"))
+    col = cohort_df["infusion_id"]
+    # an Arrow-backed string column (the store's) stays so: no copy into Python strings
+    ids = pd.Index(col if isinstance(col.dtype, pd.StringDtype) else col.astype("string"))
     if not ids.is_unique:
         raise ValueError("cohort_df has duplicate infusion_id values")
     return ids

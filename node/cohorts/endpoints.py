@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from node.cohorts.cohort import Tables, cohort_index, get_table
 from node.errors import StudyRefused
@@ -60,9 +62,20 @@ class _Base:
     death: np.ndarray  # days since infusion; NaN when not dead
 
 
+def _arrow_strings(values: pd.Series | pd.Index) -> pa.ChunkedArray:
+    """``values`` as Arrow large strings (Arrow-backed columns without a copy)."""
+    arr = values.array
+    if not isinstance(arr.dtype, pd.StringDtype) or arr.dtype.storage != "pyarrow":
+        arr = pd.Series(values, copy=False).astype(pd.StringDtype("pyarrow")).array
+    return pa.chunked_array(pa.array(arr)).cast(pa.large_string())
+
+
 def _positions(cohort_ids: pd.Index, ids: pd.Series) -> np.ndarray:
     """Row position in the cohort of each id (-1 when not in the cohort)."""
-    return cohort_ids.get_indexer(pd.Index(ids.astype(cohort_ids.dtype)))
+    if cohort_ids.dtype != object and not isinstance(cohort_ids.dtype, pd.StringDtype):
+        return cohort_ids.get_indexer(pd.Index(ids.astype(cohort_ids.dtype)))
+    pos = pc.index_in(_arrow_strings(ids), value_set=_arrow_strings(cohort_ids).combine_chunks())
+    return np.asarray(pc.fill_null(pos, -1).to_numpy(), dtype=np.intp)
 
 
 def _eq(col: pd.Series, value: str) -> np.ndarray:
@@ -72,28 +85,32 @@ def _eq(col: pd.Series, value: str) -> np.ndarray:
 
 def _group_min(n: int, pos: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Per-cohort-row minimum of ``values`` over rows at ``pos`` (NaN where none)."""
-    out = np.full(n, np.nan)
+    out = np.full(n, np.inf)
     ok = ~np.isnan(values)
-    if ok.any():
-        mins = pd.Series(values[ok]).groupby(pos[ok], sort=False).min()
-        out[mins.index.to_numpy()] = mins.to_numpy()
+    np.minimum.at(out, pos[ok], values[ok])
+    out[out == np.inf] = np.nan
     return out
 
+
+def _group_max(n: int, pos: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per-cohort-row maximum of ``values`` over rows at ``pos`` (NaN where none)."""
+    out = np.full(n, -np.inf)
+    ok = ~np.isnan(values)
+    np.maximum.at(out, pos[ok], values[ok])
+    out[out == -np.inf] = np.nan
+    return out
 
 
 def _base(tables: Tables, cohort_df: pd.DataFrame, ids: pd.Index) -> _Base:
     n = len(ids)
     t0 = _days(cohort_df["infusion_date"])
-    fu = get_table(tables, "followup")
+    fu = get_table(tables, "followup", ("infusion_id", "contact_date", "vital_status",
+                                        "death_date"))
     pos = _positions(ids, fu["infusion_id"])
     sel = pos >= 0
     pos = pos[sel]
     contact = _days(fu["contact_date"])[sel] - t0[pos]
-    latest = np.full(n, np.nan)
-    has = ~np.isnan(contact)
-    if has.any():
-        maxs = pd.Series(contact[has]).groupby(pos[has], sort=False).max()
-        latest[maxs.index.to_numpy()] = maxs.to_numpy()
+    latest = _group_max(n, pos, contact)
     dead = _eq(fu["vital_status"], "dead")[sel]
     death_days = _days(fu["death_date"])[sel] - t0[pos]
     on_latest = contact == latest[pos]
@@ -108,7 +125,7 @@ def _base(tables: Tables, cohort_df: pd.DataFrame, ids: pd.Index) -> _Base:
 def _first_clinical(tables: Tables, ids: pd.Index, t0: np.ndarray,
                     events: tuple[str, ...]) -> np.ndarray:
     """Day of the first clinical event of any of ``events`` per infusion (NaN where none)."""
-    ce = get_table(tables, "clinical_events")
+    ce = get_table(tables, "clinical_events", ("infusion_id", "event", "event_date"))
     mask = ce["event"].isin(list(events)).fillna(False).to_numpy(dtype=bool)
     ce = ce.loc[mask]
     pos = _positions(ids, ce["infusion_id"])
@@ -193,7 +210,7 @@ def parse_ae_endpoint(endpoint: str) -> tuple[str, int]:
 
 def _first_ae(tables: Tables, ids: pd.Index, t0: np.ndarray, term: str,
               min_grade: int) -> np.ndarray:
-    ae = get_table(tables, "adverse_events")
+    ae = get_table(tables, "adverse_events", ("infusion_id", "term", "max_grade", "onset_date"))
     grade = pd.to_numeric(ae["max_grade"], errors="coerce").to_numpy(dtype="float64",
                                                                     na_value=np.nan)
     mask = _eq(ae["term"], term) & (grade >= min_grade)

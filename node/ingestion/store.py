@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -218,23 +218,37 @@ class Store:
         get_table(table)
         return int(self._manifest.get("tables", {}).get(table, {}).get("stored", 0))
 
+    reads_columns = True
+    """:meth:`table` reads a subset of the columns when asked
+    (:func:`node.cohorts.cohort.get_table`)."""
+
     def _read(self, filename: str, dtypes: Mapping[str, StoredDtype],
-              required: bool) -> pd.DataFrame:
+              required: bool, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        if columns is not None:
+            dtypes = {c: dtypes[c] for c in columns if c in dtypes}
         path = self.path / filename
         if not path.exists():
             if required:
                 raise StoreError(f"store snapshot {self.path} lacks {filename}; it is damaged "
                                  "or was replaced (reopen the store)")
             return _conform(None, dtypes, keep_arrow=False)
+        _choose_memory_pool()
         try:
-            # Arrow-backed strings: several times faster to read than Python objects
-            frame = pq.read_table(path).to_pandas(types_mapper=_ARROW_STRINGS.get)
+            # Arrow-backed strings: several times faster to read than Python objects. Only
+            # the columns asked for are read (absent ones come back all-missing).
+            names = None if columns is None else \
+                [c for c in pq.read_schema(path).names if c in dtypes]
+            frame = pq.read_table(path, columns=names).to_pandas(
+                types_mapper=_ARROW_STRINGS.get)
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(f"cannot read {path}: {type(exc).__name__}") from None
         return _conform(frame, dtypes, keep_arrow=True)
 
-    def table(self, name: str) -> pd.DataFrame:
+    def table(self, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Stored rows of table ``name`` with the data-model columns and stored dtypes.
+
+        ``columns``, when given, reads only those of the table's columns (in the table's order;
+        names the table lacks are ignored): a node reads only what a study uses.
 
         Raises
         ------
@@ -244,7 +258,8 @@ class Store:
         if name not in TABLE_NAMES:
             raise StoreError(f"unknown table {name!r}; known: {', '.join(TABLE_NAMES)}")
         present = name in self._manifest.get("tables_present", [])
-        return self._read(f"{name}.parquet", get_table(name).dtypes(), required=present)
+        return self._read(f"{name}.parquet", get_table(name).dtypes(), required=present,
+                          columns=columns)
 
     def quarantine(self) -> pd.DataFrame:
         """Quarantined rows: table, file, row, column, rule, message, rules, raw fields."""
@@ -253,6 +268,31 @@ class Store:
     def warnings(self) -> pd.DataFrame:
         """Warnings raised on stored rows."""
         return self._read(WARNINGS, WARNING_COLUMNS, required=True)
+
+
+_POOL_CHOSEN = False
+
+
+def _choose_memory_pool() -> None:
+    """Make jemalloc Arrow's memory pool for this process, once, before the first read.
+
+    pyarrow's wheels default to mimalloc, which on this workload (reading and converting
+    million-row tables, freed within a study) returns and re-faults pages so often that a 1M
+    patient answer spent seconds in the kernel; jemalloc keeps them (benchmarks/node_answer.py
+    measures both: ``--pools mimalloc,jemalloc``). An operator's ``ARROW_DEFAULT_MEMORY_POOL``
+    is left alone, and so is a pyarrow without jemalloc.
+    """
+    global _POOL_CHOSEN
+    if _POOL_CHOSEN:
+        return
+    _POOL_CHOSEN = True
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except (NotImplementedError, pa.ArrowException):  # a build without jemalloc
+        logger.debug("Arrow's jemalloc pool is unavailable; keeping %s",
+                     pa.default_memory_pool().backend_name)
 
 
 def open_store(store_dir: Path | str) -> Store:

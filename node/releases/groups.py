@@ -38,7 +38,8 @@ from protocol.codec import Release
 from protocol.study import Analysis, Study
 from protocol.vocabulary import SITE, fixed_groups, has_fixed_levels
 
-__all__ = ["GroupedCounts", "GroupedKind", "fixed_levels", "present", "release", "statistics"]
+__all__ = ["GroupedCounts", "GroupedKind", "endpoint_frame", "fixed_levels", "present",
+           "release", "statistics"]
 
 C = TypeVar("C", SurvivalCounts, CompetingCounts)
 
@@ -80,12 +81,29 @@ def fixed_levels(group_by: str | None, participants: Sequence[str]) -> list[str]
     return fixed_groups(group_by, participants)
 
 
+def endpoint_frame(kind: GroupedKind[C], tables: Tables, cohort: pd.DataFrame, endpoint: str,
+                   horizon: int, censor_at: tuple[str, ...]) -> pd.DataFrame:
+    """``kind.endpoint`` of the cohort, derived once per snapshot when ``tables`` keeps what
+    is derived from it (the node engine's table cache has ``derived(key, compute)``): every
+    analysis and every study with the same cohort, endpoint, horizon and censoring share it.
+    The frame is read, never changed."""
+    derived = getattr(tables, "derived", None)
+    if derived is None:
+        return kind.endpoint(tables, cohort, endpoint, horizon, censor_at)
+    key = ("endpoint", kind.endpoint, id(cohort), endpoint, horizon, tuple(censor_at))
+    held, frame = derived(key, lambda: (cohort, kind.endpoint(tables, cohort, endpoint, horizon,
+                                                             censor_at)))
+    if held is not cohort:  # pragma: no cover - ids are unique while the cohort is held
+        return kind.endpoint(tables, cohort, endpoint, horizon, censor_at)
+    return frame  # type: ignore[no-any-return]
+
+
 def statistics(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: Tables,
                cohort: pd.DataFrame, site_id: str) -> GroupedCounts[C]:
     """Count every group present in the cohort (the analysis' sufficient statistics here)."""
     assert analysis.endpoint is not None
-    frame = kind.endpoint(tables, cohort, analysis.endpoint, study.horizon_days,
-                          study.censor_at)
+    frame = endpoint_frame(kind, tables, cohort, analysis.endpoint, study.horizon_days,
+                           study.censor_at)
     durations, outcomes = frame["duration"].to_numpy(), frame[kind.outcome].to_numpy()
     labels = np.asarray(group_labels(cohort, analysis.group_by, site_id))
     return GroupedCounts({str(label): kind.count(durations[labels == label],

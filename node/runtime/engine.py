@@ -11,9 +11,10 @@ import datetime as dt
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,16 +48,38 @@ logger = logging.getLogger(__name__)
 
 
 class _TableCache:
-    """Reads each table of the store once per study (endpoints look at tables repeatedly)."""
+    """One snapshot of the store as the studies see it: each table (or the columns of it asked
+    for) read once, and what is derived from the snapshot alone (cohorts, endpoints, ledger
+    digests; :meth:`derived`) computed once, for every analysis and every study on it.
+
+    The engine keeps the cache of the latest snapshot only: a re-ingestion (a new snapshot id)
+    starts a new one, so nothing derived from older data is ever reused.
+    """
+
+    reads_columns = True
 
     def __init__(self, store: TableSource) -> None:
         self._store = store
-        self._tables: dict[str, pd.DataFrame] = {}
+        self._tables: dict[tuple[str, tuple[str, ...] | None], pd.DataFrame] = {}
+        self._derived: dict[Hashable, Any] = {}
+        self.snapshot_id: str | None = getattr(store, "snapshot_id", None)
 
-    def table(self, name: str) -> pd.DataFrame:
-        if name not in self._tables:
-            self._tables[name] = self._store.table(name)
-        return self._tables[name]
+    def table(self, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        full = (name, None)
+        if full in self._tables:
+            return self._tables[full]
+        key = full if columns is None or not getattr(self._store, "reads_columns", False) \
+            else (name, tuple(columns))
+        if key not in self._tables:
+            self._tables[key] = self._store.table(name) if key[1] is None \
+                else self._store.table(name, columns=key[1])  # type: ignore[call-arg]
+        return self._tables[key]
+
+    def derived(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per ``key`` for this snapshot (the result must not be changed)."""
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
 
 
 @dataclass
@@ -155,6 +178,8 @@ class NodeEngine:
         self.today = today
         self.approvals = approvals
         self._cache: OrderedDict[tuple[str, str], _Prepared] = OrderedDict()
+        self._snapshot: _TableCache | None = None
+        """The latest snapshot read, shared by the studies on it."""
         self._newton_rounds: dict[tuple[str, str, str], int] = {}
         """Newton rounds answered per (study, digest, Cox analysis) of evicted studies."""
 
@@ -206,8 +231,16 @@ class NodeEngine:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        tables = _TableCache(self.open_tables())
-        cohort = select_cohort(tables, study.cohort, today=self.today())
+        store = self.open_tables()
+        sid = getattr(store, "snapshot_id", None)
+        if sid is not None and self._snapshot is not None and self._snapshot.snapshot_id == sid:
+            tables = self._snapshot  # another study on the same snapshot
+        else:
+            tables = _TableCache(store)
+            self._snapshot = tables if sid is not None else None
+        today = self.today()
+        cohort = tables.derived(("cohort", _cohort_key(study), today),
+                                lambda: select_cohort(tables, study.cohort, today=today))
         prepared = _Prepared(tables, cohort, {}, key=key)
         self._cache[key] = prepared
         while len(self._cache) > _CACHED_STUDIES:
@@ -288,11 +321,17 @@ class NodeEngine:
             return None
         ids = prepared.cohort["infusion_id"].astype(str).to_numpy()
         sets: dict[str, np.ndarray] = {}
+        ledger = self.ledger
+        cohort = prepared.cohort
         for name in new:
-            if name == PATIENTS:
-                sets[name] = self.ledger.digests(prepared.cohort["patient_id"].astype(str))
+            if name == PATIENTS:  # the cohort's digests: once per cohort of the snapshot
+                sets[name] = prepared.tables.derived(
+                    ("digests", name, id(cohort), ledger),
+                    lambda: (cohort, ledger.digests(cohort["patient_id"].astype(str))))[1]
             elif name == INFUSIONS:
-                sets[name] = self.ledger.infusion_digests(ids)
+                sets[name] = prepared.tables.derived(
+                    ("digests", name, id(cohort), ledger),
+                    lambda: (cohort, ledger.infusion_digests(ids)))[1]
             else:
                 sets[name] = self.ledger.infusion_digests(ids[prepared.masks[name]])
         reason = self.ledger.check_and_record(study.id, sets, self.policy.min_cohort_difference)
@@ -422,6 +461,11 @@ class NodeEngine:
             releases = SecureSessions.mask(releases, masker, round)
         # Cox releases are signed as sent, so other sites can check relayed ones
         return seal_cox(releases, prepared.memo, self.signer, bound, attempt, round)
+
+
+def _cohort_key(study: Study) -> Hashable:
+    """What a cohort depends on besides the snapshot and the day: the study's cohort filters."""
+    return study.cohort
 
 
 def _short(label: str) -> str:
