@@ -2,6 +2,12 @@
 
 Only peers whose certificate carries the ``coordinator`` role may call it. Domain errors become
 gRPC statuses through :mod:`aggregator.status_codes`.
+
+``WaitStudy`` pushes completion: the call returns as soon as the study has ended (or after the
+requested time, at most :data:`MAX_WAIT_S` and never past the call's deadline). A waiting call
+holds one of the server's service threads, so at most ``max_waiters`` calls wait at once
+(the server keeps two service threads free of them); beyond that the call answers at once with
+the current status, and the client waits a little before it asks again.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,9 +31,13 @@ from protocol.signing import SignedStudy
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
-__all__ = ["CoordinatorServicer", "iso_time", "status_message"]
+__all__ = ["MAX_WAIT_S", "CoordinatorServicer", "iso_time", "status_message"]
 
 logger = logging.getLogger(__name__)
+
+MAX_WAIT_S = 30.0
+"""The longest one ``WaitStudy`` call waits; a client wanting longer calls again."""
+_DEADLINE_MARGIN_S = 0.05  # answer this long before the caller's deadline
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -63,10 +74,14 @@ def _coordinator_only(method: _Method) -> _Method:
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
-    """gRPC front of the :class:`StudyEngine` for the coordinating centre."""
+    """gRPC front of the :class:`StudyEngine` for the coordinating centre.
 
-    def __init__(self, engine: StudyEngine) -> None:
+    ``max_waiters`` bounds the ``WaitStudy`` calls waiting at once (see the module docstring).
+    """
+
+    def __init__(self, engine: StudyEngine, max_waiters: int = 4) -> None:
         self._engine = engine
+        self._waiters = threading.Semaphore(max(0, max_waiters))
 
     @_coordinator_only
     def SubmitStudy(self, request: Any, context: grpc.ServicerContext) -> pb.StudyRef:
@@ -78,6 +93,23 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def GetStatus(self, request: pb.StudyRef, context: grpc.ServicerContext) -> pb.StudyStatus:
         """A study's status and its sites' states."""
         return status_message(self._engine.status(request.study_id))
+
+    @_coordinator_only
+    def WaitStudy(self, request: pb.WaitStudyRequest,
+                  context: grpc.ServicerContext) -> pb.StudyStatus:
+        """The study's status once it has ended, or when the wait is over."""
+        timeout = min(request.timeout_ms / 1000.0, MAX_WAIT_S)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, remaining - _DEADLINE_MARGIN_S)
+        if timeout <= 0 or not self._waiters.acquire(blocking=False):
+            return status_message(self._engine.status(request.study_id))
+        try:
+            wake = threading.Event()
+            context.add_callback(wake.set)  # the caller went away: stop waiting
+            return status_message(self._engine.wait(request.study_id, timeout, wake))
+        finally:
+            self._waiters.release()
 
     @_coordinator_only
     def GetResults(self, request: pb.StudyRef,

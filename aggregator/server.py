@@ -16,7 +16,9 @@ within ``hello_timeout_s``. Node streams can thus hold at most ``max_node_stream
 the sites do. One port and one pool keep the deployment as it was; more sites need only a
 larger ``max_node_streams`` (a move of the node link to ``grpc.aio``, where a stream holds no
 thread, would keep this accounting). ``max_message_bytes`` is the gRPC message limit of both
-directions, told to nodes in ``Welcome``.
+directions, told to nodes in ``Welcome``. ``WaitStudy`` calls (completion pushed to the
+coordinator) hold a service thread while they wait, so at most ``service_threads - 2`` wait
+at once (:mod:`aggregator.coordinator_api`); two remain for other calls and health checks.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ class AggregatorServer:
                                    options=grpc_server_options(config))
         node_link_pb2_grpc.add_NodeLinkServicer_to_server(self.link, self._server)
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(self.engine), self._server)
+            CoordinatorServicer(self.engine, max_waiters=config.service_threads - 2),
+            self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.port = self._server.add_secure_port(config.listen, server_credentials(creds))
         if self.port == 0:
@@ -137,6 +140,7 @@ class AggregatorServer:
             return
         self._stopped = True
         self.begin_shutdown()
+        self.engine.wake_waiters()  # WaitStudy calls answer now instead of holding the drain
         self.link.close(timeout_s=grace or 0.0)
         self._server.stop(grace).wait()
         self._stop_ticker.set()

@@ -224,7 +224,17 @@ def _study(a: argparse.Namespace) -> int:
             from protocol.signing import SignedStudy
 
             study_id = client.submit(SignedStudy.from_file(Path(a.signed)))
-            print(f"submitted {study_id}")
+            if not a.wait:
+                _emit({"study_id": study_id}, a.json, f"submitted {study_id}")
+                return 0
+            if not a.json:
+                print(f"submitted {study_id}; waiting for it to end", flush=True)
+            # completion is pushed by the aggregator (WaitStudy), not polled
+            s = client.wait_for_completion(study_id, a.timeout)
+            _emit(s, a.json, f"{s['study_id']}: {s['status']}\n" + "\n".join(
+                f"  {site}: {v['state']}{' (' + v['reason'] + ')' if v['reason'] else ''}"
+                for site, v in s["sites"].items()))
+            return 0 if s["status"] == "completed" else 1
         elif a.study_cmd == "status":
             s = client.status(a.study_id)
             _emit(s, a.json, f"{s['study_id']}: {s['status']}\n" + "\n".join(
@@ -383,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = study_sub.add_parser("submit", help="submit a signed study")
     p.add_argument("signed")
     _client_flags(p)
+    p.add_argument("--wait", action="store_true",
+                   help="return when the study has ended and print its final status "
+                   "(exit 1 when it failed)")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="with --wait: give up after this many seconds (default 3600)")
+    p.add_argument("--json", action="store_true")
     for name, helptext in (("status", "show a study's status"),
                            ("results", "fetch results.json and report.html")):
         p = study_sub.add_parser(name, help=helptext)

@@ -22,6 +22,10 @@ from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
 __all__ = ["CoordinatorClient", "load_study", "sign_study_file"]
 
+LONG_POLL_S = 25.0
+"""How long one ``WaitStudy`` call asks the aggregator to wait (it may answer sooner)."""
+_RETRY_S = 0.1  # pause before asking again when the aggregator answered at once
+
 
 def load_study(study_path: Path) -> Study:
     """Read and validate a study document; errors name the file and the field."""
@@ -130,8 +134,42 @@ class CoordinatorClient:
     def wait_for_completion(self, study_id: str, timeout_s: float,
                             progress: Callable[[dict[str, Any]], None] | None = None
                             ) -> dict[str, Any]:
-        """Poll until the study is no longer running; returns the last status."""
+        """Wait until the study is no longer running; returns its final status.
+
+        The aggregator pushes completion: each ``WaitStudy`` call returns as soon as the study
+        ends (or after at most :data:`LONG_POLL_S`, when ``progress`` sees the status and the
+        client asks again). An aggregator without ``WaitStudy`` is polled every 0.1 s.
+
+        Raises
+        ------
+        HeronError
+            When the study is still running after ``timeout_s`` seconds, or a call fails.
+        """
         deadline = time.monotonic() + timeout_s
+        while True:
+            wait = max(0.0, min(deadline - time.monotonic(), LONG_POLL_S))
+            started = time.monotonic()
+            try:
+                reply = self._stub.WaitStudy(
+                    pb.WaitStudyRequest(study_id=study_id, timeout_ms=int(wait * 1000)),
+                    timeout=wait + self.timeout_s)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # an older aggregator
+                    return self._poll_for_completion(study_id, deadline, timeout_s, progress)
+                raise HeronError(f"aggregator: {exc.code().name}: {exc.details()}") from None
+            status = _status_dict(reply)
+            if progress:
+                progress(status)
+            if status["status"] != "running":
+                return status
+            if time.monotonic() >= deadline:
+                raise HeronError(f"study {study_id} still running after {timeout_s:.0f} s")
+            if time.monotonic() - started < min(wait, _RETRY_S):
+                time.sleep(_RETRY_S)  # answered at once (the aggregator's waiters are busy)
+
+    def _poll_for_completion(self, study_id: str, deadline: float, timeout_s: float,
+                             progress: Callable[[dict[str, Any]], None] | None
+                             ) -> dict[str, Any]:
         while True:
             status = self.status(study_id)
             if progress:
@@ -140,4 +178,4 @@ class CoordinatorClient:
                 return status
             if time.monotonic() > deadline:
                 raise HeronError(f"study {study_id} still running after {timeout_s:.0f} s")
-            time.sleep(0.1)
+            time.sleep(_RETRY_S)

@@ -25,31 +25,33 @@ _sym_db = _symbol_database.Default()
 from protocol.v1 import common_pb2 as protocol_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotocol/v1/coordinator.proto\x12\x08heron.v1\x1a\x18protocol/v1/common.proto\"\x1c\n\x08StudyRef\x12\x10\n\x08study_id\x18\x01 \x01(\t\"O\n\tSiteState\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nupdated_at\x18\x04 \x01(\t\"\x8e\x01\n\x0bStudyStatus\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x14\n\x0csubmitted_at\x18\x04 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x05 \x01(\t\x12\"\n\x05sites\x18\x06 \x03(\x0b\x32\x13.heron.v1.SiteState\"F\n\x0cStudyResults\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x14\n\x0cresults_json\x18\x03 \x01(\t\"\x14\n\x12ListStudiesRequest\"3\n\tStudyList\x12&\n\x07studies\x18\x01 \x03(\x0b\x32\x15.heron.v1.StudyStatus\"\x12\n\x10ListSitesRequest\"v\n\x08SiteInfo\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x11\n\tlast_seen\x18\x04 \x01(\t\x12\x13\n\x0bingested_at\x18\x05 \x01(\tJ\x04\x08\x06\x10\x07\"-\n\x08SiteList\x12!\n\x05sites\x18\x01 \x03(\x0b\x32\x12.heron.v1.SiteInfo2\xb8\x02\n\x0b\x43oordinator\x12\x38\n\x0bSubmitStudy\x12\x15.heron.v1.SignedStudy\x1a\x12.heron.v1.StudyRef\x12\x36\n\tGetStatus\x12\x12.heron.v1.StudyRef\x1a\x15.heron.v1.StudyStatus\x12\x38\n\nGetResults\x12\x12.heron.v1.StudyRef\x1a\x16.heron.v1.StudyResults\x12@\n\x0bListStudies\x12\x1c.heron.v1.ListStudiesRequest\x1a\x13.heron.v1.StudyList\x12;\n\tListSites\x12\x1a.heron.v1.ListSitesRequest\x1a\x12.heron.v1.SiteListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotocol/v1/coordinator.proto\x12\x08heron.v1\x1a\x18protocol/v1/common.proto\"8\n\x10WaitStudyRequest\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\r\"\x1c\n\x08StudyRef\x12\x10\n\x08study_id\x18\x01 \x01(\t\"O\n\tSiteState\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nupdated_at\x18\x04 \x01(\t\"\x8e\x01\n\x0bStudyStatus\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x14\n\x0csubmitted_at\x18\x04 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x05 \x01(\t\x12\"\n\x05sites\x18\x06 \x03(\x0b\x32\x13.heron.v1.SiteState\"F\n\x0cStudyResults\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x14\n\x0cresults_json\x18\x03 \x01(\t\"\x14\n\x12ListStudiesRequest\"3\n\tStudyList\x12&\n\x07studies\x18\x01 \x03(\x0b\x32\x15.heron.v1.StudyStatus\"\x12\n\x10ListSitesRequest\"v\n\x08SiteInfo\x12\x0f\n\x07site_id\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12\x11\n\tlast_seen\x18\x04 \x01(\t\x12\x13\n\x0bingested_at\x18\x05 \x01(\tJ\x04\x08\x06\x10\x07\"-\n\x08SiteList\x12!\n\x05sites\x18\x01 \x03(\x0b\x32\x12.heron.v1.SiteInfo2\xf8\x02\n\x0b\x43oordinator\x12\x38\n\x0bSubmitStudy\x12\x15.heron.v1.SignedStudy\x1a\x12.heron.v1.StudyRef\x12\x36\n\tGetStatus\x12\x12.heron.v1.StudyRef\x1a\x15.heron.v1.StudyStatus\x12\x38\n\nGetResults\x12\x12.heron.v1.StudyRef\x1a\x16.heron.v1.StudyResults\x12@\n\x0bListStudies\x12\x1c.heron.v1.ListStudiesRequest\x1a\x13.heron.v1.StudyList\x12;\n\tListSites\x12\x1a.heron.v1.ListSitesRequest\x1a\x12.heron.v1.SiteList\x12>\n\tWaitStudy\x12\x1a.heron.v1.WaitStudyRequest\x1a\x15.heron.v1.StudyStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protocol.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STUDYREF']._serialized_start=69
-  _globals['_STUDYREF']._serialized_end=97
-  _globals['_SITESTATE']._serialized_start=99
-  _globals['_SITESTATE']._serialized_end=178
-  _globals['_STUDYSTATUS']._serialized_start=181
-  _globals['_STUDYSTATUS']._serialized_end=323
-  _globals['_STUDYRESULTS']._serialized_start=325
-  _globals['_STUDYRESULTS']._serialized_end=395
-  _globals['_LISTSTUDIESREQUEST']._serialized_start=397
-  _globals['_LISTSTUDIESREQUEST']._serialized_end=417
-  _globals['_STUDYLIST']._serialized_start=419
-  _globals['_STUDYLIST']._serialized_end=470
-  _globals['_LISTSITESREQUEST']._serialized_start=472
-  _globals['_LISTSITESREQUEST']._serialized_end=490
-  _globals['_SITEINFO']._serialized_start=492
-  _globals['_SITEINFO']._serialized_end=610
-  _globals['_SITELIST']._serialized_start=612
-  _globals['_SITELIST']._serialized_end=657
-  _globals['_COORDINATOR']._serialized_start=660
-  _globals['_COORDINATOR']._serialized_end=972
+  _globals['_WAITSTUDYREQUEST']._serialized_start=69
+  _globals['_WAITSTUDYREQUEST']._serialized_end=125
+  _globals['_STUDYREF']._serialized_start=127
+  _globals['_STUDYREF']._serialized_end=155
+  _globals['_SITESTATE']._serialized_start=157
+  _globals['_SITESTATE']._serialized_end=236
+  _globals['_STUDYSTATUS']._serialized_start=239
+  _globals['_STUDYSTATUS']._serialized_end=381
+  _globals['_STUDYRESULTS']._serialized_start=383
+  _globals['_STUDYRESULTS']._serialized_end=453
+  _globals['_LISTSTUDIESREQUEST']._serialized_start=455
+  _globals['_LISTSTUDIESREQUEST']._serialized_end=475
+  _globals['_STUDYLIST']._serialized_start=477
+  _globals['_STUDYLIST']._serialized_end=528
+  _globals['_LISTSITESREQUEST']._serialized_start=530
+  _globals['_LISTSITESREQUEST']._serialized_end=548
+  _globals['_SITEINFO']._serialized_start=550
+  _globals['_SITEINFO']._serialized_end=668
+  _globals['_SITELIST']._serialized_start=670
+  _globals['_SITELIST']._serialized_end=715
+  _globals['_COORDINATOR']._serialized_start=718
+  _globals['_COORDINATOR']._serialized_end=1094
 # @@protoc_insertion_point(module_scope)

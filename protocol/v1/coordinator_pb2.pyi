@@ -7,6 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WaitStudyRequest(_message.Message):
+    __slots__ = ("study_id", "timeout_ms")
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    study_id: str
+    timeout_ms: int
+    def __init__(self, study_id: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
 class StudyRef(_message.Message):
     __slots__ = ("study_id",)
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]

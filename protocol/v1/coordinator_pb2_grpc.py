@@ -60,6 +60,11 @@ class CoordinatorStub:
                 request_serializer=protocol_dot_v1_dot_coordinator__pb2.ListSitesRequest.SerializeToString,
                 response_deserializer=protocol_dot_v1_dot_coordinator__pb2.SiteList.FromString,
                 _registered_method=True)
+        self.WaitStudy = channel.unary_unary(
+                '/heron.v1.Coordinator/WaitStudy',
+                request_serializer=protocol_dot_v1_dot_coordinator__pb2.WaitStudyRequest.SerializeToString,
+                response_deserializer=protocol_dot_v1_dot_coordinator__pb2.StudyStatus.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -95,6 +100,16 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitStudy(self, request, context):
+        """Completion pushed instead of polled: returns the study's status as soon as it is no
+        longer running, or once timeout_ms has passed (whichever comes first). The aggregator
+        caps the wait (and answers at once when too many calls are already waiting), so a
+        caller loops until the status is final.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +137,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListSites,
                     request_deserializer=protocol_dot_v1_dot_coordinator__pb2.ListSitesRequest.FromString,
                     response_serializer=protocol_dot_v1_dot_coordinator__pb2.SiteList.SerializeToString,
+            ),
+            'WaitStudy': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitStudy,
+                    request_deserializer=protocol_dot_v1_dot_coordinator__pb2.WaitStudyRequest.FromString,
+                    response_serializer=protocol_dot_v1_dot_coordinator__pb2.StudyStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +279,33 @@ class Coordinator:
             '/heron.v1.Coordinator/ListSites',
             protocol_dot_v1_dot_coordinator__pb2.ListSitesRequest.SerializeToString,
             protocol_dot_v1_dot_coordinator__pb2.SiteList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitStudy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heron.v1.Coordinator/WaitStudy',
+            protocol_dot_v1_dot_coordinator__pb2.WaitStudyRequest.SerializeToString,
+            protocol_dot_v1_dot_coordinator__pb2.StudyStatus.FromString,
             options,
             channel_credentials,
             insecure,
