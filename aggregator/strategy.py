@@ -109,8 +109,9 @@ class Strategy(ABC, Generic[S]):
         return {**base, **state.result}
 
     def dump(self, state: S) -> dict[str, Any]:
-        """The state as JSON-ready data."""
-        return dataclasses.asdict(state)
+        """The state as JSON-ready data: its fields, not copied (they are JSON-ready already;
+        ``dataclasses.asdict`` deep-copied every pooled table: 10 ms of a 60-patient KM)."""
+        return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
     def load(self, data: Mapping[str, Any]) -> S:
         """The state back from :meth:`dump`."""
