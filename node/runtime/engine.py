@@ -319,10 +319,10 @@ class NodeEngine:
         new = [n for n in names if n not in prepared.ledger_sets]
         if self.ledger is None or not new:
             return None
-        ids = prepared.cohort["infusion_id"].astype(str).to_numpy()
         sets: dict[str, np.ndarray] = {}
         ledger = self.ledger
         cohort = prepared.cohort
+        ids = _LazyIds(cohort)  # built only when a set's digests are not cached
         for name in new:
             if name == PATIENTS:  # the cohort's digests: once per cohort of the snapshot
                 sets[name] = prepared.tables.derived(
@@ -331,9 +331,9 @@ class NodeEngine:
             elif name == INFUSIONS:
                 sets[name] = prepared.tables.derived(
                     ("digests", name, id(cohort), ledger),
-                    lambda: (cohort, ledger.infusion_digests(ids)))[1]
+                    lambda: (cohort, ledger.infusion_digests(ids.get())))[1]
             else:
-                sets[name] = self.ledger.infusion_digests(ids[prepared.masks[name]])
+                sets[name] = self.ledger.infusion_digests(ids.get()[prepared.masks[name]])
         reason = self.ledger.check_and_record(study.id, sets, self.policy.min_cohort_difference)
         if reason is None:
             prepared.ledger_sets = prepared.ledger_sets | sets.keys()
@@ -461,6 +461,19 @@ class NodeEngine:
             releases = SecureSessions.mask(releases, masker, round)
         # Cox releases are signed as sent, so other sites can check relayed ones
         return seal_cox(releases, prepared.memo, self.signer, bound, attempt, round)
+
+
+class _LazyIds:
+    """The cohort's infusion ids as strings, made on first use."""
+
+    def __init__(self, cohort: pd.DataFrame) -> None:
+        self._cohort = cohort
+        self._ids: np.ndarray | None = None
+
+    def get(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = self._cohort["infusion_id"].astype(str).to_numpy()
+        return self._ids
 
 
 def _cohort_key(study: Study) -> Hashable:
