@@ -6,19 +6,20 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from heron.errors import HeronError
 from protocol.errors import ProtocolError
-from protocol.keys import load_private_key
 from protocol.pki import load_credentials
-from protocol.signing import SignedStudy, sign_study
-from protocol.study import Study, parse_study
 from protocol.tls import channel_credentials, channel_options
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # signing and study parsing load yaml and more: only the commands that
+    from protocol.signing import SignedStudy  # sign import them (heron study status starts
+    from protocol.study import Study  # fast)
 
 __all__ = ["CoordinatorClient", "load_study", "sign_study_file"]
 
@@ -29,6 +30,8 @@ _RETRY_S = 0.1  # pause before asking again when the aggregator answered at once
 
 def load_study(study_path: Path) -> Study:
     """Read and validate a study document; errors name the file and the field."""
+    from protocol.study import parse_study
+
     try:
         return parse_study(study_path.read_bytes())
     except OSError as exc:
@@ -39,6 +42,9 @@ def load_study(study_path: Path) -> Study:
 
 def sign_study_file(study_path: Path, key_path: Path, out_path: Path) -> SignedStudy:
     """Parse a study document, sign it with a coordinator key and write the envelope."""
+    from protocol.keys import load_private_key
+    from protocol.signing import sign_study
+
     study = load_study(study_path)
     signed = sign_study(study, load_private_key(key_path))
     signed.to_file(out_path)
