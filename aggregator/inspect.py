@@ -40,7 +40,7 @@ from aggregator.errors import StoreError, UnknownStudy
 from aggregator.run import Answer, Failure, RunState, StudyRun
 from aggregator.store import Store, decode_task_result
 from aggregator.strategies import default_strategies
-from protocol.codec import Release
+from protocol.codec import Release, json_default
 from protocol.errors import ProtocolError
 from protocol.releases import SUPPRESSED
 from protocol.rounds import KEYS, STEP_ANNOUNCE, STEP_NEWTON, STEP_RELAY
@@ -428,13 +428,7 @@ def _labelled(release: Release) -> dict[str, Vector]:
 # -- rendering -------------------------------------------------------------------------------------
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return value.hex() if isinstance(value, bytes) else json_default(value)
 
 
 def _request_dict(request: Release) -> dict[str, Any]:

@@ -5,21 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from aggregator.run import RunState
+from protocol.codec import json_default
 from protocol.study import Study
 
 __all__ = ["failed_document", "json_default", "results_document"]
-
-
-def json_default(value: Any) -> Any:
-    """``json.dumps`` hook for numpy scalars and arrays."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def results_document(study: Study, state: RunState,

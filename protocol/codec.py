@@ -37,7 +37,7 @@ from protocol.errors import ReleaseFormatError
 from protocol.v1 import common_pb2, node_link_pb2
 
 __all__ = ["LAYOUT_KEY", "Release", "Vector", "answer_message", "decode_release",
-           "encode_release", "release_value_count"]
+           "encode_release", "json_default", "release_value_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class Release:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _json_default(value: object) -> object:
+def json_default(value: object) -> object:
+    """``json.dumps`` hook for numpy scalars and arrays (anything else is an error)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -149,7 +150,7 @@ def encode_release(release: Release) -> common_pb2.AnalysisRelease:
         metadata[LAYOUT_KEY] = layout
     try:
         pb.metadata_json = json.dumps(metadata, sort_keys=True, separators=(",", ":"),
-                                      allow_nan=False, default=_json_default)
+                                      allow_nan=False, default=json_default)
     except (TypeError, ValueError) as exc:
         raise ReleaseFormatError(f"release metadata is not a finite JSON object: {exc}") from exc
     return pb

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from protocol.codec import Release
+from protocol.codec import Release, json_default
 from protocol.errors import PKIError, ProtocolError
 from protocol.key_exchange import canonical_bytes
 from protocol.pki import ROLE_SITE, Credentials, certificate_identity, verify_issued_by
@@ -42,17 +42,9 @@ SIGNED = "signed"
 """Metadata key of a release's signature block."""
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def _canonical_metadata(metadata: Any) -> str:
     meta = {k: v for k, v in dict(metadata).items() if k != SIGNED}
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=_json_default,
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=json_default,
                       allow_nan=False)
 
 
