@@ -31,10 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aggregator.inspect import AnalysisInspection, inspect_study
-from heron.simulation import SimulatedNetwork, SimulatedSite, ingest_sites, make_study
-from heron.synth import synthesize
-from node.governance.policy import Policy
+from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
 from node.ingestion.schema import AE_TERM
+from tests.synthetic_sites import synthetic_network
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
@@ -48,10 +47,7 @@ GROUP_BY = [None, "route", "sex", "origin", "ecog", "disease_status", "atmp_clas
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
-    tmp = tmp_path_factory.mktemp("property")
-    folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=3, patients=60,
-                                                     seed=7)}
-    return ingest_sites(tmp / "stores", folders, policy=Policy())
+    return synthetic_network(tmp_path_factory.mktemp("property"))
 
 
 def _subset(values: list[str]) -> st.SearchStrategy[list[str] | None]:

@@ -29,12 +29,9 @@ from aggregator.inspect import inspect_study
 from heron.simulation import (
     SimulatedNetwork,
     SimulatedSite,
-    ingest_sites,
     make_study,
 )
-from heron.synth import synthesize
 from node.cohorts.cohort import select_cohort
-from node.governance.policy import Policy
 from node.ingestion.store import open_store
 from protocol.rounds import (
     announce_request,
@@ -45,21 +42,16 @@ from protocol.rounds import (
 )
 from protocol.secure_agg import unmask_sum
 from protocol.signing import sign_study
+from tests.synthetic_sites import site_stores, synthetic_network
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
 KM = {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival"}
 
 
-def _sites(tmp: Path, n: int) -> list[SimulatedSite]:
-    folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=n, patients=60,
-                                                     seed=7)}
-    return ingest_sites(tmp / "stores", folders, policy=Policy())
-
-
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
-    return _sites(tmp_path_factory.mktemp("review3"), 3)
+    return synthetic_network(tmp_path_factory.mktemp("review3"))
 
 
 @pytest.fixture
@@ -69,13 +61,9 @@ def net(tmp_path: Path, sites: list[SimulatedSite]) -> Iterator[SimulatedNetwork
         yield network
 
 
-def _stores(sites: list[SimulatedSite]) -> dict[str, Path]:
-    return {s.site_id: s.store_dir for s in sites if s.store_dir is not None}
-
-
 def _pooled_cohort(sites: list[SimulatedSite], study: Any) -> pd.DataFrame:
     frames = []
-    for site, store_dir in _stores(sites).items():
+    for site, store_dir in site_stores(sites).items():
         cohort = select_cohort(open_store(store_dir), study.cohort, today=TODAY)
         frames.append(cohort.assign(site=site))
     return pd.concat(frames, ignore_index=True)
@@ -145,7 +133,7 @@ def _subset_sum(net: SimulatedNetwork, signed: Any, study_id: str, subset: tuple
 
 
 def test_forgotten_sessions_cannot_isolate_one_site(tmp_path: Path) -> None:
-    four = _sites(tmp_path / "four", 4)
+    four = synthetic_network(tmp_path / "four", sites=4)
     with SimulatedNetwork(tmp_path / "net4", four, KEY, today=lambda: TODAY) as net4:
         study = make_study("review-evict", [KM], cohort={}, secure_aggregation=True,
                            expires=TODAY + dt.timedelta(days=30))
@@ -176,7 +164,7 @@ def test_dropped_counts_below_min_cell_are_not_aggregator_computable(
            "covariates": covariates}
     study = make_study("review-cox-dropped", [cox], cohort={}, secure_aggregation=True)
     truth = 0
-    for store_dir in _stores(sites).values():  # the patients without an LDH value
+    for store_dir in site_stores(sites).values():  # the patients without an LDH value
         store = open_store(store_dir)
         design = build_design(store, select_cohort(store, study.cohort, today=TODAY),
                               covariates)

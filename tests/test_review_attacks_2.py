@@ -33,33 +33,25 @@ from aggregator.inspect import inspect_study
 from heron.simulation import (
     SimulatedNetwork,
     SimulatedSite,
-    ingest_sites,
     make_study,
     pooled_survival_data,
 )
-from heron.synth import synthesize
 from node.cohorts.cohort import select_cohort
-from node.governance.policy import Policy
 from node.ingestion.store import open_store
+from tests.synthetic_sites import site_stores, synthetic_network
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
 
 
-def _sites(tmp: Path, sites: int) -> list[SimulatedSite]:
-    folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=sites, patients=60,
-                                                     seed=7)}
-    return ingest_sites(tmp / "stores", folders, policy=Policy())
-
-
 @pytest.fixture
 def three(tmp_path: Path) -> list[SimulatedSite]:
-    return _sites(tmp_path / "three", 3)  # 99, 73 and 8 patients
+    return synthetic_network(tmp_path / "three")  # 99, 73 and 8 patients
 
 
 @pytest.fixture
 def four(tmp_path: Path) -> list[SimulatedSite]:
-    return _sites(tmp_path / "four", 4)
+    return synthetic_network(tmp_path / "four", sites=4)
 
 
 def _network(tmp: Path, sites: list[SimulatedSite]) -> SimulatedNetwork:
@@ -141,7 +133,7 @@ def test_a_withheld_group_is_not_recovered_with_a_filtered_second_study(
                          secure_aggregation=True)
     study_b = make_study("filtered-b", [km], cohort={"sex": ["F"]}, min_sites=3,
                          secure_aggregation=True)
-    stores = {s.site_id: s.store_dir for s in four if s.store_dir is not None}
+    stores = site_stores(four)
     ref = pooled_survival_data(stores, study_a, "overall_survival", "sex", today=TODAY)
     with _network(tmp_path, four) as net:
         net.run(primer, timeout_s=120)

@@ -34,11 +34,9 @@ from analytics import DisclosureError, coarsen_counts, survival_counts
 from heron.simulation import (
     SimulatedNetwork,
     SimulatedSite,
-    ingest_sites,
     make_study,
     pooled_survival_data,
 )
-from heron.synth import synthesize
 from node.cohorts.cohort import select_cohort
 from node.governance.policy import Policy
 from node.ingestion.schema import AE_TERM
@@ -52,6 +50,7 @@ from protocol.rounds import (
     summary_request,
 )
 from protocol.signing import sign_study
+from tests.synthetic_sites import site_stores, synthetic_network
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
@@ -65,10 +64,7 @@ AE = {"name": "ae", "kind": "adverse_events", "terms": ["CRS", "infection_viral"
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
-    tmp = tmp_path_factory.mktemp("screening")
-    folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=3, patients=60,
-                                                     seed=7)}
-    return ingest_sites(tmp / "stores", folders, policy=Policy())
+    return synthetic_network(tmp_path_factory.mktemp("screening"))
 
 
 @pytest.fixture
@@ -76,10 +72,6 @@ def net(tmp_path: Path, sites: list[SimulatedSite]) -> Iterator[SimulatedNetwork
     with SimulatedNetwork(tmp_path / "net", sites, KEY, today=lambda: TODAY,
                           site_timeout_s=10) as network:
         yield network
-
-
-def _stores(sites: list[SimulatedSite]) -> dict[str, Path]:
-    return {s.site_id: s.store_dir for s in sites if s.store_dir is not None}
 
 
 def _study(study_id: str, analyses: list[dict[str, Any]], cohort: dict[str, Any],
@@ -95,7 +87,7 @@ def _numbers(text: str) -> set[int]:
 def test_a_cohort_of_one_patient_releases_nothing(net: SimulatedNetwork,
                                                   sites: list[SimulatedSite]) -> None:
     study = _study("one-patient", [KM, CIF, AE], ONE_PATIENT)
-    pooled = pooled_survival_data(_stores(sites), study, "overall_survival", None, today=TODAY)
+    pooled = pooled_survival_data(site_stores(sites), study, "overall_survival", None, today=TODAY)
     assert 1 <= len(pooled) < 10  # the attack's cohort: one patient network-wide
     assert pooled["site"].nunique() < 3
     results = net.run(study, timeout_s=60)
@@ -110,7 +102,7 @@ def test_a_cohort_of_one_patient_releases_nothing(net: SimulatedNetwork,
 def test_a_small_cohort_at_every_site_releases_nothing(net: SimulatedNetwork,
                                                        sites: list[SimulatedSite]) -> None:
     study = _study("four-patients", [KM, CIF, AE], {"product": ["ide-cel"]})
-    pooled = pooled_survival_data(_stores(sites), study, "overall_survival", None, today=TODAY)
+    pooled = pooled_survival_data(site_stores(sites), study, "overall_survival", None, today=TODAY)
     assert 1 <= len(pooled) < 10 and pooled["site"].nunique() == 3
     results = net.run(study, timeout_s=60)
     for name, analysis in results["analyses"].items():
@@ -123,7 +115,7 @@ def test_sites_with_an_empty_cohort_do_not_count_towards_min_sites(
         net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
     cohort = {"product": ["liso-cel", "brexu-cel", "cilta-cel"]}
     study = _study("two-sites-have-it", [KM], cohort)
-    per_site = pooled_survival_data(_stores(sites), study, "overall_survival", None,
+    per_site = pooled_survival_data(site_stores(sites), study, "overall_survival", None,
                                     today=TODAY).groupby("site").size()
     assert len(per_site) == 2 and per_site.min() >= 10 and per_site.sum() >= 10
     refused = net.run(study, timeout_s=60)
@@ -153,7 +145,7 @@ def test_group_by_site_with_consent_is_released_under_the_unmasked_rules(
     with SimulatedNetwork(tmp_path / "net", consenting, KEY, today=lambda: TODAY) as net:
         results = net.run(_study("by-site-ok", [km_site], {}, min_sites=2), timeout_s=60)
     groups = results["analyses"]["km_site"]["groups"]
-    data = pooled_survival_data(_stores(consenting), _study("ref", [KM], {}),
+    data = pooled_survival_data(site_stores(consenting), _study("ref", [KM], {}),
                                 "overall_survival", None, today=TODAY)
     for site, rows in data.groupby("site"):
         assert groups[site]["n"] == len(rows)
@@ -182,7 +174,7 @@ def _ae_reference(sites: list[SimulatedSite], study: Any, term: str,
                   window: int) -> tuple[int, dict[str, int]]:
     """Patients with ``term`` in days 0..window and their maximum grades, counted with pandas."""
     with_event, grades = 0, {str(g): 0 for g in range(1, 6)}
-    for store_dir in _stores(sites).values():
+    for store_dir in site_stores(sites).values():
         store = open_store(store_dir)
         cohort = select_cohort(store, study.cohort, today=TODAY)
         ae = store.table("adverse_events")
@@ -302,7 +294,7 @@ def test_an_unmasked_cox_model_over_few_complete_cases_is_withheld(
                                     "endpoint": "overall_survival",
                                     "covariates": ["age_at_infusion"]}], cohort={},
                        secure_aggregation=False)
-    store = open_store(_stores(sites)["se-uppsala"])
+    store = open_store(site_stores(sites)["se-uppsala"])
     cohort = select_cohort(store, study.cohort, today=TODAY)
     analysis = study.analyses[0]
     full = first_release(analysis, study, store, cohort, "se-uppsala", Policy(), {})
