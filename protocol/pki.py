@@ -85,7 +85,8 @@ class Credentials:
 def write_private_file(path: Path, data: bytes) -> None:
     """Write secret ``data`` to ``path`` with mode 0600, never readable by others meanwhile.
 
-    The data goes to a 0600 temporary file beside ``path`` that is then renamed over it.
+    The data goes to a 0600 temporary file beside ``path``, synced to disk, that is then
+    renamed over it: a crash leaves the old file or the new one, never a half-written one.
     """
     _atomic_write(Path(path), data, 0o600)
 
@@ -97,6 +98,8 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -22,12 +22,12 @@ import datetime as dt
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from node.errors import NodeError
+from protocol.pki import write_private_file
 from protocol.study import ID_PATTERN, Study, study_from_dict
 
 __all__ = ["ApprovalError", "Approvals", "PendingStudy", "study_summary", "summary_lines"]
@@ -93,16 +93,7 @@ class Approvals:
     def _write(self, kind: str, digest: str, data: dict[str, Any]) -> Path:
         folder = self._dir(kind)
         target = folder / f"{_check_digest(digest)}.json"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")  # created 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, sort_keys=True, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private_file(target, json.dumps(data, sort_keys=True, indent=1).encode())
         return target
 
     def _read(self, kind: str, digest: str) -> dict[str, Any] | None:

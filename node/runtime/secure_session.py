@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,8 @@ from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.key_exchange import KeyAnnouncement, announce, verify_announcement
 from protocol.masking import PairwiseMasker
-from protocol.pki import Credentials
-from protocol.rounds import KEY_KIND, KEYS, KeyRelay
+from protocol.pki import Credentials, write_private_file
+from protocol.rounds import KEY_KIND, KEYS, NO_EPHEMERAL_KEY, KeyRelay
 from protocol.screening import SCREEN, SCREEN_KIND, open_sealed, seal
 from protocol.secure_agg import mask_release, unmask_sum
 
@@ -119,14 +118,7 @@ class SecureSessions:
             return
         body = json.dumps({"version": _STATE_VERSION, "studies": {
             sid: k.to_dict() for sid, k in sorted(self._studies.items())}}, sort_keys=True)
-        self._state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_file.with_name(self._state_file.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._state_file)
+        write_private_file(self._state_file, body.encode())
 
     def _study(self, study_id: str) -> _StudyKeys:
         if study_id not in self._studies:
@@ -178,7 +170,7 @@ class SecureSessions:
             if attempt in keys.erased:
                 raise StudyRefused(f"secure aggregation: attempt {attempt} has ended; its "
                                    "ephemeral key was erased")
-            raise StudyRefused(f"no ephemeral key for attempt {attempt} (node restarted?)")
+            raise StudyRefused(f"{NO_EPHEMERAL_KEY} for attempt {attempt} (node restarted?)")
         relayed = hashlib.sha256(json.dumps(list(relay.announcements), sort_keys=True)
                                  .encode()).hexdigest()
         cached = keys.maskers.get(attempt)
