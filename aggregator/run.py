@@ -31,7 +31,14 @@ from aggregator.strategy import MASKED_SUM, Contributions, Strategy
 from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.key_exchange import KeyAnnouncement, verify_announcement
-from protocol.rounds import KEYS, announce_request, key_relay, screen_request, screened_relay
+from protocol.rounds import (
+    KEYS,
+    NO_EPHEMERAL_KEY,
+    announce_request,
+    key_relay,
+    screen_request,
+    screened_relay,
+)
 from protocol.screening import SCREEN
 from protocol.secure_agg import unmask_sum
 from protocol.study import Study
@@ -388,7 +395,7 @@ class StudyRun:
 
 def _restarted(failure: Failure) -> bool:
     """Whether a site refused a masked round only because it restarted (no key)."""
-    return "no ephemeral key" in failure.reason
+    return failure.reason.startswith(NO_EPHEMERAL_KEY)
 
 
 def asked_names(asked: Mapping[str, tuple[Release, ...]]) -> set[str]:

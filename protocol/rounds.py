@@ -52,6 +52,7 @@ from protocol.v1.common_pb2 import AnalysisRelease
 __all__ = [
     "KEYS",
     "KEY_KIND",
+    "NO_EPHEMERAL_KEY",
     "STEP_ANNOUNCE",
     "STEP_NEWTON",
     "STEP_RELAY",
@@ -70,6 +71,9 @@ __all__ = [
     "summary_requests",
 ]
 
+NO_EPHEMERAL_KEY = "no ephemeral key"
+"""How a site's refusal of a masked round begins when it lost its ephemeral key (it restarted):
+such a site is asked to rejoin the next attempt, unlike one that refused."""
 KEYS = "__keys__"
 """Analysis name of the key-exchange requests and of a site's key announcement."""
 KEY_KIND = "keys"
