@@ -39,7 +39,7 @@ from protocol.rounds import (
     screen_request,
     screened_relay,
 )
-from protocol.screening import SCREEN
+from protocol.screening import SCREEN, SEALED
 from protocol.secure_agg import unmask_sum
 from protocol.study import Study
 
@@ -214,7 +214,7 @@ class StudyRun:
             if isinstance(answer, Failure):
                 failed[site] = answer
                 continue
-            blob = next((r.metadata.get("sealed") for r in answer if r.analysis == SCREEN),
+            blob = next((r.metadata.get(SEALED) for r in answer if r.analysis == SCREEN),
                         None)
             others = set(state.participants) - {site}
             if not isinstance(blob, dict) or set(blob) != others or not all(

@@ -45,7 +45,7 @@ from google.protobuf.message import DecodeError
 
 from protocol.codec import Release, decode_release, encode_release
 from protocol.errors import ProtocolError
-from protocol.screening import SCREEN, SCREEN_KIND
+from protocol.screening import SCREEN, SCREEN_KIND, SEALED
 from protocol.study import Study
 from protocol.v1.common_pb2 import AnalysisRelease
 
@@ -104,7 +104,7 @@ def screen_request() -> Release:
 
 def screened_relay(sealed: Mapping[str, str]) -> Release:
     """The screening counts each other participant sealed for one site (sender -> blob)."""
-    return Release(SCREEN, SCREEN_KIND, {}, {_STEP: STEP_SCREENED, "sealed": dict(sealed)})
+    return Release(SCREEN, SCREEN_KIND, {}, {_STEP: STEP_SCREENED, SEALED: dict(sealed)})
 
 
 def summary_request(analysis: str, kind: str) -> Release:
@@ -258,7 +258,7 @@ def parse_requests(inputs: Sequence[Release]) -> RoundRequests:
         elif request.analysis == SCREEN and step == STEP_SCREEN:
             screen = True
         elif request.analysis == SCREEN and step == STEP_SCREENED:
-            raw_sealed = request.metadata.get("sealed")
+            raw_sealed = request.metadata.get(SEALED)
             if not isinstance(raw_sealed, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in raw_sealed.items()):
                 raise ProtocolError("screened relay: sealed must map site ids to blobs")

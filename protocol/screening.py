@@ -33,11 +33,14 @@ from protocol.key_exchange import canonical_bytes
 from protocol.masking import PairwiseMasker
 from protocol.v1 import common_pb2
 
-__all__ = ["SCREEN", "SCREEN_KIND", "open_sealed", "seal"]
+__all__ = ["SCREEN", "SCREEN_KIND", "SEALED", "open_sealed", "seal"]
 
 SCREEN = "__screen__"
 """Analysis name of the screening requests and of a site's sealed screening release."""
 SCREEN_KIND = "screen"
+SEALED = "sealed"
+"""Metadata key of the sealed blobs (recipient or sender -> blob) of a screening release or
+relay."""
 _LABEL = "screen"
 _NONCE = 12
 

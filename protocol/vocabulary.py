@@ -39,14 +39,17 @@ __all__ = [
     "COX_EVENTS",
     "COX_N",
     "DISEASE_STATUS",
+    "DROPPED_HIDDEN",
     "ECOG",
     "FIXED_LEVELS",
     "GROUPING_COLUMNS",
     "GROUPS",
     "GROUP_BY",
+    "HIDDEN_GRADES",
     "LOGRANK_COVARIANCE",
     "LOGRANK_EXPECTED",
     "LOGRANK_OBSERVED",
+    "MEDIAN_ONSET",
     "OPEN_LEVELS",
     "ORIGIN",
     "ROUTE",
@@ -56,6 +59,8 @@ __all__ = [
     "TERMS",
     "TERM_PARTS",
     "UNKNOWN",
+    "WITHHELD",
+    "WITHHELD_TERMS",
     "cox_levels_vector",
     "fixed_groups",
     "group_vector",
@@ -135,6 +140,17 @@ def fixed_groups(group_by: str | None, participants: Sequence[str]) -> list[str]
 # -- release vectors -----------------------------------------------------------------------------
 
 GROUPS = "groups"
+WITHHELD = "withheld"
+"""Release metadata: the groups of a grouped release that were withheld (sent as zeros or left
+out), never with their size."""
+WITHHELD_TERMS = "withheld_terms"
+"""Release metadata: adverse-event terms withheld whole by the screening (secure)."""
+HIDDEN_GRADES = "hidden_grades"
+"""Release metadata: term -> grade keys hidden by the screening (secure)."""
+MEDIAN_ONSET = "median_onset"
+"""Release metadata: term -> median first-onset day the sites computed (secure)."""
+DROPPED_HIDDEN = "dropped_hidden"
+"""Release metadata of a masked Cox description: patients dropped per covariate sent as 0."""
 """Metadata key listing the group names of a grouped release, in vector order."""
 TERMS = "terms"
 """Metadata key listing the terms of an adverse-event release, in vector order."""

@@ -17,7 +17,7 @@ from analytics import ae_term_result
 from protocol.codec import Release
 from protocol.releases import SUPPRESSED, adverse_event_terms
 from protocol.study import Analysis, Study
-from protocol.vocabulary import AE_GRADES
+from protocol.vocabulary import AE_GRADES, HIDDEN_GRADES, MEDIAN_ONSET, WITHHELD_TERMS
 
 __all__ = ["AdverseEventStrategy", "complement_grades", "pool_adverse_events"]
 
@@ -52,8 +52,8 @@ def pool_adverse_events(analysis: Analysis, study: Study,
     min_cell = max([int(r.metadata.get("min_cell", 5)) for r in releases.values()] + [5])
     onset_everywhere = all(r.metadata.get("onset_released") for r in releases.values())
     # secure aggregation: no onset days, the median every site computed from the screening
-    medians = next((r.metadata["median_onset"] for r in releases.values()
-                    if isinstance(r.metadata.get("median_onset"), dict)), None)
+    medians = next((r.metadata[MEDIAN_ONSET] for r in releases.values()
+                    if isinstance(r.metadata.get(MEDIAN_ONSET), dict)), None)
     for release in releases.values():
         window = int(release.metadata["window_days"])
         for term, (counts, grades, onset) in adverse_event_terms(release, window).items():
@@ -65,10 +65,10 @@ def pool_adverse_events(analysis: Analysis, study: Study,
             acc["withheld"] |= np.concatenate([[counts[1] == SUPPRESSED],
                                                grades == SUPPRESSED])
             acc["time_withheld"] |= bool(counts[2] == SUPPRESSED)
-            if term in (release.metadata.get("withheld_terms") or []):
+            if term in (release.metadata.get(WITHHELD_TERMS) or []):
                 acc["withheld"][:] = True  # screened out for everyone (secure)
                 acc["time_withheld"] = True
-            hidden = (release.metadata.get("hidden_grades") or {}).get(term) or []
+            hidden = (release.metadata.get(HIDDEN_GRADES) or {}).get(term) or []
             acc["withheld"][1:] |= np.array([g in hidden for g in GRADES])
             acc["screened"] = set(hidden)
             acc["counts"] += np.where(counts == SUPPRESSED, 0, counts)

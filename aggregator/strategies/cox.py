@@ -48,6 +48,7 @@ from protocol.releases import masked_cox_description, masked_cox_event_table
 from protocol.rounds import newton_request, summary_request
 from protocol.study import Analysis, Study
 from protocol.v1.common_pb2 import AnalysisRelease
+from protocol.vocabulary import DROPPED_HIDDEN
 
 __all__ = ["MAX_NEWTON_STEPS", "CoxState", "CoxStrategy"]
 
@@ -101,7 +102,7 @@ def masked_setup(summed: Release) -> Release:
     """A summed fixed-shape description (secure aggregation) in the unmasked form; pooled
     dropped counts below 5 are shown as ``"<5"``."""
     levels, n, events, dropped = masked_cox_description(summed)
-    hidden = bool(summed.metadata.get("dropped_hidden"))  # the sites sent zeros
+    hidden = bool(summed.metadata.get(DROPPED_HIDDEN))  # the sites sent zeros
     return Release(summed.analysis, "cox", {}, {
         "levels": levels, "n": n, "events": events,
         "dropped": {f"missing {c}": "suppressed" if hidden else suppress_count(v, 5)

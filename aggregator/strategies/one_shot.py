@@ -17,6 +17,7 @@ from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.rounds import summary_request
 from protocol.study import Analysis, Study
+from protocol.vocabulary import WITHHELD
 
 __all__ = ["GroupedStrategy", "OneShotState", "OneShotStrategy"]
 
@@ -81,7 +82,7 @@ class OneShotStrategy(Strategy[OneShotState]):
             state.fail(str(exc))
             return
         withheld = sorted({str(g) for r in usable.values()
-                           for g in r.metadata.get("withheld") or []})
+                           for g in r.metadata.get(WITHHELD) or []})
         if withheld:
             # groups a site (unmasked) or every site (screened, secure) withheld: never
             # shown, and no count says how small they were
@@ -123,7 +124,7 @@ class GroupedStrategy(OneShotStrategy, Generic[C]):
         Groups nobody is in are left out: fixed-shape (secure) releases carry every level.
         """
         releases = list(releases)
-        withheld = {str(g) for r in releases for g in r.metadata.get("withheld") or []}
+        withheld = {str(g) for r in releases for g in r.metadata.get(WITHHELD) or []}
         merged: dict[str, list[C]] = {}
         for release in releases:
             for name, counts in self.decode(release, study.horizon_days).items():

@@ -47,7 +47,7 @@ from node.ingestion.schema import AE_TERM
 from protocol.codec import Release
 from protocol.releases import SUPPRESSED, adverse_event_release
 from protocol.study import Analysis, Study
-from protocol.vocabulary import AE_GRADES
+from protocol.vocabulary import AE_GRADES, HIDDEN_GRADES, MEDIAN_ONSET, WITHHELD_TERMS
 
 __all__ = ["GRADES", "AdverseEventStatistics", "TermSummary", "ae_site_summary",
            "canonical_terms", "event_rows", "release", "statistics", "window_days"]
@@ -295,11 +295,11 @@ def release(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFra
                       for g in GRADES]
             return int(s.with_event), int(s.person_days), grades
 
-        meta: dict[str, Any] = {"median_onset": dict(onset_medians or {})}
+        meta: dict[str, Any] = {MEDIAN_ONSET: dict(onset_medians or {})}
         if withheld_terms:
-            meta["withheld_terms"] = list(withheld_terms)
+            meta[WITHHELD_TERMS] = list(withheld_terms)
         if hidden:
-            meta["hidden_grades"] = {t: list(g) for t, g in hidden.items()}
+            meta[HIDDEN_GRADES] = {t: list(g) for t, g in hidden.items()}
         # no onset days: their running total would give the count within any shorter window
         return _pack(analysis, stats, masked_shown, False, meta)
 

@@ -73,6 +73,7 @@ from protocol.vocabulary import (
     COX_DROPPED,
     COX_EVENTS,
     COX_N,
+    DROPPED_HIDDEN,
     FIXED_LEVELS,
     cox_levels_vector,
 )
@@ -240,7 +241,7 @@ def _masked_description(analysis: Analysis, study: Study, site: CoxSite,
         vectors[cox_levels_vector(cov)] = np.array([int(f) for f in flags], dtype=np.int64)
     metadata: dict[str, Any] = {"covariates": list(analysis.covariates), "levels": levels}
     if hide_dropped:
-        metadata["dropped_hidden"] = True
+        metadata[DROPPED_HIDDEN] = True
     return Release(analysis=analysis.name, kind="cox", vectors=vectors, metadata=metadata)
 
 

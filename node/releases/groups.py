@@ -36,7 +36,7 @@ from node.errors import StudyRefused
 from node.governance.policy import Policy
 from protocol.codec import Release
 from protocol.study import Analysis, Study
-from protocol.vocabulary import SITE, fixed_groups, has_fixed_levels
+from protocol.vocabulary import SITE, WITHHELD, fixed_groups, has_fixed_levels
 
 __all__ = ["GroupedCounts", "GroupedKind", "endpoint_frame", "fixed_levels", "present",
            "release", "statistics"]
@@ -133,7 +133,7 @@ def _unmasked(kind: GroupedKind[C], stats: GroupedCounts[C],
     meta: dict[str, Any] = {"time_resolution_days": widest, "coarsened": coarsened,
                             "min_cell": policy.min_cell, "min_bin_events": policy.min_bin_events}
     if withheld:
-        meta["withheld"] = withheld
+        meta[WITHHELD] = withheld
     return groups, meta
 
 
@@ -164,7 +164,7 @@ def _masked(kind: GroupedKind[C], stats: GroupedCounts[C], group_by: str | None,
               else kind.zeros(stats.horizon) for level in levels}
     meta: dict[str, Any] = {"time_resolution_days": 1, "coarsened": coarsened}
     if withheld:
-        meta["withheld"] = sorted(withheld)
+        meta[WITHHELD] = sorted(withheld)
     return groups, meta
 
 

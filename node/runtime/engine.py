@@ -41,6 +41,7 @@ from protocol.release_signing import ReleaseSigner
 from protocol.rounds import RoundRequests, parse_requests
 from protocol.signing import SignedStudy, is_expired, verify_study
 from protocol.study import Study
+from protocol.vocabulary import WITHHELD
 
 __all__ = ["NodeEngine", "TaskOutcome"]
 
@@ -273,7 +274,7 @@ class NodeEngine:
                     or "groups" not in release.metadata:
                 continue
             labels = group_labels(prepared.cohort, analysis.group_by, self.site_id).to_numpy()
-            withheld = [str(g) for g in release.metadata.get("withheld") or []]
+            withheld = [str(g) for g in release.metadata.get(WITHHELD) or []]
             for label in release.metadata["groups"]:
                 if label not in withheld and np.any(labels == label):
                     masks[f"group:{analysis.name}:{_short(label)}"] = labels == label

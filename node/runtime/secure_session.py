@@ -31,7 +31,7 @@ from protocol.key_exchange import KeyAnnouncement, announce, verify_announcement
 from protocol.masking import PairwiseMasker
 from protocol.pki import Credentials, write_private_file
 from protocol.rounds import KEY_KIND, KEYS, NO_EPHEMERAL_KEY, KeyRelay
-from protocol.screening import SCREEN, SCREEN_KIND, open_sealed, seal
+from protocol.screening import SCREEN, SCREEN_KIND, SEALED, open_sealed, seal
 from protocol.secure_agg import mask_release, unmask_sum
 
 __all__ = ["MAX_ATTEMPTS", "SecureSessions"]
@@ -258,7 +258,7 @@ class SecureSessions:
         """Keep this site's masked screening counts of ``attempt`` (made in ``round``) and
         return them sealed for every other participant (:mod:`protocol.screening`)."""
         self._study(study_id).screens[attempt] = (round, masked)
-        return Release(SCREEN, SCREEN_KIND, {}, {"sealed": seal(masked, masker, round)})
+        return Release(SCREEN, SCREEN_KIND, {}, {SEALED: seal(masked, masker, round)})
 
     def pooled_screen(self, study_id: str, attempt: int, masker: PairwiseMasker,
                       sealed: Mapping[str, str]) -> tuple[Release, list[dict[str, int]]]:
