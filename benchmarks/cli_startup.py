@@ -12,11 +12,16 @@ Commands:
     the interpreter alone: the floor, and the reference of the ratios.
 ``heron --version``, ``heron --help``, ``heron study status --help``
     the console script (``heron`` next to this interpreter; ``python -m heron`` without it).
+``heron study status`` (running)
+    the real call a coordinator makes: an aggregator (:func:`aggregator.server.create_server`,
+    mutual TLS, SQLite) runs in this benchmark's process with one submitted study waiting for
+    its sites, and the command asks for that study's status with coordinator credentials made
+    for the run (exit 0). The time is the start cost (imports, the credential files, the
+    channel), the TLS handshake and one call.
 ``heron study status`` (refused)
-    a real status call to a loopback port where nothing listens, with coordinator credentials
-    made for the run: the connection is refused at once, so the time is the start cost
-    (imports, reading the credentials, the channel) plus one failed connection attempt. It
-    exits with status 2 and ``heron: error: aggregator: UNAVAILABLE: ...``.
+    the same call to a loopback port where nothing listens: the connection is refused at once,
+    so the time is the start cost plus one failed connection attempt and the check of the
+    credentials that follows it (exit 2, ``heron: error: aggregator: UNAVAILABLE: ...``).
 ``import grpc``, ``import heron.coordinator``
     what the status path imports: gRPC alone, and the coordinator client (gRPC, the generated
     protobuf code, cryptography and the protocol modules).
@@ -35,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 TIME = "/usr/bin/time"  # GNU time: reports the peak RSS of the command it runs
 
@@ -52,14 +58,48 @@ def _refused_address() -> str:
     return f"127.0.0.1:{port}"
 
 
-def _coordinator_credentials(folder: Path) -> Path:
-    """Made by ``heron pki`` in subprocesses, so this process stays small."""
+def _coordinator_credentials(folder: Path, ca: Path | None = None) -> Path:
+    """Made by ``heron pki`` in subprocesses (a new CA unless ``ca`` is given)."""
     heron = _heron()
-    subprocess.run([*heron, "pki", "init", "--dir", str(folder / "ca")], check=True,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run([*heron, "pki", "issue-coordinator", "--ca", str(folder / "ca"), "--out",
+    if ca is None:
+        ca = folder / "ca"
+        subprocess.run([*heron, "pki", "init", "--dir", str(ca)], check=True,
+                       stdout=subprocess.DEVNULL)
+    subprocess.run([*heron, "pki", "issue-coordinator", "--ca", str(ca), "--out",
                     str(folder / "coordinator")], check=True, stdout=subprocess.DEVNULL)
     return folder / "coordinator"
+
+
+def _running_aggregator(folder: Path) -> tuple[Any, str, str]:
+    """Start an aggregator in this process with one submitted study.
+
+    Returns the server (call ``stop(0)``), its address and the study id.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from aggregator.config import AggregatorConfig
+    from aggregator.server import create_server
+    from heron.coordinator import CoordinatorClient
+    from protocol.keys import public_key_b64
+    from protocol.pki import init_ca, issue_aggregator
+    from protocol.signing import sign_study
+    from protocol.study import parse_study
+
+    init_ca(folder / "agg-ca")
+    issue_aggregator(folder / "agg-ca", folder / "aggregator")
+    key = Ed25519PrivateKey.generate()
+    config = AggregatorConfig(listen="127.0.0.1:0", credentials_dir=folder / "aggregator",
+                              db_path=folder / "agg.sqlite",
+                              trusted_coordinators=(public_key_b64(key.public_key()),))
+    server = create_server(config)
+    server.start()
+    template = subprocess.run([*_heron(), "study", "new"], check=True, capture_output=True)
+    study = parse_study(template.stdout)
+    address = f"127.0.0.1:{server.port}"
+    creds = _coordinator_credentials(folder / "agg-coordinator", ca=folder / "agg-ca")
+    with CoordinatorClient(address, creds) as client:
+        study_id = client.submit(sign_study(study, key))
+    return server, address, study_id
 
 
 def _run(cmd: list[str], rss_file: Path) -> tuple[float, int, int]:
@@ -90,8 +130,13 @@ def main() -> None:
         "heron --help": [*heron, "--help"],
         "heron study status --help": [*heron, "study", "status", "--help"],
     }
+    server = None
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_status:
+            server, address, study_id = _running_aggregator(Path(tmp))
+            commands["heron study status (running)"] = [
+                *heron, "study", "status", study_id, "--credentials",
+                str(Path(tmp) / "agg-coordinator" / "coordinator"), "--aggregator", address]
             creds = _coordinator_credentials(Path(tmp))
             commands["heron study status (refused)"] = [
                 *heron, "study", "status", "some-study", "--credentials", str(creds),
@@ -111,6 +156,8 @@ def main() -> None:
                 walls[name].append(wall)
                 rss[name] = max(rss[name], peak)
                 codes[name].add(code)
+        if server is not None:
+            server.stop(0)
 
     ref = statistics.median(walls["python -c pass"])
     print(f"{os.cpu_count()} CPUs, {args.repeats} runs of each command after one warm-up; "

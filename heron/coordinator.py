@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from heron.errors import HeronError
+from protocol.credentials import credential_files
 from protocol.errors import ProtocolError
-from protocol.pki import load_credentials
 from protocol.tls import channel_credentials, channel_options
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
@@ -72,7 +72,8 @@ class CoordinatorClient:
     """
 
     def __init__(self, target: str, credentials_dir: Path, timeout_s: float = 30.0) -> None:
-        creds = load_credentials(credentials_dir)
+        creds = credential_files(credentials_dir)
+        self._credentials_dir = Path(credentials_dir)
         self._channel = grpc.secure_channel(target, channel_credentials(creds),
                                             options=channel_options())
         self._stub = pb_grpc.CoordinatorStub(self._channel)
@@ -92,7 +93,23 @@ class CoordinatorClient:
         try:
             return method(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._check_credentials()
             raise HeronError(f"aggregator: {exc.code().name}: {exc.details()}") from None
+
+    def _check_credentials(self) -> None:
+        """Say what is wrong with our credentials, if anything, when the aggregator is unreachable.
+
+        The channel only reads the PEM files (so a command starts without X.509 code); a key
+        that does not match its certificate, or a certificate from another CA, shows up as a
+        failed handshake, which this turns into the precise reason.
+        """
+        from protocol.pki import load_credentials
+
+        try:
+            load_credentials(self._credentials_dir)
+        except ProtocolError as exc:
+            raise HeronError(f"coordinator credentials: {exc}") from None
 
     def submit(self, signed: SignedStudy) -> str:
         """Submit a signed study; returns its id."""

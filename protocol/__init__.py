@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "sign_study": "signing",
     "verify_study": "signing",
     # pki
-    "Credentials": "pki",
+    "Credentials": "credentials",
     "init_ca": "pki",
     "issue_aggregator": "pki",
     "issue_coordinator": "pki",

@@ -19,7 +19,6 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protocol.credentials import Credentials, credential_files
 from protocol.errors import PKIError
 
 __all__ = [
@@ -60,26 +60,6 @@ AGGREGATOR_NAME = "aggregator"
 SITE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 LEAF_DAYS = 825
 _CLOCK_SKEW = dt.timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Paths of one party's PEM credentials: its certificate, private key and the CA certificate.
-
-    For a CA made by :func:`init_ca`, ``cert`` and ``ca`` are both ``ca.pem`` and ``key`` is
-    ``ca.key``.
-    """
-
-    cert: Path
-    key: Path
-    ca: Path
-
-    def read(self) -> tuple[bytes, bytes, bytes]:
-        """Return the PEM bytes ``(cert, key, ca)``; raise :class:`PKIError` if unreadable."""
-        try:
-            return self.cert.read_bytes(), self.key.read_bytes(), self.ca.read_bytes()
-        except OSError as exc:
-            raise PKIError(f"cannot read credentials: {exc}") from exc
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -299,12 +279,7 @@ def load_credentials(directory: Path) -> Credentials:
         If a file is missing or malformed, the key does not belong to the certificate, or the
         certificate was not issued by ``ca.pem``.
     """
-    directory = Path(directory)
-    creds = Credentials(cert=directory / "cert.pem", key=directory / "key.pem",
-                        ca=directory / "ca.pem")
-    for p in (creds.cert, creds.key, creds.ca):
-        if not p.is_file():
-            raise PKIError(f"missing credential file {p}")
+    creds = credential_files(directory)
     cert, ca_cert = load_certificate(creds.cert), load_certificate(creds.ca)
     key = _load_ec_key(creds.key)
     pub = serialization.PublicFormat.SubjectPublicKeyInfo

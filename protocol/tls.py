@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 import grpc
-from cryptography import x509
 
+from protocol.credentials import Credentials
 from protocol.errors import PKIError
-from protocol.pki import Credentials, certificate_identity
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -132,6 +131,10 @@ def aio_secure_channel(target: str, creds: Credentials,
 
 def identity_from_pem(pem: bytes) -> PeerIdentity:
     """Read CN and OU of a PEM certificate into a :class:`PeerIdentity`."""
+    from cryptography import x509  # servers only: a client opening a channel skips X.509 code
+
+    from protocol.pki import certificate_identity
+
     try:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError as exc:

@@ -25,6 +25,7 @@ from heron.errors import HeronError
 from node.errors import NodeError
 from protocol.errors import ProtocolError
 from protocol.pki import init_ca, issue_coordinator
+from tests.aggregator_helpers import make_network
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,6 +92,43 @@ def test_study_status_loads_grpc_but_not_the_data_path(tmp_path):
     assert probe["err"].startswith("heron: error: aggregator: UNAVAILABLE"), probe["err"]
     assert "grpc" in probe["modules"]
     assert _loaded(probe["modules"], DATA_PATH) == []
+
+
+def test_study_status_against_a_running_aggregator_loads_no_x509_code(tmp_path):
+    """The channel reads the PEM files; only a failed call checks them with X.509 code."""
+    from aggregator.config import AggregatorConfig
+    from aggregator.server import create_server
+
+    net = make_network(tmp_path)
+    config = AggregatorConfig(listen="127.0.0.1:0", credentials_dir=net.root / "aggregator",
+                              db_path=tmp_path / "agg.sqlite")
+    server = create_server(config)
+    server.start()
+    try:
+        probe = _probe(["study", "status", "no-such-study", "--credentials",
+                        str(net.root / "coordinator"), "--aggregator",
+                        f"127.0.0.1:{server.port}"])
+    finally:
+        server.stop(0)
+    assert probe["code"] == 2
+    assert probe["err"].startswith("heron: error: aggregator: NOT_FOUND"), probe["err"]
+    assert _loaded(probe["modules"], ("cryptography",)) == []
+
+
+def test_study_status_with_a_key_of_another_certificate_names_the_key(tmp_path):
+    init_ca(tmp_path / "ca")
+    issue_coordinator(tmp_path / "ca", "coordinator", tmp_path / "coordinator")
+    issue_coordinator(tmp_path / "ca", "other", tmp_path / "other")
+    (tmp_path / "coordinator" / "key.pem").write_bytes(
+        (tmp_path / "other" / "key.pem").read_bytes())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    probe = _probe(["study", "status", "some-study", "--credentials",
+                    str(tmp_path / "coordinator"), "--aggregator", address])
+    assert probe["code"] == 2
+    assert probe["err"].startswith("heron: error: coordinator credentials: "), probe["err"]
+    assert "does not belong to" in probe["err"]
 
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "heron"],
