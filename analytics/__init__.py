@@ -24,7 +24,8 @@ from analytics.cox_bins import (
     cox_step,
     pooled_derivatives,
 )
-from analytics.cox_stats import CoxDayStats, cox_day_stats
+from analytics.cox_stats import CoxDayStats
+from analytics.cox_sums import CoxRows, cox_day_stats, cox_rows
 from analytics.cumulative_incidence import (
     CumulativeIncidenceResult,
     IncidenceAt,
@@ -41,7 +42,12 @@ from analytics.disclosure import (
     round_up_to_bins,
     suppress_count,
 )
-from analytics.efron import CoxDerivatives, efron_derivatives, site_derivatives
+from analytics.efron import (
+    CoxDerivatives,
+    efron_derivatives,
+    site_derivatives,
+    stratum_derivatives,
+)
 from analytics.errors import (
     AnalyticsError,
     DisclosureError,
@@ -71,6 +77,7 @@ __all__ = [
     "CoxDayStats",
     "CoxDerivatives",
     "CoxResult",
+    "CoxRows",
     "CoxStep",
     "CumulativeHazardEstimate",
     "CumulativeIncidenceResult",
@@ -95,6 +102,7 @@ __all__ = [
     "cox_bins",
     "cox_day_stats",
     "cox_result",
+    "cox_rows",
     "cox_step",
     "cumulative_incidence",
     "efron_derivatives",
@@ -115,6 +123,7 @@ __all__ = [
     "proportion_ci",
     "round_up_to_bins",
     "site_derivatives",
+    "stratum_derivatives",
     "stratum_terms",
     "suppress_count",
     "survival_counts",

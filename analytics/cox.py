@@ -2,7 +2,7 @@
 
 The federated fit runs in three pieces, each pure:
 
-* sites compute :func:`~analytics.cox_stats.cox_day_stats` (one baseline hazard over all
+* sites compute :func:`~analytics.cox_sums.cox_day_stats` (one baseline hazard over all
   sites, ``strata: none``) or :func:`~analytics.efron.site_derivatives` (a baseline hazard
   per site, ``strata: site``) at the coefficients the aggregator sent;
 * the aggregator pools them (``sum``), turns pooled day sums into derivatives with
@@ -25,7 +25,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.stats import chi2, norm
 
 from analytics._event_table import json_float, readonly
-from analytics.cox_stats import CoxDayStats, cox_day_stats
+from analytics.cox_stats import CoxDayStats
+from analytics.cox_sums import cox_day_stats
 from analytics.efron import CoxDerivatives, efron_derivatives, site_derivatives
 from analytics.errors import EstimationError
 

@@ -109,7 +109,7 @@ def cox_bins(events: ArrayLike, exits: ArrayLike,
 def bin_index(durations: ArrayLike, events: ArrayLike, horizon: int,
               bin_ends: Sequence[int]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
     """Each subject's bin number and event flag (follow-up beyond the horizon is censored on
-    the horizon); :func:`~analytics.cox_stats.cox_day_stats` over ``horizon = len(bin_ends) -
+    the horizon); :func:`~analytics.cox_sums.cox_day_stats` over ``horizon = len(bin_ends) -
     1`` then gives the per-bin sums."""
     days = np.asarray(durations, dtype=np.int64)
     observed = np.asarray(events, dtype=bool) & (days <= horizon)

@@ -23,10 +23,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from analytics._pooling import Pooled, flat_vectors
-from analytics.cox_stats import CoxDayStats, cox_day_stats
+from analytics.cox_stats import CoxDayStats
+from analytics.cox_sums import CoxRows, cox_rows
 from analytics.errors import EstimationError, NumericalOverflowError
 
-__all__ = ["CoxDerivatives", "efron_derivatives", "site_derivatives"]
+__all__ = ["CoxDerivatives", "efron_derivatives", "site_derivatives", "stratum_derivatives"]
 
 # Information on a covariate below this fraction of its weighted second moment is rounding
 # noise (a covariate constant within every risk set); it is reported as exactly zero.
@@ -83,16 +84,19 @@ class CoxDerivatives(Pooled):
             raise ValueError(f"cannot add derivatives of {self.p} and {other.p} covariates")
 
     def to_vectors(self) -> dict[str, NDArray[np.float64]]:
-        """Flat vectors: ``loglik`` (1), ``gradient`` (p), ``hessian`` (p * p, row-major)."""
+        """Flat vectors: ``loglik`` (1), ``gradient`` (p), ``hessian`` (``p (p + 1) / 2``:
+        the upper triangle in ``numpy.triu_indices(p)`` order; the matrix is symmetric)."""
+        iu = np.triu_indices(self.p)
         return {
             "loglik": np.array([self.loglik]),
             "gradient": self.gradient.copy(),
-            "hessian": self.hessian.ravel().copy(),
+            "hessian": self.hessian[iu],
         }
 
     @classmethod
     def from_vectors(cls, vectors: Mapping[str, ArrayLike], p: int) -> CoxDerivatives:
-        """Rebuild from :meth:`to_vectors` output (possibly summed over strata).
+        """Rebuild from :meth:`to_vectors` output (possibly summed over strata); the Hessian
+        is the symmetric matrix of the upper triangle sent.
 
         Raises
         ------
@@ -101,12 +105,17 @@ class CoxDerivatives(Pooled):
         """
         if isinstance(p, bool) or not isinstance(p, int | np.integer) or p < 1:
             raise ValueError(f"p must be a positive integer, got {p!r}")
-        lengths = {"loglik": 1, "gradient": int(p), "hessian": int(p) * int(p)}
+        p = int(p)
+        lengths = {"loglik": 1, "gradient": p, "hessian": p * (p + 1) // 2}
         flat = flat_vectors(vectors, lengths, "Cox derivatives", np.float64)
+        iu = np.triu_indices(p)
+        hessian = np.empty((p, p))
+        hessian[iu] = flat["hessian"]
+        hessian[iu[1], iu[0]] = flat["hessian"]
         return cls(
             loglik=float(flat["loglik"][0]),
             gradient=flat["gradient"],
-            hessian=flat["hessian"].reshape(p, p),
+            hessian=hessian,
         )
 
 
@@ -199,8 +208,10 @@ def site_derivatives(
     ValueError
         On malformed input.
     """
-    x = np.asarray(X, dtype=np.float64)
-    centre = None
-    if x.ndim == 2 and x.shape[0] > 0 and np.all(np.isfinite(x)):
-        centre = x.mean(axis=0)
-    return efron_derivatives(cox_day_stats(durations, events, x, beta, horizon, centre=centre))
+    return stratum_derivatives(cox_rows(durations, events, X, horizon), beta)
+
+
+def stratum_derivatives(rows: CoxRows, beta: ArrayLike) -> CoxDerivatives:
+    """:func:`site_derivatives` of subjects sorted once (:func:`~analytics.cox_sums.cox_rows`),
+    as a site evaluates them every round."""
+    return efron_derivatives(rows.day_stats(beta, centre=rows.means))

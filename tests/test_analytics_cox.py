@@ -217,7 +217,7 @@ def test_vectors_round_trip_with_fixed_lengths() -> None:
     assert {k: v.shape for k, v in dv.items()} == {
         "loglik": (1,),
         "gradient": (p,),
-        "hessian": (p * p,),
+        "hessian": (p * (p + 1) // 2,),
     }
     assert CoxDerivatives.from_vectors(dv, p) == deriv
     assert CoxDerivatives.from_vectors({k: 2 * v for k, v in dv.items()}, p) == deriv + deriv

@@ -38,6 +38,7 @@ from analytics import (
     MAX_NEWTON_ROUNDS,
     CoxDayStats,
     CoxDerivatives,
+    CoxRows,
     DisclosureError,
     EstimationError,
     NewtonState,
@@ -45,12 +46,12 @@ from analytics import (
     bin_index,
     coarsen_counts,
     cox_bins,
-    cox_day_stats,
+    cox_rows,
     cox_step,
     newton_start,
     pooled_derivatives,
     round_up_to_bins,
-    site_derivatives,
+    stratum_derivatives,
     suppress_count,
     survival_counts,
 )
@@ -123,6 +124,26 @@ class CoxSite:
     coarsened: bool
     bin_ends: tuple[int, ...] | None = None
     chain: CoxChain = field(default_factory=CoxChain)
+    rows: dict[tuple[tuple[str, ...], tuple[int, ...] | None], CoxRows] = field(
+        default_factory=dict, repr=False)
+    """The complete cases sorted for the Newton rounds, by (design columns, time bins): made at
+    the first round of a fit, reused by every later one."""
+
+    def sorted_rows(self, columns: tuple[str, ...], bins: tuple[int, ...] | None,
+                    horizon: int) -> CoxRows:
+        """The complete cases over these design columns and bins (or days up to ``horizon``),
+        sorted once (:func:`analytics.cox_rows`); only the latest fit's are kept."""
+        key = (columns, bins)
+        rows = self.rows.get(key)
+        if rows is None:
+            durations, events = self.durations, self.events
+            if bins is not None:
+                durations, events = bin_index(durations, events, horizon, bins)
+                horizon = len(bins) - 1
+            rows = cox_rows(durations, events, self.design.matrix(list(columns)), horizon)
+            self.rows.clear()
+            self.rows[key] = rows
+        return rows
 
 
 @dataclass(frozen=True)
@@ -445,21 +466,16 @@ def _check_request(request: NewtonRequest, new: CoxChain) -> None:
 
 def _sums(analysis: Analysis, study: Study, site: CoxSite, chain: CoxChain,
           request: NewtonRequest) -> Release:
-    X = site.design.matrix(list(chain.columns))
+    rows = site.sorted_rows(chain.columns, chain.bins, study.horizon_days)
     beta = np.asarray(request.beta, dtype=np.float64)
-    durations, events, horizon = site.durations, site.events, study.horizon_days
-    if chain.bins is not None:
-        durations, events = bin_index(site.durations, site.events, horizon, chain.bins)
-        horizon = len(chain.bins) - 1
     vectors: Mapping[str, Vector]
     try:
         if analysis.strata == "site":
-            vectors = site_derivatives(durations, events, X, beta, horizon).to_vectors()
+            vectors = stratum_derivatives(rows, beta).to_vectors()
         else:
             centre = None if request.centre is None else np.asarray(request.centre,
                                                                     dtype=np.float64)
-            vectors = cox_day_stats(durations, events, X, beta, horizon,
-                                    centre=centre).to_vectors()
+            vectors = rows.day_stats(beta, centre=centre).to_vectors()
     except NumericalOverflowError:
         return Release(analysis=analysis.name, kind="cox", vectors={},
                        metadata={"overflow": True})
