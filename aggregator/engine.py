@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aggregator.errors import DuplicateStudy, Rejected, UnknownStudy
 from aggregator.results import failed_document, json_default, results_document
@@ -56,11 +56,18 @@ from protocol.errors import ProtocolError
 from protocol.signing import SignedStudy, verify_study
 from protocol.study import Study, study_from_dict
 
-__all__ = ["SiteState", "StudyEngine", "StudyStatus"]
+__all__ = ["SiteState", "StudyEngine", "StudyStatus", "Waker"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_EMPTY_ROUNDS = 1000
+
+
+class Waker(Protocol):
+    """Told when a watched study ends (:meth:`StudyEngine.watch`); ``threading.Event`` is one."""
+
+    def set(self) -> None:
+        """Wake the waiter (called from any thread, holding the engine's lock: be quick)."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,7 @@ class StudyEngine:
         self._lock = threading.RLock()
         self._running: dict[str, _Running] = {}
         self._rounds: dict[str, _Round] = {}
-        self._waiters: dict[str, set[threading.Event]] = {}
+        self._waiters: dict[str, set[Waker]] = {}
         self._started_at = clock()
         transport.set_listener(self)
 
@@ -215,21 +222,33 @@ class StudyEngine:
         (or when ``wake`` is set, e.g. by a cancelled call), whichever comes first; raise
         :class:`UnknownStudy` if unknown."""
         event = wake or threading.Event()
-        with self._lock:
-            status = self._status(self._record(study_id))
-            if status.status != "running" or timeout_s <= 0:
-                return status
-            self._waiters.setdefault(study_id, set()).add(event)
+        status = self.watch(study_id, event) if timeout_s > 0 else self.status(study_id)
+        if status.status != "running" or timeout_s <= 0:
+            return status
         try:
             event.wait(timeout_s)
         finally:
-            with self._lock:
-                waiting = self._waiters.get(study_id)
-                if waiting is not None:
-                    waiting.discard(event)
-                    if not waiting:
-                        del self._waiters[study_id]
+            self.unwatch(study_id, event)
         return self.status(study_id)
+
+    def watch(self, study_id: str, waker: Waker) -> StudyStatus:
+        """The study's status; while it runs, ``waker.set()`` is also called (from any
+        thread) when it ends or at :meth:`wake_waiters`, until :meth:`unwatch`. Raise
+        :class:`UnknownStudy` if unknown."""
+        with self._lock:
+            status = self._status(self._record(study_id))
+            if status.status == "running":
+                self._waiters.setdefault(study_id, set()).add(waker)
+            return status
+
+    def unwatch(self, study_id: str, waker: Waker) -> None:
+        """Stop calling ``waker`` for the study (no-op when it is not watching)."""
+        with self._lock:
+            waiting = self._waiters.get(study_id)
+            if waiting is not None:
+                waiting.discard(waker)
+                if not waiting:
+                    del self._waiters[study_id]
 
     def wake_waiters(self) -> None:
         """End every :meth:`wait` now (they return the current status): at shutdown."""

@@ -5,19 +5,25 @@ mutual TLS: its certificate must carry the ``site`` role and its ``Hello.site_id
 certificate's common name (else ``PERMISSION_DENIED``). The first message must be ``Hello``
 (else ``FAILED_PRECONDITION``); the aggregator answers ``Welcome``, then pushes ``StudyTask``s
 from a per-connection queue (and a ``Heartbeat`` whenever idle for the heartbeat interval),
-while a reader thread turns the node's results and refusals into :class:`TaskReply` events.
+while a reader turns the node's results and refusals into :class:`TaskReply` events.
 A second connection of the same site replaces the first.
+
+**No thread per stream.** The servicer runs on a ``grpc.aio`` server (:mod:`aggregator.aio`):
+a stream is two coroutines on the server's event loop (the writer, which is the call, and its
+reader task), so a thousand connected sites cost no threads. Transport events go to the
+listener (the study engine, synchronous, on SQLite) through one *event thread*, in the order
+they happened: ``on_connect`` (awaited before ``Welcome``, so it precedes any task),
+each reply (decoded there, not on the loop), ``on_disconnect``. :meth:`NodeLinkServicer.send_task`
+may be called from any thread: it hands the task to the stream's queue on the loop.
 
 One site cannot stall the aggregator:
 
-- **Hello deadline.** A stream that sends no ``Hello`` within ``hello_timeout_s`` is cancelled
-  (one watchdog thread for all streams), which frees its worker thread.
+- **Hello deadline.** A stream that sends no ``Hello`` within ``hello_timeout_s`` is ended
+  with ``CANCELLED``.
 - **Stream limits.** Node streams are counted by the certificate that opened them, from the
   moment the call arrives (before ``Hello``): at most ``max_streams_per_site`` (2: the live link
   and one reconnect replacing it) per site certificate and ``max_streams`` in all; a stream
-  beyond either is refused with ``RESOURCE_EXHAUSTED`` at once. The server sizes its worker
-  pool above ``max_streams`` (:mod:`aggregator.server`), so node streams can never take the
-  threads of the coordinator API and the health service.
+  beyond either is refused with ``RESOURCE_EXHAUSTED`` at once.
 - **Replies checked before they are decoded.** A result or refusal must name a task that was
   sent down this stream and is not answered yet (else it is dropped, counted in
   :attr:`NodeLinkServicer.stats`, and its releases are never decoded); then its values are
@@ -31,13 +37,13 @@ One site cannot stall the aggregator:
 
 from __future__ import annotations
 
-import heapq
+import asyncio
 import logging
-import queue
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +78,7 @@ MAX_REASON_CHARS = 2000
 _MAX_OPEN_TASKS = 4096  # tasks remembered per stream; the oldest unanswered ones are forgotten
 _VALUE_BYTES = 8
 _CLOSE = object()
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # end of the node's messages
 
 
 @dataclass
@@ -89,19 +96,27 @@ class LinkStats:
 
 
 class _Connection:
-    """One node stream: its outgoing queue, the tasks sent down it and whether it has ended."""
+    """One node stream: its outgoing queue (on the loop), the tasks sent down it and whether
+    it has ended. :meth:`push` and :meth:`close` may be called from any thread."""
 
-    def __init__(self, site_id: str) -> None:
+    def __init__(self, site_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self.site_id = site_id
-        self.outbox: queue.Queue[Any] = queue.Queue()
+        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
         self.closed = threading.Event()
+        self._loop = loop
         self._lock = threading.Lock()
         self._open: OrderedDict[str, str] = OrderedDict()  # task id -> study id
+
+    def push(self, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self.outbox.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the stream is gone with it
+            self.closed.set()
 
     def close(self) -> None:
         if not self.closed.is_set():
             self.closed.set()
-            self.outbox.put(_CLOSE)
+            self.push(_CLOSE)
 
     def sent(self, task: StudyTask) -> None:
         """Remember a task queued on this stream (until it is answered)."""
@@ -118,64 +133,6 @@ class _Connection:
                 return False
             del self._open[task_id]
             return True
-
-
-class _HelloWatch:
-    """One thread that cancels the calls whose ``Hello`` is overdue."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Pending]] = []
-        self._seq = 0
-        self._thread: threading.Thread | None = None
-
-    def watch(self, context: grpc.ServicerContext, timeout_s: float) -> _Pending:
-        pending = _Pending(context)
-        with self._cond:
-            self._seq += 1
-            heapq.heappush(self._heap, (time.monotonic() + timeout_s, self._seq, pending))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="node-link-hello",
-                                                daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        return pending
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                due, _, pending = self._heap[0]
-                wait = due - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-            pending.expire()
-
-
-class _Pending:
-    """A stream waiting for its ``Hello``: either it arrives (:meth:`done`) or time runs out."""
-
-    def __init__(self, context: grpc.ServicerContext) -> None:
-        self._context = context
-        self._lock = threading.Lock()
-        self._state = "waiting"
-
-    def expire(self) -> None:
-        with self._lock:
-            if self._state != "waiting":
-                return
-            self._state = "expired"
-        self._context.cancel()
-
-    def done(self) -> bool:
-        """Stop the clock; ``False`` when the deadline already passed."""
-        with self._lock:
-            if self._state == "waiting":
-                self._state = "done"
-            return self._state == "done"
 
 
 def _over_cap(res: pb.TaskResult, max_values: int) -> TaskReply | None:
@@ -216,7 +173,8 @@ def reply_from_message(msg: pb.NodeMessage, max_values: int | None = None) -> Ta
 
 
 class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
-    """gRPC servicer of ``NodeLink`` and the transport the study engine sends tasks through.
+    """``grpc.aio`` servicer of ``NodeLink`` and the transport the study engine sends tasks
+    through.
 
     Parameters
     ----------
@@ -226,8 +184,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
     hello_timeout_s
         How long a new stream may wait before its ``Hello``; then it is cancelled.
     max_streams
-        Node streams served at once (each holds a worker thread of the server); keep it below
-        the server's worker count (:mod:`aggregator.server` does).
+        Node streams served at once (sites and their reconnects, counted before ``Hello``).
     max_streams_per_site
         Node streams one site certificate may hold at once.
     max_message_bytes
@@ -244,12 +201,13 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
         self._max_per_site = int(max_streams_per_site)
         self._max_message_bytes = int(max_message_bytes)
         self._lock = threading.Lock()
+        self._served = threading.Condition(self._lock)  # notified when a stream ends
         self._connections: dict[str, _Connection] = {}
         self._streams: Counter[str] = Counter()  # live node streams by certificate name
-        self._readers: list[threading.Thread] = []
+        self._serving = 0  # streams past Hello whose call has not ended
         self._listener: TransportListener | None = None
         self._closing = False
-        self._watch = _HelloWatch()
+        self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="node-link-events")
         self.stats = LinkStats()
 
     # -- NodeTransport ---------------------------------------------------------------------------
@@ -269,47 +227,48 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
             return sum(self._streams.values())
 
     def send_task(self, site_id: str, task: StudyTask) -> bool:
-        """Queue a task on the site's stream; ``False`` if the site is not connected."""
+        """Queue a task on the site's stream (from any thread); ``False`` if the site is not
+        connected."""
         with self._lock:
             conn = self._connections.get(site_id)
         if conn is None or conn.closed.is_set():
             return False
         conn.sent(task)
-        conn.outbox.put(task)
+        conn.push(task)
         return True
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """End every stream (nodes reconnect later) and refuse new ones."""
+        """End every stream (nodes reconnect later), refuse new ones and wait up to
+        ``timeout_s`` for the streams' calls to end (call it from outside the loop)."""
         with self._lock:
             self._closing = True
             conns = list(self._connections.values())
-            readers = list(self._readers)
         for conn in conns:
             conn.close()
         deadline = time.monotonic() + timeout_s
-        for reader in readers:
-            reader.join(max(0.0, deadline - time.monotonic()))
+        with self._served:
+            self._served.wait_for(lambda: self._serving == 0,
+                                  max(0.0, deadline - time.monotonic()))
+        self._events.shutdown(wait=False)  # events already queued still run
 
     # -- gRPC ------------------------------------------------------------------------------------
 
-    def Connect(self, request_iterator: Iterator[pb.NodeMessage],
-                context: grpc.ServicerContext) -> Iterator[pb.AggregatorMessage]:
+    async def Connect(self, request_iterator: AsyncIterator[pb.NodeMessage],
+                      context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Serve one node's stream (see the module docstring)."""
         try:
             identity = require_role(context, ROLE_SITE, "sites may open a node link")
         except AggregatorError as exc:
-            abort(context, exc)
+            await abort(context, exc)
         name = identity.common_name
         refusal = self._take_slot(name)
         if refusal is not None:
             logger.warning("node stream of %s refused: %s", name, refusal)
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-        slot = _Slot(self, name)
-        context.add_callback(slot.release)  # also when the generator is never resumed
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
         try:
-            yield from self._serve(name, request_iterator, context)
+            await self._serve(name, context)
         finally:
-            slot.release()
+            self._give_slot(name)
 
     def _take_slot(self, name: str) -> str | None:
         """Count a new stream of certificate ``name``; the reason when a limit forbids it."""
@@ -331,50 +290,46 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
             if self._streams[name] <= 0:
                 del self._streams[name]
 
-    def _serve(self, name: str, request_iterator: Iterator[pb.NodeMessage],
-               context: grpc.ServicerContext) -> Iterator[pb.AggregatorMessage]:
-        pending = self._watch.watch(context, self._hello_timeout_s)
+    async def _serve(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
-            first = next(request_iterator)
-        except (StopIteration, grpc.RpcError):
-            if not pending.done():
-                self._no_hello(name)
-            return  # the node hung up (or was cut off) before saying Hello
-        if not pending.done():
-            self._no_hello(name)
-            return
+            async with asyncio.timeout(self._hello_timeout_s):
+                first = await context.read()
+        except TimeoutError:
+            with self._lock:
+                self.stats.hello_timeouts += 1
+            logger.warning("node stream of %s closed: no Hello within %g s", name,
+                           self._hello_timeout_s)
+            await context.abort(grpc.StatusCode.CANCELLED,
+                                f"no Hello within {self._hello_timeout_s:g} s")
+        if first is _EOF:
+            return  # the node hung up before saying Hello
         try:
             site_id, info = self._handshake(name, first)
         except AggregatorError as exc:
-            abort(context, exc)
+            await abort(context, exc)
         if self._closing:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator is shutting down")
-        conn = _Connection(site_id)
-        context.add_callback(conn.close)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the aggregator is shutting down")
+        conn = _Connection(site_id, asyncio.get_running_loop())
         self._register(conn)
+        reader: asyncio.Task[None] | None = None
         try:
-            reader = threading.Thread(target=self._read, args=(conn, request_iterator),
-                                      name=f"node-link-{site_id}", daemon=True)
-            with self._lock:
-                self._readers = [t for t in self._readers if t.is_alive()]
-                self._readers.append(reader)
-            reader.start()
-            if self._listener is not None:
-                self._listener.on_connect(site_id, info)  # may queue outstanding tasks
-            yield pb.AggregatorMessage(welcome=pb.Welcome(
+            reader = asyncio.create_task(self._read(conn, context))
+            if self._listener is not None:  # may queue outstanding tasks, after the Welcome
+                await asyncio.get_running_loop().run_in_executor(
+                    self._events, self._listener.on_connect, site_id, info)
+            await context.write(pb.AggregatorMessage(welcome=pb.Welcome(
                 aggregator_version=AGGREGATOR_VERSION, heartbeat_interval_s=self._heartbeat_s,
-                max_message_bytes=self._max_message_bytes))
-            yield from self._outgoing(conn)
+                max_message_bytes=self._max_message_bytes)))
+            await self._outgoing(conn, context)
         finally:
             conn.close()
+            if reader is not None:
+                reader.cancel()
             if self._unregister(conn) and self._listener is not None:
-                self._listener.on_disconnect(site_id)
-
-    def _no_hello(self, name: str) -> None:
-        with self._lock:
-            self.stats.hello_timeouts += 1
-        logger.warning("node stream of %s closed: no Hello within %g s", name,
-                       self._hello_timeout_s)
+                self._event(self._listener.on_disconnect, site_id)
+            with self._served:
+                self._serving -= 1
+                self._served.notify_all()
 
     def _handshake(self, name: str, first: pb.NodeMessage) -> tuple[str, HelloInfo]:
         if first.WhichOneof("body") != "hello":
@@ -387,25 +342,27 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
                          ingested_at=hello.freshness.ingested_at)
         return hello.site_id, info
 
-    def _outgoing(self, conn: _Connection) -> Iterator[pb.AggregatorMessage]:
+    async def _outgoing(self, conn: _Connection,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> None:
         while True:
             try:
-                item = conn.outbox.get(timeout=self._heartbeat_s)
-            except queue.Empty:
-                yield pb.AggregatorMessage(heartbeat=pb.Heartbeat(
-                    sent_unix_ms=int(time.time() * 1000)))
+                async with asyncio.timeout(self._heartbeat_s):
+                    item = await conn.outbox.get()
+            except TimeoutError:
+                await context.write(pb.AggregatorMessage(heartbeat=pb.Heartbeat(
+                    sent_unix_ms=int(time.time() * 1000))))
                 continue
             if item is _CLOSE:
                 return
             task: StudyTask = item
             logger.info("task %s of study %s to %s", task.task_id, task.study_id, conn.site_id)
-            yield pb.AggregatorMessage(task=pb.StudyTask(
+            await context.write(pb.AggregatorMessage(task=pb.StudyTask(
                 task_id=task.task_id, study_id=task.study_id, study=task.signed.to_proto(),
-                round=task.round, inputs=[encode_release(r) for r in task.inputs]))
+                round=task.round, inputs=[encode_release(r) for r in task.inputs])))
 
-    def _reply(self, conn: _Connection, msg: pb.NodeMessage) -> TaskReply | None:
-        """Check a result or refusal against the stream's open tasks, then the value cap, and
-        only then decode it (``None``: dropped)."""
+    def _check(self, conn: _Connection, msg: pb.NodeMessage) -> TaskReply | bool:
+        """Check a result or refusal against the stream's open tasks, then the value cap,
+        without decoding it: ``False`` (dropped), a refusal (over the cap) or ``True``."""
         which = msg.WhichOneof("body")
         body = msg.result if which == "result" else msg.refusal
         if not conn.answered(body.task_id, body.study_id):
@@ -414,7 +371,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
             logger.warning("site %s answered task %r of study %r, which is not an open task "
                            "of its link; dropped undecoded", conn.site_id, body.task_id[:64],
                            body.study_id[:64])
-            return None
+            return False
         if which == "result":
             try:
                 refused = _over_cap(msg.result, self._max_message_bytes // _VALUE_BYTES)
@@ -425,11 +382,11 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
                     self.stats.replies_over_cap += 1
                 logger.warning("site %s: %s", conn.site_id, refused.refusal)
                 return refused
-        return reply_from_message(msg)
+        return True
 
-    def _read(self, conn: _Connection, request_iterator: Iterator[pb.NodeMessage]) -> None:
+    async def _read(self, conn: _Connection, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
-            for msg in request_iterator:
+            while (msg := await context.read()) is not _EOF:
                 which = msg.WhichOneof("body")
                 if which == "heartbeat":
                     continue
@@ -439,23 +396,40 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
                 if not self._is_current(conn):
                     logger.info("dropping reply of %s over a replaced link", conn.site_id)
                     continue
-                reply = self._reply(conn, msg)
-                if reply is not None and self._listener is not None:
-                    try:
-                        self._listener.on_reply(conn.site_id, reply)
-                    except Exception:
-                        logger.exception("handling the reply of %s failed", conn.site_id)
-        except grpc.RpcError:
-            pass  # the stream was cancelled or closed; the writer side ends the call
-        except Exception:
-            logger.exception("node link reader of %s failed", conn.site_id)
+                checked = self._check(conn, msg)
+                if checked is not False and self._listener is not None:
+                    self._event(self._deliver, conn.site_id, msg,
+                                None if checked is True else checked)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the stream was cancelled or broke: the writer ends the call
+            logger.debug("node link reader of %s ended: %r", conn.site_id, exc)
         finally:
             conn.close()
+
+    def _deliver(self, site_id: str, msg: pb.NodeMessage, refused: TaskReply | None) -> None:
+        """On the event thread: decode a checked reply and hand it to the listener."""
+        reply = refused or reply_from_message(msg)
+        if reply is not None and self._listener is not None:
+            self._listener.on_reply(site_id, reply)
+
+    def _event(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a listener call on the event thread, after the events before it."""
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("node link event %s failed", getattr(fn, "__name__", fn))
+        try:
+            self._events.submit(run)
+        except RuntimeError:  # closed: the aggregator is stopping
+            logger.debug("node link event %s after close; dropped", fn)
 
     def _register(self, conn: _Connection) -> None:
         with self._lock:
             old = self._connections.get(conn.site_id)
             self._connections[conn.site_id] = conn
+            self._serving += 1
         if old is not None:
             logger.info("site %s reconnected; replacing its previous link", conn.site_id)
             old.close()
@@ -470,20 +444,3 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
     def _is_current(self, conn: _Connection) -> bool:
         with self._lock:
             return self._connections.get(conn.site_id) is conn and not conn.closed.is_set()
-
-
-class _Slot:
-    """A node stream's place under the stream limits, given back exactly once."""
-
-    def __init__(self, link: NodeLinkServicer, name: str) -> None:
-        self._link = link
-        self._name = name
-        self._lock = threading.Lock()
-        self._held = True
-
-    def release(self) -> None:
-        with self._lock:
-            if not self._held:
-                return
-            self._held = False
-        self._link._give_slot(self._name)

@@ -3,6 +3,8 @@ needs (sites for the node link, coordinators for the coordinator API)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from aggregator.errors import PermissionDenied
@@ -12,7 +14,8 @@ from protocol.tls import PeerIdentity, peer_identity
 __all__ = ["require_role"]
 
 
-def require_role(context: grpc.ServicerContext, role: str, purpose: str) -> PeerIdentity:
+def require_role(context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any], role: str,
+                 purpose: str) -> PeerIdentity:
     """The caller's identity when its certificate carries ``role``.
 
     Raises

@@ -6,19 +6,16 @@ adds the ticker thread that expires silent sites. :func:`serve` runs it in the f
 SIGTERM or SIGINT, then shuts down gracefully: health turns ``NOT_SERVING``, node links are
 closed, in-flight calls get a grace period, and the database is closed.
 
-**Threads.** gRPC serves every call of the synchronous server on one worker pool, and a node
-stream holds its worker for as long as the site stays connected. The pool therefore has
-``max_node_streams + service_threads`` workers, and the node link
-(:class:`~aggregator.link.NodeLinkServicer`) refuses a stream beyond ``max_node_streams`` (or a
-third stream of one site certificate) at once and cancels a stream that sends no ``Hello``
-within ``hello_timeout_s``. Node streams can thus hold at most ``max_node_streams`` workers, and
-``service_threads`` workers always remain for coordinator calls and health checks, whatever
-the sites do. One port and one pool keep the deployment as it was; more sites need only a
-larger ``max_node_streams`` (a move of the node link to ``grpc.aio``, where a stream holds no
-thread, would keep this accounting). ``max_message_bytes`` is the gRPC message limit of both
-directions, told to nodes in ``Welcome``. ``WaitStudy`` calls (completion pushed to the
-coordinator) hold a service thread while they wait, so at most ``service_threads - 2`` wait
-at once (:mod:`aggregator.coordinator_api`); two remain for other calls and health checks.
+**Threads.** The gRPC server is ``grpc.aio`` on one event-loop thread (:mod:`aggregator.aio`):
+every connection, node stream and waiting ``WaitStudy`` call is a coroutine there, so a
+connected site holds no thread and a thousand of them cost memory, not workers. What blocks
+runs beside the loop: the coordinator API's engine calls on a pool of ``service_threads``
+threads (:mod:`aggregator.coordinator_api`), the node link's events (connects, replies,
+disconnects, in order) on one event thread (:mod:`aggregator.link`), and the timeout ticker.
+Health checks are answered on the loop itself. The node link still refuses a stream beyond
+``max_node_streams`` (or a third stream of one site certificate) at once and cancels a stream
+that sends no ``Hello`` within ``hello_timeout_s``. ``max_message_bytes`` is the gRPC message
+limit of both directions, told to nodes in ``Welcome``.
 """
 
 from __future__ import annotations
@@ -32,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from aggregator.aio import AioServer
 from aggregator.config import AggregatorConfig
 from aggregator.coordinator_api import CoordinatorServicer
 from aggregator.engine import StudyEngine
@@ -78,7 +75,7 @@ class AggregatorServer:
     engine, store, link, health
         The parts, for inspection and tests.
     workers
-        The size of the gRPC worker pool (``max_node_streams + service_threads``).
+        Threads running the coordinator API's engine calls (``service_threads``).
     """
 
     def __init__(self, config: AggregatorConfig, *,
@@ -101,18 +98,19 @@ class AggregatorServer:
         self.engine = StudyEngine(self.store, self.link, trusted, clock=clock,
                                   site_timeout_s=config.site_timeout_s,
                                   ca_pem=creds.ca.read_bytes(), strategies=strategies)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.workers = config.max_node_streams + config.service_threads
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=self.workers,
-                                                      thread_name_prefix="grpc"),
-                                   options=grpc_server_options(config))
-        node_link_pb2_grpc.add_NodeLinkServicer_to_server(self.link, self._server)
-        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(self.engine, max_waiters=config.service_threads - 2),
-            self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.workers = config.service_threads
+        self._calls = ThreadPoolExecutor(max_workers=self.workers,
+                                         thread_name_prefix="coordinator")
+        self._server = AioServer(grpc_server_options(config), name="aggregator-loop")
+        self._server.add(node_link_pb2_grpc.add_NodeLinkServicer_to_server, self.link)
+        self._server.add(coordinator_pb2_grpc.add_CoordinatorServicer_to_server,
+                         CoordinatorServicer(self.engine, self._calls))
+        self._server.add(health_pb2_grpc.add_HealthServicer_to_server, self.health)
         self.port = self._server.add_secure_port(config.listen, server_credentials(creds))
         if self.port == 0:
+            self._server.stop(None)
+            self._calls.shutdown()
             self.store.close()
             raise ConfigError(f"listen: cannot bind {config.listen}")
         self._stop_ticker = threading.Event()
@@ -125,14 +123,16 @@ class AggregatorServer:
         """Start serving, mark every service SERVING and start the timeout ticker."""
         self._server.start()
         for name in ("", *SERVICE_NAMES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self._server.loop_thread.run(
+                self.health.set(name, health_pb2.HealthCheckResponse.SERVING))
         self._ticker.start()
         host = self.config.listen.rpartition(":")[0]
         logger.info("aggregator listening on %s:%d", host, self.port)
 
     def begin_shutdown(self) -> None:
         """Report NOT_SERVING to health checks (the first step of a graceful stop)."""
-        self.health.enter_graceful_shutdown()
+        if not self._server.loop.is_closed():
+            self._server.loop_thread.run(self.health.enter_graceful_shutdown())
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop gracefully: NOT_SERVING, close node links, drain calls, close the store."""
@@ -142,7 +142,8 @@ class AggregatorServer:
         self.begin_shutdown()
         self.engine.wake_waiters()  # WaitStudy calls answer now instead of holding the drain
         self.link.close(timeout_s=grace or 0.0)
-        self._server.stop(grace).wait()
+        self._server.stop(grace)
+        self._calls.shutdown(wait=True)
         self._stop_ticker.set()
         if self._ticker.is_alive():
             self._ticker.join()
@@ -150,8 +151,8 @@ class AggregatorServer:
         logger.info("aggregator stopped")
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the gRPC server terminates; ``True`` if it did."""
-        return self._server.wait_for_termination(timeout)
+        """Block until the gRPC server has stopped; ``True`` if it did."""
+        return self._server.wait(timeout)
 
     def _tick(self) -> None:
         while not self._stop_ticker.wait(TICK_S):

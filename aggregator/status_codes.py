@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -38,9 +38,9 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def abort(context: grpc.ServicerContext, exc: AggregatorError) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: AggregatorError) -> NoReturn:
     """End the call with the status of ``exc`` and its message (raises, as gRPC does)."""
     code = status_for(exc)
     logger.info("call ended with %s: %s", code.name, exc)
-    context.abort(code, str(exc))
+    await context.abort(code, str(exc))
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

@@ -31,16 +31,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 
-import grpc
 import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from aggregator.aio import AioServer
 from aggregator.engine import StudyEngine
 from aggregator.link import NodeLinkServicer
 from aggregator.store import Store
@@ -404,7 +403,7 @@ class _HandlerDaemon(NodeDaemon):
 class _Grpc:
     """The running parts of the gRPC runtime."""
 
-    server: grpc.Server
+    server: AioServer
     link: NodeLinkServicer
     port: int
     daemons: list[NodeDaemon] = field(default_factory=list)
@@ -602,7 +601,7 @@ class SimulatedNetwork:
             for thread in self._grpc.threads:
                 thread.join(10.0)
             self._grpc.link.close(timeout_s=2.0)
-            self._grpc.server.stop(1.0).wait()
+            self._grpc.server.stop(1.0)
         if self._local is not None:
             self._local.close()
 
@@ -656,13 +655,11 @@ class SimulatedNetwork:
                     connect_timeout_s: float) -> None:
         creds = issue_aggregator(self._ca_dir, self._workdir / "aggregator" / "credentials",
                                  hosts=("127.0.0.1",))
-        # every connected node holds one worker for its stream
-        server = grpc.server(ThreadPoolExecutor(max_workers=len(self._sites) + 8,
-                                                thread_name_prefix="sim-grpc"),
-                             options=server_options())
-        pb_grpc.add_NodeLinkServicer_to_server(link, server)
+        server = AioServer(server_options(), name="sim-grpc")  # the node link is grpc.aio
+        server.add(pb_grpc.add_NodeLinkServicer_to_server, link)
         port = server.add_secure_port("127.0.0.1:0", server_credentials(creds))
         if port == 0:
+            server.stop(None)
             raise HeronError("cannot bind a loopback port for the simulated aggregator")
         server.start()
         self._grpc = _Grpc(server, link, port)

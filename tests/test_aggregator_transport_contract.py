@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from aggregator.aio import AioServer
 from aggregator.link import NodeLinkServicer
 from aggregator.transport import HelloInfo, LocalTransport, NodeTransport, StudyTask, TaskReply
 from protocol.tls import server_credentials, server_options
@@ -81,13 +80,14 @@ class LocalHarness:
 
 
 class GrpcHarness:
-    """A real gRPC server with the NodeLink servicer; nodes are GrpcTestNode clients."""
+    """A real gRPC (asyncio) server with the NodeLink servicer; nodes are GrpcTestNode
+    clients."""
 
     def __init__(self, network: Network) -> None:
         self.network = network
         self.transport = NodeLinkServicer(heartbeat_interval_s=1)
-        self.server = grpc.server(ThreadPoolExecutor(max_workers=16), options=server_options())
-        node_link_pb2_grpc.add_NodeLinkServicer_to_server(self.transport, self.server)
+        self.server = AioServer(server_options())
+        self.server.add(node_link_pb2_grpc.add_NodeLinkServicer_to_server, self.transport)
         port = self.server.add_secure_port("127.0.0.1:0", server_credentials(network.aggregator))
         self.target = f"127.0.0.1:{port}"
         self.server.start()
@@ -107,7 +107,7 @@ class GrpcHarness:
         for node in self.nodes:
             node.close()
         self.transport.close()
-        self.server.stop(0).wait()
+        self.server.stop(0)
 
 
 @pytest.fixture(scope="module")
