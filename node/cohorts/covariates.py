@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from node.cohorts.cohort import Tables, cohort_index, get_table
 from node.errors import StudyRefused
@@ -133,37 +135,45 @@ def _categorical_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return codes, uniques
 
 
-@dataclass(frozen=True)
-class _Labs:
-    """baseline_measurements rows of cohort infusions with a finite value on a day <= 0."""
-
-    pos: np.ndarray  # cohort row
-    day: np.ndarray
-    value: np.ndarray
-    code: np.ndarray  # measurement code into ``names``
-    names: pd.Index
+_LAB_COLUMNS = ("infusion_id", "measurement", "value", "day")
 
 
-def _baseline(tables: Tables, ids: pd.Index) -> _Labs:
-    """Usable baseline_measurements rows (an absent table, or one lacking columns, is empty)."""
-    bm = get_table(tables, "baseline_measurements")
-    if any(c not in bm.columns for c in ("infusion_id", "measurement", "value", "day")):
+def _arrow_strings(values: pd.Series | pd.Index) -> pa.ChunkedArray:
+    """``values`` as Arrow large strings (no copy for the store's Arrow-backed columns)."""
+    arr = values.array
+    if not isinstance(arr.dtype, pd.StringDtype) or arr.dtype.storage != "pyarrow":
+        arr = pd.Series(values, copy=False).astype(pd.StringDtype("pyarrow")).array
+    return pa.chunked_array(pa.array(arr)).cast(pa.large_string())
+
+
+def _lab_rows(tables: Tables, ids: pd.Index, measurements: Sequence[str]
+              ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per measurement: (cohort row, day, value) of its baseline_measurements rows of cohort
+    infusions with a finite value on a day <= 0. Only the needed columns are read and only
+    the rows of these measurements (exact names) are matched to the cohort (Arrow
+    ``is_in`` / ``index_in``). An absent table, or one lacking columns, has no rows."""
+    bm = get_table(tables, "baseline_measurements", _LAB_COLUMNS)
+    if any(c not in bm.columns for c in _LAB_COLUMNS):
         bm = BASELINE_MEASUREMENTS.empty_frame()
-    pos = ids.get_indexer(pd.Index(bm["infusion_id"].astype("string")))
-    day = _numeric_values(bm["day"])
-    value = _numeric_values(bm["value"])
-    ok = (pos >= 0) & ~np.isnan(value) & (day <= 0)
-    code, names = pd.factorize(bm["measurement"].astype("string").array[ok])
-    return _Labs(pos=pos[ok], day=day[ok], value=value[ok], code=code, names=pd.Index(names))
+    names = pa.array(list(measurements), type=pa.large_string())
+    code = np.asarray(pc.fill_null(pc.index_in(_arrow_strings(bm["measurement"]),
+                                               value_set=names), -1).to_numpy(), dtype=np.intp)
+    wanted = np.flatnonzero(code >= 0)
+    code = code[wanted]
+    rows = bm.iloc[wanted] if len(wanted) < len(bm) else bm
+    day = _numeric_values(rows["day"])
+    value = _numeric_values(rows["value"])
+    pos = pc.index_in(_arrow_strings(rows["infusion_id"]),
+                      value_set=_arrow_strings(ids).combine_chunks())
+    pos_np = np.asarray(pc.fill_null(pos, -1).to_numpy(), dtype=np.intp)
+    ok = (pos_np >= 0) & ~np.isnan(value) & (day <= 0)
+    return {name: (pos_np[sel], day[sel], value[sel])
+            for k, name in enumerate(measurements) for sel in [ok & (code == k)]}
 
 
-def _lab_values(labs: _Labs, n: int, measurement: str) -> np.ndarray:
-    """Per cohort row: mean value of ``measurement`` on the latest day <= 0 (NaN if none)."""
+def _lab_values(pos: np.ndarray, day: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
+    """Per cohort row: mean value on the latest day <= 0 (NaN if none)."""
     out = np.full(n, np.nan)
-    if measurement not in labs.names:
-        return out
-    sel = labs.code == labs.names.get_loc(measurement)
-    pos, day, value = labs.pos[sel], labs.day[sel], labs.value[sel]
     latest = np.full(n, -np.inf)
     np.maximum.at(latest, pos, day)
     on_latest = day == latest[pos]
@@ -197,16 +207,15 @@ def build_design(tables: Tables, cohort_df: pd.DataFrame,
     numeric: dict[str, np.ndarray] = {}
     codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     missing = np.zeros((n_rows, len(covs)), dtype=bool)
-    labs: _Labs | None = None
+    wanted = [cov[len(LAB_PREFIX):] for cov in covs if cov.startswith(LAB_PREFIX)]
+    labs = _lab_rows(tables, cohort_index(cohort_df), wanted) if wanted else {}
     for j, cov in enumerate(covs):
         if is_categorical(cov):
             codes[cov] = _categorical_codes(cohort_df[cov])
             missing[:, j] = codes[cov][0] < 0
             continue
         if cov.startswith(LAB_PREFIX):
-            if labs is None:
-                labs = _baseline(tables, cohort_index(cohort_df))
-            numeric[cov] = _lab_values(labs, n_rows, cov[len(LAB_PREFIX):])
+            numeric[cov] = _lab_values(*labs[cov[len(LAB_PREFIX):]], n_rows)
         else:
             numeric[cov] = _numeric_values(cohort_df[cov])
         missing[:, j] = np.isnan(numeric[cov])

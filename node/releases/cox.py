@@ -57,9 +57,10 @@ from analytics import (
 )
 from node.cohorts.cohort import Tables
 from node.cohorts.covariates import Design, build_design
-from node.cohorts.endpoints import survival_endpoint
 from node.errors import StudyRefused
 from node.governance.policy import Policy
+from node.releases.groups import endpoint_frame
+from node.releases.survival import SURVIVAL
 from protocol.codec import Release, Vector
 from protocol.design import CATEGORICAL_COVARIATES, design_columns
 from protocol.errors import ProtocolError
@@ -179,6 +180,20 @@ def _check_bins(durations: npt.NDArray[np.int64], events: npt.NDArray[np.bool_],
                               f"events or {policy.min_cell} exits")
 
 
+def _design_of(tables: Tables, cohort: pd.DataFrame, covariates: tuple[str, ...]) -> Design:
+    """:func:`build_design`, once per snapshot, cohort and covariates when ``tables`` keeps
+    what is derived from it (the node engine's snapshot cache): a Cox model fitted again, or
+    by another study on the same snapshot, reuses it. The design is read, never changed."""
+    derived = getattr(tables, "derived", None)
+    if derived is None:
+        return build_design(tables, cohort, covariates)
+    held, design = derived(("cox design", id(cohort), covariates),
+                           lambda: (cohort, build_design(tables, cohort, covariates)))
+    if held is not cohort:  # pragma: no cover - ids are unique while the cohort is held
+        return build_design(tables, cohort, covariates)
+    return design  # type: ignore[no-any-return]
+
+
 def prepare(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
             policy: Policy, coarsen: bool) -> CoxSite:
     """Complete cases, their follow-up (coarsened when ``coarsen``) and their design.
@@ -189,9 +204,9 @@ def prepare(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFra
         When the follow-up cannot be coarsened under the site's rules.
     """
     assert analysis.endpoint is not None
-    design = build_design(tables, cohort, analysis.covariates)
-    outcome = survival_endpoint(tables, cohort, analysis.endpoint, study.horizon_days,
-                                study.censor_at)
+    design = _design_of(tables, cohort, tuple(analysis.covariates))
+    outcome = endpoint_frame(SURVIVAL, tables, cohort, analysis.endpoint, study.horizon_days,
+                             tuple(study.censor_at))
     durations = outcome["duration"].to_numpy(dtype=np.int64)[design.mask]
     events = outcome["event"].to_numpy(dtype=bool)[design.mask]
     resolution, coarsened, ends = 1, False, None
