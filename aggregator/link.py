@@ -249,7 +249,12 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
         with self._served:
             self._served.wait_for(lambda: self._serving == 0,
                                   max(0.0, deadline - time.monotonic()))
-        self._events.shutdown(wait=False)  # events already queued still run
+        self._events.shutdown(wait=False)  # events already queued still run (see drain)
+
+    def drain(self) -> None:
+        """Wait until the events queued before :meth:`close` have been handled (later ones
+        are dropped): call it before the listener's store goes away."""
+        self._events.shutdown(wait=True)
 
     # -- gRPC ------------------------------------------------------------------------------------
 

@@ -144,6 +144,7 @@ class AggregatorServer:
         self.link.close(timeout_s=grace or 0.0)
         self._server.stop(grace)
         self._calls.shutdown(wait=True)
+        self.link.drain()
         self._stop_ticker.set()
         if self._ticker.is_alive():
             self._ticker.join()
