@@ -12,13 +12,21 @@ it was asked about (a Cox model then restarts without it).
 Secure aggregation adds a key-exchange round, an ordinary round whose only request is
 ``announce``; every later round carries the verified announcements (``relay``) and is masked.
 The runtime sums the masked releases of all participants, so the masks cancel, and hands each
-strategy the exact sum as its only contribution. A participant that fails a masked round is
-dropped and a new key exchange among the others starts the analyses again; fewer than
-``min_sites`` participants end the study without a pooled release.
+strategy the exact sum as its only contribution. The screening round also relays each site's
+sealed Shamir shares to its neighbours. The attempt's first analysis round carries self masks:
+it is followed by an ``unmask`` round in which the sites reveal shares of the self-mask seeds
+(:mod:`protocol.recovery`). If sites fail that first analysis round, the survivors screen again
+among themselves (``rescreen``) and reveal the dropped sites' mask-key shares instead, so the
+round completes with the exact sum of the survivors and no new key exchange. A participant
+that fails a masked round before that (key exchange, screening) is dropped and a new key
+exchange among the others starts again; after an unmask the nodes take part in no new key
+exchange, so a later failure ends the study. Fewer than ``min_sites`` participants end the
+study without a pooled release.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -28,20 +36,26 @@ from typing import Any
 import numpy as np
 
 from aggregator.strategy import MASKED_SUM, Contributions, Strategy
-from protocol.codec import Release
+from protocol.codec import Release, decode_release, encode_release
 from protocol.errors import ProtocolError
 from protocol.key_exchange import KeyAnnouncement, verify_announcement
+from protocol.recovery import reconstruct_revealed
 from protocol.rounds import (
     KEYS,
     NO_EPHEMERAL_KEY,
+    REVEALED,
+    SHARES,
+    UNMASK,
     announce_request,
     key_relay,
     screen_request,
     screened_relay,
+    unmask_request,
 )
 from protocol.screening import SCREEN, SEALED
-from protocol.secure_agg import unmask_sum
+from protocol.secure_agg import add_masked, remember, unmask_sum
 from protocol.study import Study
+from protocol.v1.common_pb2 import AnalysisRelease
 
 __all__ = ["Answer", "Failure", "RunState", "StudyRun"]
 
@@ -75,6 +89,16 @@ class RunState:
     announcements: dict[str, dict[str, Any]] = field(default_factory=dict)
     sealed: dict[str, dict[str, str]] = field(default_factory=dict)
     screened: list[str] = field(default_factory=list)
+    shares: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Sender -> recipient -> sealed shares (the attempt's screening)."""
+    lost: list[str] = field(default_factory=list)
+    """Sites that failed the attempt's self-masked round (their masks are recovered)."""
+    self_round: int = 0
+    """The attempt's self-masked round (0: not yet)."""
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Analysis -> the still-masked sum of the self-masked round, its contributors and (Cox)
+    each one's signed release (base64 wire releases)."""
+    revealed: dict[str, Any] = field(default_factory=dict)
     analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
     thresholds: list[list[int]] = field(default_factory=list)
     coarsened: bool = False
@@ -130,9 +154,15 @@ class StudyRun:
         if state.phase == "keys":
             return {s: (announce_request(state.attempt),) for s in state.participants}
         relay = (key_relay(state.attempt, [state.announcements[s] for s in
-                                           state.participants]),) if self.masked else ()
-        if state.phase == "screen":
+                                           sorted(state.announcements)],
+                           state.lost, state.revealed or None),) if self.masked else ()
+        if state.phase in ("screen", "rescreen"):
             return {s: (*relay, screen_request()) for s in state.participants}
+        if state.phase == "unmask":
+            return {s: (*relay, unmask_request(
+                {p: b[s] for p, b in state.shares.items() if s in b},
+                {p: state.sealed[p][s] for p in state.participants if p != s}
+                if state.lost else None)) for s in state.participants}
         if state.phase != "data":
             return {}
         out: dict[str, tuple[Release, ...]] = {}
@@ -158,8 +188,10 @@ class StudyRun:
         got = {s: answers.get(s, Failure("no answer", silent=True)) for s in asked}
         if state.phase == "keys":
             self._keys(state, got)
-        elif state.phase == "screen":
+        elif state.phase in ("screen", "rescreen"):
             self._screen(state, got)
+        elif state.phase == "unmask":
+            self._unmask(state, got)
         elif state.phase == "data":
             self._data(state, asked, got)
         if state.phase == "data" and not self._running(state):
@@ -222,10 +254,17 @@ class StudyRun:
                 failed[site] = Failure("sent no sealed screening counts for every participant")
                 continue
             sealed[site] = dict(blob)
+            shares = next((r.metadata.get(SHARES) for r in answer if r.analysis == SCREEN),
+                          None)
+            if state.phase == "screen" and isinstance(shares, dict):
+                state.shares[site] = {str(k): str(v) for k, v in shares.items()}
         if failed:
             self._rekey(state, failed)
             return
         state.sealed = sealed
+        if state.phase == "rescreen":
+            state.phase = "unmask"
+            return
         state.phase = "data"
         self._restart_analyses(state)
         state.screened = list(state.analyses)
@@ -248,6 +287,9 @@ class StudyRun:
     def _data(self, state: RunState, asked: Mapping[str, tuple[Release, ...]],
               got: Mapping[str, Answer]) -> None:
         failed = {s: a for s, a in got.items() if isinstance(a, Failure)}
+        if self.masked and not state.self_round:
+            self._self_masked(state, asked, got, failed)
+            return
         if self.masked and failed:
             self._rekey(state, failed)
             return
@@ -267,6 +309,101 @@ class StudyRun:
         for name in self._running(state):
             askers = [s for s, reqs in asked.items() if any(r.analysis == name for r in reqs)]
             self._combine(state, name, self._contributions(name, askers, got, state))
+
+    def _self_masked(self, state: RunState, asked: Mapping[str, tuple[Release, ...]],
+                     got: Mapping[str, Answer], failed: Mapping[str, Failure]) -> None:
+        """The attempt's first analysis round: keep the survivors' masked sums until the
+        unmask round reveals the self masks (and the masks of the sites that failed)."""
+        reasons = {f.reason for f in failed.values()}
+        if set(failed) == set(state.participants) or (
+                len(state.participants) - len(failed) < self.study.privacy.min_sites):
+            self._rekey(state, failed)
+            return
+        if len(reasons) == 1 and len(failed) == len(got) and not any(
+                f.silent for f in failed.values()):
+            self._rekey(state, failed)
+            return
+        survivors = [s for s in state.participants if s not in failed]
+        state.screened = [n for n in state.screened if n not in asked_names(asked)]
+        for site in survivors:
+            answer = got[site]
+            assert not isinstance(answer, Failure)
+            self._note_privacy(state, answer)
+            if site not in state.answered:
+                state.answered.append(site)
+        for name in self._running(state):
+            mine: dict[str, Release] = {}
+            errors: dict[str, str] = {}
+            for site in survivors:
+                answer = got[site]
+                assert not isinstance(answer, Failure)
+                release = next((r for r in answer if r.analysis == name), None)
+                if release is None or release.error:
+                    errors[site] = release.error if release else "sent no release for this " \
+                                                                 "analysis"
+                else:
+                    mine[site] = release
+            entry: dict[str, Any] = {"sites": survivors, "errors": errors}
+            if not errors:
+                try:
+                    entry["sum"] = _b64(add_masked([mine[s] for s in survivors]))
+                except ProtocolError as exc:
+                    entry["errors"] = {s: f"masked releases do not add up: {exc}"
+                                       for s in survivors}
+                if self._analyses[name].kind == "cox":
+                    entry["signed"] = {s: _b64(r) for s, r in mine.items()}
+            state.pending[name] = entry
+        for site, failure in failed.items():
+            self._leave(state, site, failure)
+        state.lost = sorted(failed)
+        state.self_round = state.round
+        state.participants = survivors
+        state.phase = "rescreen" if failed else "unmask"
+        if failed:
+            logger.info("study %s: %d sites lost in the first masked round; the survivors "
+                        "screen again and recover their masks", self.study.id, len(failed))
+
+    def _unmask(self, state: RunState, got: Mapping[str, Answer]) -> None:
+        """Rebuild the self-mask seeds (and dropped sites' mask keys) from the revealed shares
+        and hand each strategy the survivors' exact sums of the self-masked round."""
+        reveals = {}
+        for site, answer in got.items():
+            if isinstance(answer, Failure):
+                continue
+            release = next((r for r in answer if r.analysis == UNMASK), None)
+            if release is not None and isinstance(release.metadata.get(REVEALED), dict):
+                reveals[site] = release.metadata[REVEALED]
+        try:
+            announcements = {s: KeyAnnouncement.from_dict(a)
+                             for s, a in state.announcements.items()}
+            revealed = reconstruct_revealed(self.study.id, state.attempt, state.self_round,
+                                            announcements, reveals, state.lost,
+                                            state.participants)
+        except ProtocolError as exc:
+            refusals = {f.reason for f in got.values() if isinstance(f, Failure)}
+            self._end(state, "the masks of the first analysis round could not be removed: "
+                      + (next(iter(refusals)) if len(refusals) == 1 else str(exc)))
+            return
+        remember(revealed)
+        state.revealed = {"round": state.self_round,
+                          "seeds": {s: _enc(v) for s, v in revealed.seeds.items()},
+                          "keys": {s: _enc(v) for s, v in revealed.keys.items()}}
+        for name, entry in state.pending.items():
+            sites = tuple(entry["sites"])
+            if entry["errors"]:
+                answers = Contributions({}, dict(entry["errors"]), sites, masked=True)
+            else:
+                try:
+                    summed = unmask_sum([_unb64(entry["sum"])], sites, revealed)
+                    answers = Contributions({MASKED_SUM: summed}, {}, sites, masked=True,
+                                            signed={s: _unb64(b) for s, b in
+                                                    entry.get("signed", {}).items()})
+                except ProtocolError as exc:
+                    answers = Contributions({}, {s: f"masked releases do not add up: {exc}"
+                                                 for s in sites}, (), masked=True)
+            self._combine(state, name, answers)
+        state.pending = {}
+        state.phase = "data" if self._running(state) else "done"
 
     def _rekey(self, state: RunState, failed: Mapping[str, Failure]) -> None:
         """Sites failed a masked round: drop them and start a new key exchange among the
@@ -291,6 +428,8 @@ class StudyRun:
         state.phase = "keys"
         state.analyses = {}
         state.sealed, state.screened = {}, []
+        state.shares, state.lost, state.self_round = {}, [], 0
+        state.pending, state.revealed = {}, {}
         self._enough_sites(state)
 
     def _contributions(self, name: str, askers: list[str], got: Mapping[str, Answer],
@@ -391,6 +530,18 @@ class StudyRun:
                 if pair not in state.thresholds:
                     state.thresholds.append(pair)
             state.coarsened = state.coarsened or bool(r.metadata.get("coarsened"))
+
+
+def _b64(release: Release) -> str:
+    return base64.b64encode(encode_release(release).SerializeToString()).decode("ascii")
+
+
+def _unb64(text: str) -> Release:
+    return decode_release(AnalysisRelease.FromString(base64.b64decode(text)))
+
+
+def _enc(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _restarted(failure: Failure) -> bool:

@@ -35,7 +35,9 @@ __all__ = [
     "FIXED_POINT_BITS",
     "LIMB_BITS",
     "decode_reals",
+    "decode_wide",
     "encode_reals",
+    "encode_wide",
     "error_bound",
     "max_abs_real",
 ]
@@ -99,3 +101,18 @@ def decode_reals(hi_sum: ArrayLike, lo_sum: ArrayLike) -> NDArray[np.float64]:
                              for h, lo_ in zip(hi.ravel().tolist(), lo.ravel().tolist(),
                                                strict=True)]
     return np.array(flat, dtype=np.float64).reshape(hi.shape)
+
+
+def encode_wide(values: ArrayLike, n_sites: int) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    """Encode float values as one 96-bit integer each, ``V = hi * 2^32 + lo`` modulo 2^96:
+    ``(hi, lo)`` uint64 arrays with ``lo < 2^32`` (the limbs of :func:`encode_reals`, read
+    modulo 2^64). Same checks as :func:`encode_reals`."""
+    hi, lo = encode_reals(values, n_sites)
+    return hi.ravel().view(np.uint64), lo.ravel().view(np.uint64)
+
+
+def decode_wide(hi_sum: NDArray[np.uint64], lo_sum: NDArray[np.uint64]) -> NDArray[np.float64]:
+    """Decode summed 96-bit values (``lo_sum < 2^32`` after carrying): the high word is read as
+    two's complement, ``(hi * 2^32 + lo) / 2^40`` with one correctly rounded division."""
+    return decode_reals(np.asarray(hi_sum, dtype=np.uint64).view(np.int64),
+                        np.asarray(lo_sum, dtype=np.uint64).view(np.int64))

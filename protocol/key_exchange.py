@@ -1,10 +1,20 @@
-"""Signed ephemeral X25519 key announcements for pairwise-mask secure aggregation.
+"""Signed ephemeral X25519 key announcements for secure aggregation (SecAgg+).
 
-For every attempt of a study each site makes a fresh X25519 key pair and announces the public
-half, signed with its identity key: the ECDSA P-256 private key of its site certificate
-(``key.pem`` of :func:`protocol.pki.issue_site`). The signature covers the canonical bytes of
-``("heron-sa-v1", study_id, attempt, site_id, public_key)`` (see :func:`canonical_bytes`), so an
-announcement cannot be moved to another site, study or attempt, nor its key swapped.
+For every attempt of a study each site makes two fresh X25519 key pairs and announces their
+public halves, signed with its identity key: the ECDSA P-256 private key of its site
+certificate (``key.pem`` of :func:`protocol.pki.issue_site`).
+
+* the **mask key** (``public_key``) derives the pairwise masks with the site's neighbours;
+  survivors reveal Shamir shares of it when the site drops out (:mod:`protocol.recovery`);
+* the **channel key** (``channel_key``) derives the keys that seal what one site sends another
+  through the aggregator (screening counts, shares). It is never shared, so revealing a dropped
+  site's mask key does not open its sealed blobs;
+* ``self_commit`` is SHA-256 of the site's self-mask seed for the attempt, so a seed
+  reconstructed from shares or relayed by the aggregator can be checked.
+
+The signature covers the canonical bytes of ``("heron-sa-v2", study_id, attempt, site_id,
+public_key, channel_key, self_commit)`` (see :func:`canonical_bytes`), so an announcement
+cannot be moved to another site, study or attempt, nor a key swapped.
 
 Receivers check every announcement with :func:`verify_announcement` before deriving masks.
 """
@@ -14,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import os
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -28,16 +39,19 @@ from protocol.pki import ROLE_SITE, certificate_identity, verify_issued_by
 
 __all__ = [
     "ANNOUNCE_LABEL",
+    "EphemeralKeys",
     "KeyAnnouncement",
     "announce",
     "announcement_message",
     "canonical_bytes",
+    "self_commitment",
     "verify_announcement",
 ]
 
-ANNOUNCE_LABEL = "heron-sa-v1"
+ANNOUNCE_LABEL = "heron-sa-v2"
 _X25519_LEN = 32
-_BYTES_FIELDS = ("public_key", "certificate_pem", "signature")
+_BYTES_FIELDS = ("public_key", "channel_key", "self_commit", "certificate_pem", "signature")
+_COMMIT_LEN = 32
 
 
 def canonical_bytes(*fields: str | int | bytes) -> bytes:
@@ -59,14 +73,16 @@ def canonical_bytes(*fields: str | int | bytes) -> bytes:
     return bytes(out)
 
 
-def announcement_message(site_id: str, study_id: str, attempt: int, public_key: bytes) -> bytes:
+def announcement_message(site_id: str, study_id: str, attempt: int, public_key: bytes,
+                         channel_key: bytes = b"", self_commit: bytes = b"") -> bytes:
     """Return the bytes an announcement's signature covers."""
-    return canonical_bytes(ANNOUNCE_LABEL, study_id, attempt, site_id, public_key)
+    return canonical_bytes(ANNOUNCE_LABEL, study_id, attempt, site_id, public_key, channel_key,
+                           self_commit)
 
 
 @dataclass(frozen=True)
 class KeyAnnouncement:
-    """One site's signed ephemeral X25519 public key for one attempt of a study."""
+    """One site's signed ephemeral X25519 public keys for one attempt of a study."""
 
     site_id: str
     study_id: str
@@ -74,6 +90,8 @@ class KeyAnnouncement:
     public_key: bytes
     certificate_pem: bytes
     signature: bytes
+    channel_key: bytes = b""
+    self_commit: bytes = b""
 
     def to_dict(self) -> dict[str, str | int]:
         """Return a JSON-ready dict (bytes fields in standard base64)."""
@@ -111,15 +129,32 @@ def _check_attempt(attempt: int) -> None:
         raise SecureAggregationError(f"attempt must be a non-negative integer, got {attempt!r}")
 
 
+@dataclass(frozen=True)
+class EphemeralKeys:
+    """A site's secrets for one attempt (kept in memory only, erased when it ends)."""
+
+    mask: X25519PrivateKey
+    channel: X25519PrivateKey
+    self_seed: bytes
+
+
+def self_commitment(seed: bytes) -> bytes:
+    """SHA-256 of a self-mask seed (what an announcement commits to)."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(canonical_bytes("heron-sa-v2 self", seed))
+    return digest.finalize()
+
+
 def announce(site_id: str, study_id: str, attempt: int,
              identity_key: PrivateKeyTypes,
-             certificate_pem: bytes) -> tuple[X25519PrivateKey, KeyAnnouncement]:
-    """Make a fresh X25519 key pair and its announcement signed by ``identity_key``.
+             certificate_pem: bytes) -> tuple[EphemeralKeys, KeyAnnouncement]:
+    """Make fresh mask and channel key pairs, a self-mask seed, and their announcement signed
+    by ``identity_key``.
 
     Returns
     -------
     tuple
-        The ephemeral private key (keep it in memory for this attempt only) and the
+        The ephemeral secrets (keep them in memory for this attempt only) and the
         announcement to publish.
 
     Raises
@@ -137,13 +172,16 @@ def announce(site_id: str, study_id: str, attempt: int,
             != cert.public_key().public_bytes(serialization.Encoding.DER, spki)):
         raise SecureAggregationError(f"site {site_id!r}: the identity key does not belong to "
                                      f"the certificate")
-    private = X25519PrivateKey.generate()
-    public = private.public_key().public_bytes_raw()
-    message = announcement_message(site_id, study_id, attempt, public)
+    keys = EphemeralKeys(X25519PrivateKey.generate(), X25519PrivateKey.generate(),
+                         os.urandom(32))
+    public = keys.mask.public_key().public_bytes_raw()
+    channel = keys.channel.public_key().public_bytes_raw()
+    commit = self_commitment(keys.self_seed)
+    message = announcement_message(site_id, study_id, attempt, public, channel, commit)
     signature = identity_key.sign(message, ec.ECDSA(hashes.SHA256()))
-    return private, KeyAnnouncement(site_id=site_id, study_id=study_id, attempt=attempt,
-                                    public_key=public, certificate_pem=bytes(certificate_pem),
-                                    signature=signature)
+    return keys, KeyAnnouncement(site_id=site_id, study_id=study_id, attempt=attempt,
+                                 public_key=public, certificate_pem=bytes(certificate_pem),
+                                 signature=signature, channel_key=channel, self_commit=commit)
 
 
 def _load_cert(pem: bytes, site_id: str) -> x509.Certificate:
@@ -188,12 +226,17 @@ def verify_announcement(a: KeyAnnouncement, ca_pem: bytes, study_id: str, attemp
         raise SecureAggregationError(
             f"{who}: certificate subject CN={common_name!r}, OU={role!r} does not match "
             f"CN={a.site_id!r}, OU={ROLE_SITE!r}")
-    if len(a.public_key) != _X25519_LEN:
+    if len(a.public_key) != _X25519_LEN or len(a.channel_key) != _X25519_LEN:
         raise SecureAggregationError(f"{who}: X25519 public key must be {_X25519_LEN} bytes")
+    if len(a.self_commit) != _COMMIT_LEN:
+        raise SecureAggregationError(f"{who}: self-mask commitment must be {_COMMIT_LEN} bytes")
+    if a.channel_key == a.public_key:
+        raise SecureAggregationError(f"{who}: the channel key must differ from the mask key")
     pub = cert.public_key()
     if not isinstance(pub, ec.EllipticCurvePublicKey) or not isinstance(pub.curve, ec.SECP256R1):
         raise SecureAggregationError(f"{who}: certificate key is not ECDSA P-256")
-    message = announcement_message(a.site_id, a.study_id, a.attempt, a.public_key)
+    message = announcement_message(a.site_id, a.study_id, a.attempt, a.public_key,
+                                   a.channel_key, a.self_commit)
     try:
         pub.verify(a.signature, message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:

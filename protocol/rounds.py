@@ -19,6 +19,13 @@ is the only place that knows their names and fields:
 ``screened``
     (analysis :data:`~protocol.screening.SCREEN`) the sealed screening counts every other
     participant addressed to this site; they come with the round's first summaries.
+``unmask``
+    (analysis :data:`UNMASK`) after an attempt's first analysis round: reveal shares of the
+    self-mask seeds of the sites that contributed and of the mask keys of those reported
+    dropped (relay ``dropped``), from the sealed shares relayed (metadata ``shares``: sender
+    -> blob) and, after a dropout, the survivors' sealed re-screening counts (``sealed``).
+    A relay may also carry the secrets revealed (``revealed``) so sites can unmask relayed
+    sums of that round themselves (:mod:`protocol.recovery`).
 ``summary``
     (analysis = the analysis' name) release this analysis' sufficient statistics (for Cox: the
     description of the site's part of the model).
@@ -57,9 +64,11 @@ __all__ = [
     "STEP_NEWTON",
     "STEP_RELAY",
     "STEP_SUMMARY",
+    "UNMASK",
     "KeyRelay",
     "NewtonRequest",
     "RoundRequests",
+    "UnmaskRequest",
     "announce_request",
     "key_relay",
     "newton_from_release",
@@ -69,11 +78,18 @@ __all__ = [
     "screened_relay",
     "summary_request",
     "summary_requests",
+    "unmask_request",
 ]
 
 NO_EPHEMERAL_KEY = "no ephemeral key"
 """How a site's refusal of a masked round begins when it lost its ephemeral key (it restarted):
 such a site is asked to rejoin the next attempt, unlike one that refused."""
+UNMASK = "__unmask__"
+"""Analysis name of the unmask request and of a site's revealed shares."""
+SHARES = "shares"
+"""Metadata key of the sealed shares of a screening answer (recipient -> blob) or of an
+unmask request (sender -> blob)."""
+REVEALED = "revealed"
 KEYS = "__keys__"
 """Analysis name of the key-exchange requests and of a site's key announcement."""
 KEY_KIND = "keys"
@@ -83,6 +99,7 @@ STEP_SUMMARY = "summary"
 STEP_NEWTON = "newton"
 STEP_SCREEN = "screen"
 STEP_SCREENED = "screened"
+STEP_UNMASK = "unmask"
 _STEP = "step"
 
 
@@ -91,10 +108,28 @@ def announce_request(attempt: int) -> Release:
     return Release(KEYS, KEY_KIND, {}, {_STEP: STEP_ANNOUNCE, "attempt": int(attempt)})
 
 
-def key_relay(attempt: int, announcements: Sequence[Mapping[str, Any]]) -> Release:
-    """The participants' announcements of ``attempt``: the round is masked with them."""
-    return Release(KEYS, KEY_KIND, {}, {_STEP: STEP_RELAY, "attempt": int(attempt),
-                                        "announcements": [dict(a) for a in announcements]})
+def key_relay(attempt: int, announcements: Sequence[Mapping[str, Any]],
+              dropped: Sequence[str] = (), revealed: Mapping[str, Any] | None = None
+              ) -> Release:
+    """The participants' announcements of ``attempt``: the round is masked with them (not
+    with the ``dropped`` sites); ``revealed``: the secrets of the attempt's unmask."""
+    meta: dict[str, Any] = {_STEP: STEP_RELAY, "attempt": int(attempt),
+                            "announcements": [dict(a) for a in announcements]}
+    if dropped:
+        meta["dropped"] = sorted(dropped)
+    if revealed:
+        meta[REVEALED] = dict(revealed)
+    return Release(KEYS, KEY_KIND, {}, meta)
+
+
+def unmask_request(shares: Mapping[str, str], sealed: Mapping[str, str] | None = None
+                   ) -> Release:
+    """Ask a site to reveal its shares (sender -> sealed pair of shares for this site), with
+    the survivors' re-screening counts after a dropout."""
+    meta: dict[str, Any] = {_STEP: STEP_UNMASK, SHARES: dict(shares)}
+    if sealed is not None:
+        meta[SEALED] = dict(sealed)
+    return Release(UNMASK, KEY_KIND, {}, meta)
 
 
 def screen_request() -> Release:
@@ -145,6 +180,16 @@ class KeyRelay:
 
     attempt: int
     announcements: tuple[Mapping[str, Any], ...]
+    dropped: tuple[str, ...] = ()
+    revealed: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """The shares relayed to a site and, after a dropout, the re-screening counts."""
+
+    shares: Mapping[str, str]
+    sealed: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +214,7 @@ class RoundRequests:
     screened: Mapping[str, str] | None = None
     summaries: tuple[str, ...] = ()
     newton: tuple[NewtonRequest, ...] = ()
+    unmask: UnmaskRequest | None = None
 
     @property
     def analyses(self) -> tuple[str, ...]:
@@ -240,6 +286,7 @@ def parse_requests(inputs: Sequence[Release]) -> RoundRequests:
     screened: dict[str, str] | None = None
     summaries: list[str] = []
     newton: list[NewtonRequest] = []
+    unmask: UnmaskRequest | None = None
     seen: set[str] = set()
     for request in inputs:
         step = request.metadata.get(_STEP)
@@ -252,9 +299,24 @@ def parse_requests(inputs: Sequence[Release]) -> RoundRequests:
             raw = request.metadata.get("announcements")
             if not isinstance(raw, list) or not all(isinstance(a, dict) for a in raw):
                 raise ProtocolError("key relay: announcements must be a list of objects")
-            relay = KeyRelay(_attempt(request), tuple(raw))
+            dropped = request.metadata.get("dropped", [])
+            revealed = request.metadata.get(REVEALED)
+            if not isinstance(dropped, list) or not all(isinstance(d, str) for d in dropped):
+                raise ProtocolError("key relay: dropped must list site ids")
+            if revealed is not None and not isinstance(revealed, dict):
+                raise ProtocolError("key relay: revealed must be an object")
+            relay = KeyRelay(_attempt(request), tuple(raw), tuple(dropped), revealed)
         elif request.analysis == KEYS:
             raise ProtocolError(f"unknown key request step {step!r}")
+        elif request.analysis == UNMASK and step == STEP_UNMASK:
+            shares = request.metadata.get(SHARES)
+            sealed_ = request.metadata.get(SEALED)
+            if not isinstance(shares, dict) or not _str_map(shares) or (
+                    sealed_ is not None and not _str_map(sealed_)):
+                raise ProtocolError("unmask request: shares and sealed map site ids to blobs")
+            unmask = UnmaskRequest(dict(shares), None if sealed_ is None else dict(sealed_))
+        elif request.analysis == UNMASK:
+            raise ProtocolError(f"unknown unmask request step {step!r}")
         elif request.analysis == SCREEN and step == STEP_SCREEN:
             screen = True
         elif request.analysis == SCREEN and step == STEP_SCREENED:
@@ -278,4 +340,12 @@ def parse_requests(inputs: Sequence[Release]) -> RoundRequests:
         raise ProtocolError("a screening round is masked and asks for nothing else")
     if screened is not None and (relay is None or not summaries):
         raise ProtocolError("screened counts come with a masked round's summaries")
-    return RoundRequests(announce, relay, screen, screened, tuple(summaries), tuple(newton))
+    if unmask is not None and (relay is None or summaries or newton or screen):
+        raise ProtocolError("an unmask round is masked and asks for nothing else")
+    return RoundRequests(announce, relay, screen, screened, tuple(summaries), tuple(newton),
+                         unmask)
+
+
+def _str_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                           for k, v in value.items())

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 
 from protocol.codec import Release, decode_release, encode_release
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, SecureAggregationError
 from protocol.key_exchange import canonical_bytes
 from protocol.masking import PairwiseMasker
 from protocol.v1 import common_pb2
@@ -46,12 +46,13 @@ _NONCE = 12
 
 
 def _aad(masker: PairwiseMasker, round: int, sender: str, recipient: str) -> bytes:
-    return canonical_bytes("heron-sa-v1 sealed screen", masker.study_id, masker.attempt, round,
+    return canonical_bytes("heron-sa-v2 sealed screen", masker.study_id, masker.attempt, round,
                            sender, recipient)
 
 
 def seal(masked: Release, masker: PairwiseMasker, round: int) -> dict[str, str]:
-    """Seal this site's masked screening release for every other participant.
+    """Seal this site's masked screening release for every other participant not reported
+    dropped (:attr:`PairwiseMasker.active`).
 
     Returns
     -------
@@ -60,7 +61,7 @@ def seal(masked: Release, masker: PairwiseMasker, round: int) -> dict[str, str]:
     """
     data = encode_release(masked).SerializeToString()
     out: dict[str, str] = {}
-    for peer in masker.participants:
+    for peer in masker.active:
         if peer == masker.site_id:
             continue
         nonce = os.urandom(_NONCE)
@@ -83,7 +84,7 @@ def open_sealed(blob: str, masker: PairwiseMasker, round: int, sender: str) -> R
         raw = base64.b64decode(blob, validate=True)
         data = AESGCM(masker.channel_key(sender, _LABEL)).decrypt(
             raw[:_NONCE], raw[_NONCE:], _aad(masker, round, sender, masker.site_id))
-    except (binascii.Error, ValueError, TypeError, InvalidTag):
+    except (binascii.Error, ValueError, TypeError, InvalidTag, SecureAggregationError):
         raise ProtocolError(f"the screening counts of {sender} do not open: not sealed by "
                             "that site for this site and round") from None
     try:

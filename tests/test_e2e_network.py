@@ -145,7 +145,7 @@ def test_secure_aggregation_over_the_network_equals_the_unmasked_study(network):
     from aggregator.store import decode_task_result
 
     keys = {k for b in blobs for r in decode_task_result(b) for k in r.vectors}
-    assert keys and all(k[:2] in ("i:", "h:", "l:") for k in keys)  # masked vectors only
+    assert keys and all(k[:2] in ("i:", "r:") for k in keys)  # masked vectors only
 
 
 def _refusals(results):

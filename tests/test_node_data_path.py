@@ -16,7 +16,7 @@ from node.cohorts import endpoints
 from node.cohorts.cohort import INFUSION_COLUMNS, get_table
 from node.ingestion import store as store_module
 from node.ingestion.store import write_snapshot
-from node.runtime.engine import _TableCache
+from node.runtime.snapshot_cache import SnapshotCache
 
 
 def _pandas_positions(cohort_ids: pd.Index, ids: pd.Series) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_table_cache_reads_once_and_derives_once(tmp_path) -> None:
             reads.append((name, columns))
             return store.table(name, columns=columns)
 
-    cache = _TableCache(Counting())
+    cache = SnapshotCache(Counting())
     assert cache.snapshot_id == store.snapshot_id
     a = cache.table("infusions", ("infusion_id",))
     assert cache.table("infusions", ("infusion_id",)) is a
@@ -127,7 +127,7 @@ def test_a_second_study_on_the_snapshot_reuses_cohort_endpoint_and_digests(tmp_p
         counted["endpoint"] += 1
         return survival(*args, **kwargs)
 
-    digests = ledger.digests
+    digests = ledger.snapshot_digests
 
     def counting_digests(*args, **kwargs):
         counted["digests"] += 1
@@ -136,7 +136,9 @@ def test_a_second_study_on_the_snapshot_reuses_cohort_endpoint_and_digests(tmp_p
     from node.releases import survival as survival_release
     monkeypatch.setattr(engine_module, "select_cohort", counting_select)
     object.__setattr__(survival_release.SURVIVAL, "endpoint", counting_survival)
-    monkeypatch.setattr(ledger, "digests", counting_digests)
+    # the site was ingested without the ledger salt: the first study computes the snapshot's
+    # digests (and keeps them in the snapshot), the second reuses them
+    monkeypatch.setattr(ledger, "snapshot_digests", counting_digests)
     try:
         km = [{"name": "os", "kind": "kaplan_meier", "endpoint": "overall_survival"},
               {"name": "na", "kind": "nelson_aalen", "endpoint": "overall_survival"}]

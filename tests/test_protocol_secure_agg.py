@@ -5,6 +5,7 @@ Every network is made with real certificates (protocol.pki) and real signed anno
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from fractions import Fraction
@@ -18,8 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from protocol.codec import Release, decode_release, encode_release
 from protocol.errors import SecureAggregationError
 from protocol.fixed_point import decode_reals, encode_reals, error_bound, max_abs_real
+from protocol.key_exchange import EphemeralKeys
 from protocol.pki import init_ca, issue_site
 from protocol.secure_agg import (
+    SECURE,
     KeyAnnouncement,
     PairwiseMasker,
     announce,
@@ -163,8 +166,9 @@ def test_masks_cancel_only_with_every_participant(pki: Path) -> None:
 def test_pair_masks_are_shared_and_opposite(pki: Path) -> None:
     maskers = _maskers(pki, 3)
     for i, j in itertools.permutations(maskers, 2):
-        np.testing.assert_array_equal(maskers[i].pair_mask(j, 0, "k", 5),
-                                      maskers[j].pair_mask(i, 0, "k", 5))
+        layout = (("k", "i", 5),)
+        np.testing.assert_array_equal(maskers[i].pair_mask(j, 0, layout),
+                                      maskers[j].pair_mask(i, 0, layout))
     zero = np.zeros(5, dtype=np.int64)
     np.testing.assert_array_equal(sum_masked(m.mask(0, "k", zero) for m in maskers.values()),
                                   zero)
@@ -181,20 +185,27 @@ def test_mask_is_never_reused_on_other_values(pki: Path) -> None:
 
 def test_masker_rejects_inconsistent_setups(pki: Path) -> None:
     maskers = _maskers(pki, 2)
-    own = {"site-0": KeyAnnouncement("site-0", STUDY, 0, bytes(32), b"", b"")}
+    def keys() -> EphemeralKeys:
+        return EphemeralKeys(X25519PrivateKey.generate(), X25519PrivateKey.generate(),
+                             bytes(32))
+
+    def ann(site: str, k: EphemeralKeys) -> KeyAnnouncement:
+        return KeyAnnouncement(site, STUDY, 0, k.mask.public_key().public_bytes_raw(), b"",
+                               b"", k.channel.public_key().public_bytes_raw(), bytes(32))
+
+    mine = keys()
+    own = {"site-0": ann("site-0", mine)}
     with pytest.raises(SecureAggregationError, match="at least two"):
-        PairwiseMasker("site-0", X25519PrivateKey.generate(), own, STUDY, 0)
-    key = X25519PrivateKey.generate()
-    pub = key.public_key().public_bytes_raw()
-    pair = {"site-0": KeyAnnouncement("site-0", STUDY, 0, pub, b"", b""),
-            "site-1": KeyAnnouncement("site-1", STUDY, 0, pub, b"", b"")}
+        PairwiseMasker("site-0", mine, own, STUDY, 0)
+    pair = {"site-0": ann("site-0", mine), "site-1": ann("site-0", mine)}
+    pair["site-1"] = dataclasses.replace(pair["site-1"], site_id="site-1")
     with pytest.raises(SecureAggregationError, match="repeats"):
-        PairwiseMasker("site-0", key, pair, STUDY, 0)
-    pair["site-1"] = KeyAnnouncement("site-1", STUDY, 0, bytes(32), b"", b"")
-    with pytest.raises(SecureAggregationError, match="private key"):
-        PairwiseMasker("site-0", X25519PrivateKey.generate(), pair, STUDY, 0)
+        PairwiseMasker("site-0", mine, pair, STUDY, 0)
+    pair["site-1"] = dataclasses.replace(ann("site-1", keys()), public_key=bytes(32))
+    with pytest.raises(SecureAggregationError, match="public keys"):
+        PairwiseMasker("site-0", keys(), pair, STUDY, 0)
     with pytest.raises(SecureAggregationError, match="key exchange"):  # low-order point
-        PairwiseMasker("site-0", key, pair, STUDY, 0)
+        PairwiseMasker("site-0", mine, pair, STUDY, 0)
     assert maskers["site-0"].participants == ("site-0", "site-1")
 
 
@@ -213,9 +224,12 @@ def test_masked_release_layout(pki: Path) -> None:
     masker = _maskers(pki, 2)["site-0"]
     out = mask_release(Release("cox", "d", {"n": np.array([1]), "u": np.ones((2, 2))},
                                {"m": 1}), masker, 0)
-    assert set(out.vectors) == {"i:n", "h:u", "l:u"}
+    assert set(out.vectors) == {"i:n", "r:u"}
     assert all(v.dtype == np.int64 for v in out.vectors.values())
-    assert out.vectors["h:u"].shape == (2, 2) and out.metadata == {"m": 1}
+    # four reals of 12 bytes packed into six 8-byte words; the shape travels in the marker
+    assert out.vectors["r:u"].shape == (6,) and out.metadata["m"] == 1
+    assert out.metadata[SECURE]["shapes"] == {"i:n": [1], "r:u": [2, 2]}
+    assert out.metadata[SECURE]["self"] is False
 
 
 def test_unmask_sum_rejects_mismatched_releases(pki: Path) -> None:
@@ -234,11 +248,16 @@ def test_unmask_sum_rejects_mismatched_releases(pki: Path) -> None:
     for other in cases:
         with pytest.raises(SecureAggregationError):
             unmask_sum([a, other])
+    marker = a.metadata[SECURE]
     for vectors in ({"x:n": np.zeros(1, np.int64)}, {"h:n": np.zeros(1, np.int64)},
-                    {"i:n": np.zeros(1, np.int64), "h:n": np.zeros(1, np.int64),
-                     "l:n": np.zeros(1, np.int64)}):
+                    {"r:n": np.zeros(1, np.int64)}):
         with pytest.raises(SecureAggregationError):
-            unmask_sum([Release("km", "c", vectors)])
+            unmask_sum([Release("km", "c", vectors, {SECURE: marker})])
+    with pytest.raises(SecureAggregationError, match="not a masked release"):
+        unmask_sum([Release("km", "c", dict(a.vectors))])
+    later = dict(b.metadata[SECURE], round=1)
+    with pytest.raises(SecureAggregationError, match="different rounds"):
+        unmask_sum([a, Release("km", "c", dict(b.vectors), {SECURE: later})])
 
 
 def test_fixed_point_limbs_are_exact() -> None:

@@ -57,7 +57,8 @@ def _ca(network: dict) -> bytes:
 def test_genuine_announcement_verifies_and_round_trips_through_json(network: dict) -> None:
     private, a = announce("alpha", STUDY, 2, _identity(network["alpha"]),
                           network["alpha"].cert.read_bytes())
-    assert a.public_key == private.public_key().public_bytes_raw()
+    assert a.public_key == private.mask.public_key().public_bytes_raw()
+    assert a.channel_key == private.channel.public_key().public_bytes_raw()
     assert len(a.public_key) == 32
     verify_announcement(a, _ca(network), STUDY, 2)
     back = KeyAnnouncement.from_dict(json.loads(json.dumps(a.to_dict())))
@@ -74,8 +75,9 @@ def test_signature_binds_label_study_attempt_site_and_key(network: dict) -> None
     a = _announce(network["alpha"])
     cert = network["alpha"].cert.read_bytes()
     pub = x509.load_pem_x509_certificate(cert).public_key()
-    message = announcement_message("alpha", STUDY, 0, a.public_key)
-    assert message.startswith(canonical_bytes("heron-sa-v1"))
+    message = announcement_message("alpha", STUDY, 0, a.public_key, a.channel_key,
+                                   a.self_commit)
+    assert message.startswith(canonical_bytes("heron-sa-v2"))
     pub.verify(a.signature, message, ec.ECDSA(hashes.SHA256()))
 
 

@@ -40,7 +40,6 @@ from protocol.rounds import (
     screened_relay,
     summary_request,
 )
-from protocol.secure_agg import unmask_sum
 from protocol.signing import sign_study
 from tests.synthetic_sites import site_stores, synthetic_network
 
@@ -102,8 +101,8 @@ def _filler(n: int) -> list[tuple[str, Any]]:
 def _subset_sum(net: SimulatedNetwork, signed: Any, study_id: str, subset: tuple[str, ...],
                 fillers: list[tuple[str, Any]], rnd: int) -> Any | None:
     """Forget the study at ``subset``'s nodes (33 other secure studies touched), then run
-    attempt 1 (fresh keys) over ``subset`` only: the masked KM sum of those sites (None when
-    a node refuses a step)."""
+    attempt 1 (fresh keys) over ``subset`` only: the masked KM releases of those sites, whose
+    sum the unmask round would give (None when a node refuses a step)."""
     for site in subset:
         node = net.nodes[site]
         for other_id, other in fillers:  # any request for a secure study: sweep() keys it
@@ -129,7 +128,7 @@ def _subset_sum(net: SimulatedNetwork, signed: Any, study_id: str, subset: tuple
         if out.releases is None or out.releases[0].error:
             return None
         masked.append(out.releases[0])
-    return unmask_sum(masked)
+    return masked
 
 
 def test_forgotten_sessions_cannot_isolate_one_site(tmp_path: Path) -> None:

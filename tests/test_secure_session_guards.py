@@ -151,7 +151,7 @@ def test_the_rules_survive_a_restart_and_the_keys_do_not(net: SimulatedNetwork,
     assert state_file is not None and stat.S_IMODE(state_file.stat().st_mode) == 0o600
     saved = json.loads(state_file.read_text())["studies"][study.id]
     assert saved["participants"] == {"1": list(everyone)} and saved["announced"] == [1]
-    private = node.secure._studies[study.id].keys[1].private_bytes_raw()
+    private = node.secure._studies[study.id].keys[1].mask.private_bytes_raw()
     text = state_file.read_text()
     assert private.hex() not in text and base64.b64encode(private).decode() not in text
     node.secure = SecureSessions(site, net._credentials[site], state_file)  # a restart

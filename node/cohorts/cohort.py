@@ -94,7 +94,7 @@ def get_table(tables: Tables, name: str, columns: Sequence[str] | None = None) -
     return tables.table(name)
 
 
-def _first_infusions(inf: pd.DataFrame) -> pd.DataFrame:
+def first_infusions(inf: pd.DataFrame) -> pd.DataFrame:
     """Each patient's first infusion: earliest date, ties broken by the smallest infusion_id."""
     codes, _ = pd.factorize(inf["patient_id"])
     raw = inf["infusion_date"].to_numpy(dtype="datetime64[ns]")
@@ -109,14 +109,19 @@ def _first_infusions(inf: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([inf.loc[is_first & ~tied], ties])
 
 
-def _patient_columns(inf: pd.DataFrame, pat: pd.DataFrame) -> pd.DataFrame:
+def _strings(col: pd.Series) -> pd.Series:
+    """``col`` as strings; an Arrow-backed string column (the store's) stays so."""
+    return col if isinstance(col.dtype, pd.StringDtype) else col.astype("string")
+
+
+def patient_columns(inf: pd.DataFrame, pat: pd.DataFrame) -> pd.DataFrame:
     """sex and birth_year of each infusion's patient (missing when the patient is unknown)."""
     index = pd.Index(pat["patient_id"])
     if not index.is_unique:
         raise ValueError("patients table has duplicate patient_id values")
     pos = index.get_indexer(inf["patient_id"])
     return pd.DataFrame({
-        "sex": pat["sex"].astype("string").array.take(pos, allow_fill=True),
+        "sex": _strings(pat["sex"]).array.take(pos, allow_fill=True),
         "birth_year": pat["birth_year"].astype("Int64").array.take(pos, allow_fill=True),
     }, index=inf.index)
 
@@ -134,18 +139,25 @@ def select_cohort(tables: Tables, cohort: Cohort,
     dated after ``today`` (default: the current date) are not real infusions yet and are left
     out before anything else.
 
+    A source with the snapshot's facts (the node's store, :mod:`node.cohorts.facts`) answers
+    from them: the same rows, columns and dtypes, from a mask over a few columns.
+
     Returns
     -------
     pandas.DataFrame
         Columns :data:`COHORT_COLUMNS`, sorted by infusion_id, with a fresh RangeIndex.
     """
+    today = today or dt.date.today()
+    from node.cohorts.facts import facts_of, select_from_facts  # facts import this module
+    facts = facts_of(tables)
+    if facts is not None and facts.covers(today):
+        return select_from_facts(facts, cohort, today)
     inf = get_table(tables, "infusions", INFUSION_COLUMNS)
     pat = get_table(tables, "patients", PATIENT_COLUMNS)
-    today = today or dt.date.today()
     inf = inf.loc[~(inf["infusion_date"] > pd.Timestamp(today)).fillna(False)]
     if cohort.first_infusion_only:
-        inf = _first_infusions(inf)
-    df = pd.concat([inf, _patient_columns(inf, pat)], axis=1)
+        inf = first_infusions(inf)
+    df = pd.concat([inf, patient_columns(inf, pat)], axis=1)
     df["age_at_infusion"] = (df["infusion_date"].dt.year.astype("Int64")
                              - df["birth_year"].astype("Int64"))
     keep = pd.Series(True, index=df.index)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,8 @@ def _group_max(n: int, pos: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _base(tables: Tables, cohort_df: pd.DataFrame, ids: pd.Index) -> _Base:
+def base_facts(tables: Tables, cohort_df: pd.DataFrame, ids: pd.Index) -> _Base:
+    """Infusion day, latest contact (NaN without follow-up) and death day of each row."""
     n = len(ids)
     t0 = _days(cohort_df["infusion_date"])
     fu = get_table(tables, "followup", ("infusion_id", "contact_date", "vital_status",
@@ -115,15 +117,45 @@ def _base(tables: Tables, cohort_df: pd.DataFrame, ids: pd.Index) -> _Base:
     death_days = _days(fu["death_date"])[sel] - t0[pos]
     on_latest = contact == latest[pos]
     death_days[~(dead & on_latest)] = np.nan
-    missing = int(np.isnan(latest).sum())
+    return _Base(t0=t0, last_contact=latest, death=_group_min(n, pos, death_days))
+
+
+def _censored_at_zero(base: _Base) -> _Base:
+    """``base`` with a missing latest contact (no follow-up row) as day 0, with a warning."""
+    missing = int(np.isnan(base.last_contact).sum())
     if missing:
         log.warning("%d cohort infusions have no follow-up; censored at day 0", missing)
-    return _Base(t0=t0, last_contact=np.nan_to_num(latest, nan=0.0),
-                 death=_group_min(n, pos, death_days))
+    return _Base(t0=base.t0, last_contact=np.nan_to_num(base.last_contact, nan=0.0),
+                 death=base.death)
 
 
-def _first_clinical(tables: Tables, ids: pd.Index, t0: np.ndarray,
-                    events: tuple[str, ...]) -> np.ndarray:
+def _base(tables: Tables, cohort_df: pd.DataFrame, ids: pd.Index) -> _Base:
+    return _censored_at_zero(base_facts(tables, cohort_df, ids))
+
+
+def _from_facts(tables: Tables, cohort_df: pd.DataFrame
+                ) -> tuple[_Base, Callable[[tuple[str, ...]], np.ndarray]] | None:
+    """The base facts of a cohort selected from the snapshot's facts, and the first day of
+    any of some clinical events; None for any other cohort (the raw path then runs)."""
+    from node.cohorts.facts import EVENT_COLUMNS, fact_rows  # facts import this module
+    found = fact_rows(tables, cohort_df)
+    if found is None:
+        return None
+    facts, rows = found
+    base = _censored_at_zero(_Base(
+        t0=facts.numbers("t0")[rows], last_contact=facts.numbers("last_contact")[rows],
+        death=facts.numbers("death")[rows]))
+
+    def first(events: tuple[str, ...]) -> np.ndarray:
+        out = np.full(len(rows), np.nan)
+        for event in events:
+            out = np.fmin(out, facts.numbers(EVENT_COLUMNS[event])[rows])
+        return out
+    return base, first
+
+
+def first_clinical(tables: Tables, ids: pd.Index, t0: np.ndarray,
+                   events: tuple[str, ...]) -> np.ndarray:
     """Day of the first clinical event of any of ``events`` per infusion (NaN where none)."""
     ce = get_table(tables, "clinical_events", ("infusion_id", "event", "event_date"))
     mask = ce["event"].isin(list(events)).fillna(False).to_numpy(dtype=bool)
@@ -133,14 +165,51 @@ def _first_clinical(tables: Tables, ids: pd.Index, t0: np.ndarray,
     return _group_min(len(ids), pos[sel], _days(ce["event_date"])[sel] - t0[pos[sel]])
 
 
-def _censor_day(tables: Tables, ids: pd.Index, t0: np.ndarray,
-                censor_at: tuple[str, ...]) -> np.ndarray:
+def _check_censor_at(censor_at: tuple[str, ...]) -> None:
     bad = [c for c in censor_at if c not in CENSOR_EVENTS]
     if bad:
         raise StudyRefused(f"censor_at {bad[0]!r} is not one of {', '.join(CENSOR_EVENTS)}")
-    if not censor_at:
-        return np.full(len(ids), np.nan)
-    return _first_clinical(tables, ids, t0, tuple(censor_at))
+
+
+class _Source:
+    """A cohort's base facts and first clinical event days: from the snapshot's facts when
+    the cohort was selected from them, else from the raw tables."""
+
+    def __init__(self, tables: Tables, cohort_df: pd.DataFrame) -> None:
+        self.tables = tables
+        self.cohort_df = cohort_df
+        fast = _from_facts(tables, cohort_df)
+        self._ids: pd.Index | None = None
+        if fast is not None:
+            self.base, self._first = fast
+        else:
+            self.base = _base(tables, cohort_df, self.ids)
+            self._first = lambda events: first_clinical(tables, self.ids, self.base.t0, events)
+        self.from_facts = fast is not None
+
+    @property
+    def ids(self) -> pd.Index:
+        """The cohort's infusion ids (:func:`cohort_index`)."""
+        if self._ids is None:
+            self._ids = cohort_index(self.cohort_df)
+        return self._ids
+
+    def first(self, events: tuple[str, ...]) -> np.ndarray:
+        """Day of the first clinical event of any of ``events`` (NaN where none)."""
+        return self._first(events)
+
+    def censor_day(self, censor_at: tuple[str, ...]) -> np.ndarray:
+        _check_censor_at(censor_at)
+        if not censor_at:
+            return np.full(len(self.cohort_df), np.nan)
+        return self.first(tuple(censor_at))
+
+    def frame(self, duration: np.ndarray, last_col: str, last: np.ndarray) -> pd.DataFrame:
+        if self.from_facts:  # unique by construction; the Arrow-backed ids as they are
+            return pd.DataFrame({"infusion_id": self.cohort_df["infusion_id"].array,
+                                 "duration": duration, last_col: last},
+                                index=self.cohort_df.index)
+        return _frame(self.cohort_df, self.ids, duration, last_col, last)
 
 
 def _assemble(base: _Base, event_day: np.ndarray, censor_day: np.ndarray,
@@ -184,15 +253,14 @@ def survival_endpoint(tables: Tables, cohort_df: pd.DataFrame, endpoint: str, ho
     """
     if endpoint not in ("overall_survival", "progression_free_survival"):
         raise StudyRefused(f"endpoint {endpoint!r} is not a survival endpoint")
-    ids = cohort_index(cohort_df)
-    base = _base(tables, cohort_df, ids)
+    _check_censor_at(censor_at)
+    src = _Source(tables, cohort_df)
+    base = src.base
     event_day = base.death
     if endpoint == "progression_free_survival":
-        relapse = _first_clinical(tables, ids, base.t0, ("relapse_progression",))
-        event_day = np.fmin(relapse, base.death)
-    censor_day = _censor_day(tables, ids, base.t0, censor_at)
-    duration, event = _assemble(base, event_day, censor_day, horizon)
-    return _frame(cohort_df, ids, duration, "event", event.astype(bool))
+        event_day = np.fmin(src.first(("relapse_progression",)), base.death)
+    duration, event = _assemble(base, event_day, src.censor_day(censor_at), horizon)
+    return src.frame(duration, "event", event.astype(bool))
 
 
 def parse_ae_endpoint(endpoint: str) -> tuple[str, int]:
@@ -237,26 +305,27 @@ def competing_endpoint(tables: Tables, cohort_df: pd.DataFrame, endpoint: str, h
         Columns infusion_id, duration (int64 days), cause (int64 0/1/2), indexed like
         ``cohort_df``.
     """
-    ids = cohort_index(cohort_df)
     if endpoint in ("relapse", "non_relapse_mortality"):
-        base = _base(tables, cohort_df, ids)
-        first = _first_clinical(tables, ids, base.t0, ("relapse_progression",))
+        _check_censor_at(censor_at)
+        src = _Source(tables, cohort_df)
+        first = src.first(("relapse_progression",))
         first_cause = 1 if endpoint == "relapse" else 2
     elif endpoint.startswith("ae:"):
         term, grade = parse_ae_endpoint(endpoint)
-        base = _base(tables, cohort_df, ids)
-        first = _first_ae(tables, ids, base.t0, term, grade)
+        _check_censor_at(censor_at)
+        src = _Source(tables, cohort_df)
+        first = _first_ae(tables, src.ids, src.base.t0, term, grade)
         first_cause = 1
     else:
         raise StudyRefused(f"endpoint {endpoint!r} is not a competing-risks endpoint")
+    base = src.base
     # ``first`` wins ties with death: an event on the day of death precedes it.
     first_wins = ~np.isnan(first) & ~(base.death < first)
     event_day = np.where(first_wins, first, base.death)
     cause_if_event = np.where(first_wins, first_cause, 3 - first_cause)
-    censor_day = _censor_day(tables, ids, base.t0, censor_at)
-    duration, event = _assemble(base, event_day, censor_day, horizon)
+    duration, event = _assemble(base, event_day, src.censor_day(censor_at), horizon)
     cause = np.where(event, cause_if_event, 0).astype("int64")
-    return _frame(cohort_df, ids, duration, "cause", cause)
+    return src.frame(duration, "cause", cause)
 
 
 _MISSING = re.compile(r"^\s*$")

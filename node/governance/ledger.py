@@ -27,6 +27,12 @@ a patient digest. A new patient set is compared with every recorded patient set;
 infusion-level set with every recorded infusion-level set, except the other sets of the same
 study (one study's analyses are one release). Either kind differing by 1 to ``k - 1`` refuses.
 
+The digests of every stored infusion and its patient are computed once per snapshot, at
+ingestion when the node passes its salt, else at the first study, and kept in the snapshot
+(``ledger-<salt fingerprint>.npy``, mode 0600; :func:`snapshot_digests`): a cohort's sets are
+then its columns, sorted. They are the same keyed digests as the ledger's files, so the snapshot
+tells no more than the ledger does.
+
 :meth:`DisclosureLedger.check_and_record` checks and records in one step under the ledger's
 lock, so two studies answered concurrently (threads or processes) cannot both pass the check
 before either is recorded. The node calls it at the first round that releases anything or
@@ -59,7 +65,8 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,10 +74,20 @@ from typing import Any
 import numpy as np
 
 from node.errors import NodeError
+from node.governance.digests import (
+    SnapshotDigests,
+    digests,
+    infusion_digests,
+    keyed_digests,
+    salt_fingerprint,
+    snapshot_digests,
+    sorted_unique,
+)
 from node.ingestion.pseudonym import SECRET_BYTES, load_or_create_secret
 
-__all__ = ["INDEX_FILE", "INFUSIONS", "PATIENTS", "DisclosureLedger", "LedgerError", "digests",
-           "infusion_digests", "load_or_create_salt"]
+__all__ = ["INDEX_FILE", "INFUSIONS", "PATIENTS", "DisclosureLedger", "LedgerError",
+           "SnapshotDigests", "digests", "infusion_digests", "keyed_digests",
+           "load_or_create_salt", "salt_fingerprint", "snapshot_digests", "sorted_unique"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +99,7 @@ PATIENTS = "patients"
 """Name (and kind) of a release's set of patient pseudonyms."""
 INFUSIONS = "infusions"
 """Name of a release's set of cohort infusions; the kind of every set but ``patients``."""
-_INFUSION_DOMAIN = "infusion\0"
+_LOADED_BYTES = 256 << 20
 _SET_NAME = re.compile(r"[a-z][a-z0-9_:.-]{0,80}", re.IGNORECASE)
 _STUDY_ID = re.compile(r"[a-z0-9][a-z0-9-]{2,63}")
 
@@ -102,34 +119,6 @@ def load_or_create_salt(path: Path | str) -> bytes:
     return load_or_create_secret(path)
 
 
-def digests(pseudonyms: Iterable[str], salt: bytes) -> np.ndarray:
-    """Sorted unique uint64 digests: first 8 bytes of HMAC-SHA256(salt, pseudonym).
-
-    HMAC (RFC 2104) with pre-keyed inner and outer SHA-256 states: about 1.5 s for a million
-    pseudonyms.
-    """
-    block = hashlib.sha256().block_size
-    key = hashlib.sha256(salt).digest() if len(salt) > block else salt
-    key = key.ljust(block, b"\0")
-    inner_copy = hashlib.sha256(bytes(b ^ 0x36 for b in key)).copy
-    outer_copy = hashlib.sha256(bytes(b ^ 0x5C for b in key)).copy
-    out: list[bytes] = []
-    append = out.append
-    for p in pseudonyms:
-        inner = inner_copy()
-        inner.update(str(p).encode("utf-8"))
-        outer = outer_copy()
-        outer.update(inner.digest())
-        append(outer.digest()[:8])
-    raw = np.frombuffer(b"".join(out), dtype=">u8")
-    return _sorted_unique(raw.astype(np.uint64))
-
-
-def infusion_digests(infusion_ids: Iterable[str], salt: bytes) -> np.ndarray:
-    """Sorted unique uint64 digests of infusion ids, in a domain apart from patients'."""
-    return digests((_INFUSION_DOMAIN + str(i) for i in infusion_ids), salt)
-
-
 def _kind(set_name: str) -> str:
     return PATIENTS if set_name == PATIENTS else INFUSIONS
 
@@ -137,15 +126,6 @@ def _kind(set_name: str) -> str:
 def _entry_set(entry: Mapping[str, Any]) -> str:
     """The set an index entry records (a version 1 entry: the patients)."""
     return str(entry.get("set", PATIENTS))
-
-
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """Sorted unique uint64 values (sort and mask: faster than ``np.unique``'s hashing)."""
-    arr = np.asarray(values, dtype=np.uint64)
-    if arr.size > 1 and not bool(np.all(arr[1:] > arr[:-1])):
-        arr = np.sort(arr)
-        arr = arr[np.concatenate(([True], arr[1:] != arr[:-1]))]
-    return arr
 
 
 def difference_size(a: np.ndarray, b: np.ndarray) -> int:
@@ -190,6 +170,7 @@ class DisclosureLedger:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._salt = salt
         self._thread_lock = threading.Lock()
+        self._loaded: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
     # -- storage ---------------------------------------------------------------------------
 
@@ -217,15 +198,25 @@ class DisclosureLedger:
         return obj["studies"]
 
     def _load(self, entry: dict[str, Any]) -> np.ndarray:
-        path = self.directory / str(entry.get("file", ""))
+        """A recorded set, checked against the index's sha256 (kept in memory by file and
+        digest, up to ``_LOADED_BYTES``: what is kept is what was checked)."""
+        key = (str(entry.get("file", "")), str(entry.get("sha256")))
+        if key in self._loaded:
+            self._loaded.move_to_end(key)
+            return self._loaded[key]
+        path = self.directory / key[0]
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise LedgerError(f"{path}: ledger file missing or unreadable: {exc}") from exc
         if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
             raise LedgerError(f"{path}: ledger file does not match its index (tampered?)")
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-        return arr.astype(np.uint64, copy=False)
+        arr = np.load(io.BytesIO(data), allow_pickle=False).astype(np.uint64, copy=False)
+        arr.flags.writeable = False
+        self._loaded[key] = arr
+        while sum(a.nbytes for a in self._loaded.values()) > _LOADED_BYTES:
+            self._loaded.popitem(last=False)
+        return arr
 
     def _released(self, studies: dict[str, list[dict[str, Any]]] | None = None
                   ) -> Iterator[tuple[str, str, np.ndarray]]:
@@ -244,6 +235,8 @@ class DisclosureLedger:
                     continue  # one study's own sets are one release
                 if abs(int(released.size) - int(cohort.size)) >= k:
                     continue  # the difference is at least the difference in sizes
+                if released.size == cohort.size and np.array_equal(released, cohort):
+                    continue  # the same set (difference 0)
                 common = np.intersect1d(cohort, released, assume_unique=True).size
                 if common == 0:
                     continue  # disjoint releases: one cannot be subtracted from the other
@@ -291,6 +284,16 @@ class DisclosureLedger:
         """Sorted unique uint64 digests of infusion ids under this ledger's salt."""
         return infusion_digests(infusion_ids, self._salt)
 
+    @property
+    def fingerprint(self) -> str:
+        """Names the digests made under this ledger's salt (:func:`salt_fingerprint`)."""
+        return salt_fingerprint(self._salt)
+
+    def snapshot_digests(self, patient_ids: Sequence[str],
+                         infusion_ids: Sequence[str]) -> SnapshotDigests:
+        """:func:`snapshot_digests` under this ledger's salt."""
+        return snapshot_digests(patient_ids, infusion_ids, self._salt)
+
     def entries(self) -> list[str]:
         """Ids of the studies whose cohorts were recorded, sorted."""
         return sorted(self._index())
@@ -312,7 +315,7 @@ class DisclosureLedger:
         bad = [n for n in sets if not _SET_NAME.fullmatch(n)]
         if bad:
             raise LedgerError(f"bad ledger set name {bad[0]!r}")
-        clean = {name: _sorted_unique(arr) for name, arr in sets.items()}
+        clean = {name: sorted_unique(arr) for name, arr in sets.items()}
         with self._locked():
             studies = self._index()
             reason = self._conflict(study_id, clean, k, studies)
@@ -350,5 +353,5 @@ class DisclosureLedger:
 
     def _as_digests(self, pseudonyms: Iterable[str] | np.ndarray) -> np.ndarray:
         if isinstance(pseudonyms, np.ndarray) and pseudonyms.dtype == np.uint64:
-            return _sorted_unique(pseudonyms)
+            return sorted_unique(pseudonyms)
         return self.digests(pseudonyms)

@@ -350,12 +350,15 @@ def validate_folder(source: Path | str, today: date | None = None,
 
 
 def ingest(source: Path | str, store_dir: Path | str, secret: bytes,
-           today: date | None = None, progress: Progress | None = None) -> IngestReport:
+           today: date | None = None, progress: Progress | None = None,
+           ledger_salt: bytes | None = None) -> IngestReport:
     """Validate a site folder and replace the store's data with its accepted rows.
 
     Raw patient ids are pseudonymised with ``secret`` before anything is written (tables and
     quarantine alike).  The new snapshot becomes current atomically; on any failure the
-    previous snapshot stays current.
+    previous snapshot stays current. The snapshot holds its derived facts
+    (:mod:`node.cohorts.facts`) and, given the node's ``ledger_salt``, the ledger digests of
+    every infusion (otherwise the first study computes them).
     """
     today = today or date.today()
     raw, ignored = read_folder(source, progress)
@@ -393,7 +396,8 @@ def ingest(source: Path | str, store_dir: Path | str, secret: bytes,
         "ignored_files": list(ignored),
     }
     _say(progress, "writing snapshot")
-    path = write_snapshot(store_dir, tables, quarantine, manifest, warnings)
+    path = write_snapshot(store_dir, tables, quarantine, manifest, warnings,
+                          ledger_salt=ledger_salt)
     _say(progress, f"done: snapshot {path.name}, {report.quarantined} rows quarantined, "
                    f"{report.warnings} warnings")
     return IngestReport(report.today, report.tables, report.issue_frame, ignored, path.name,

@@ -7,6 +7,8 @@ Layout::
         snapshots/<id>/<table>.parquet   accepted rows (patient_id pseudonymised)
         snapshots/<id>/quarantine.parquet
         snapshots/<id>/warnings.parquet
+        snapshots/<id>/facts.parquet      one row per infusion: what studies read (derived)
+        snapshots/<id>/ledger-<fp>.npz    per-infusion ledger digests under one salt (derived)
         snapshots/<id>/manifest.json
 
 A snapshot is written into a hidden temporary folder, fsynced, renamed into place, and only
@@ -14,6 +16,12 @@ then made current by replacing the ``current`` symlink (new link under a tempora
 ``os.replace``).  A crash at any point leaves the previous snapshot current and intact; left-over
 folders are removed by the next write.  Readers resolve ``current`` once when opening, so one
 :class:`Store` never mixes two snapshots.
+
+The derived files are written into the temporary folder with the tables, so a snapshot is never
+current without them (:mod:`node.cohorts.facts`; the ledger digests when the ingestion was given
+the ledger salt). A snapshot written before they existed, or digests under another salt, are
+derived on first use and added to the snapshot folder atomically (temporary file, fsync,
+``os.replace``); until then the snapshot is complete without them.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -36,6 +44,11 @@ import pyarrow.parquet as pq
 
 from node.errors import StoreError
 from node.ingestion.schema import TABLE_NAMES, StoredDtype, all_column_names, get_table
+
+if TYPE_CHECKING:
+    from node.cohorts.facts import Facts
+    from node.governance.digests import SnapshotDigests
+    from node.governance.ledger import DisclosureLedger
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +153,7 @@ def new_snapshot_id() -> str:
 def write_snapshot(store_dir: Path | str, tables: Mapping[str, pd.DataFrame],
                    quarantine: pd.DataFrame, manifest: Mapping[str, Any],
                    warnings: pd.DataFrame | None = None, *,
-                   writer: Writer | None = None) -> Path:
+                   writer: Writer | None = None, ledger_salt: bytes | None = None) -> Path:
     """Write a complete snapshot and make it current; return its folder.
 
     Parameters
@@ -156,6 +169,8 @@ def write_snapshot(store_dir: Path | str, tables: Mapping[str, pd.DataFrame],
         Written as manifest.json, with ``snapshot_id`` and ``tables_present`` added.
     writer : callable, optional
         ``writer(frame, path)`` writing one Parquet file; default :func:`write_parquet`.
+    ledger_salt : bytes, optional
+        The node's ledger salt: the snapshot then holds the ledger digests of every infusion.
     """
     writer = writer or write_parquet
     store_dir = Path(store_dir)
@@ -167,8 +182,12 @@ def write_snapshot(store_dir: Path | str, tables: Mapping[str, pd.DataFrame],
         final = store_dir / SNAPSHOTS / sid
         tmp.mkdir(mode=0o700)
         try:
+            stored = {}
             for name, frame in tables.items():
-                writer(_conform(frame, get_table(name).dtypes()), tmp / f"{name}.parquet")
+                stored[name] = _conform(frame, get_table(name).dtypes())
+                writer(stored[name], tmp / f"{name}.parquet")
+            _write_derived(tmp, stored, ledger_salt)
+            del stored
             writer(_conform(quarantine, quarantine_dtypes()), tmp / QUARANTINE)
             writer(_conform(warnings, WARNING_COLUMNS), tmp / WARNINGS)
             body = {**manifest, "snapshot_id": sid, "tables_present": list(tables)}
@@ -188,6 +207,23 @@ def write_snapshot(store_dir: Path | str, tables: Mapping[str, pd.DataFrame],
         _remove_except(store_dir, sid)
     logger.info("snapshot %s is current", sid)
     return final
+
+
+def _write_derived(folder: Path, tables: Mapping[str, pd.DataFrame],
+                   ledger_salt: bytes | None) -> None:
+    """Write the snapshot's facts (and its ledger digests under ``ledger_salt``)."""
+    from node.cohorts.facts import FACTS_FILE, build_facts, write_facts
+    from node.governance.digests import salt_fingerprint, snapshot_digests
+    facts = build_facts(tables)
+    write_facts(facts, folder / FACTS_FILE)
+    if ledger_salt is not None:
+        snapshot_digests(facts.column("patient_id").to_pylist(),
+                         facts.column("infusion_id").to_pylist(), ledger_salt).save(
+            folder / _digests_file(salt_fingerprint(ledger_salt)))
+
+
+def _digests_file(fingerprint: str) -> str:
+    return f"ledger-{fingerprint}.npz"
 
 
 class Store:
@@ -260,6 +296,45 @@ class Store:
         present = name in self._manifest.get("tables_present", [])
         return self._read(f"{name}.parquet", get_table(name).dtypes(), required=present,
                           columns=columns)
+
+    def facts(self) -> Facts:
+        """The snapshot's facts (:mod:`node.cohorts.facts`); a snapshot without them (written
+        before they existed) derives them from its tables once and keeps them."""
+        from node.cohorts.facts import FACTS_FILE, Facts, build_facts, write_facts
+        path = self.path / FACTS_FILE
+        if not path.exists():
+            logger.info("snapshot %s has no facts yet: deriving them", self.snapshot_id)
+            table = build_facts(self)
+            try:
+                tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+                write_facts(table, tmp)
+                os.replace(tmp, path)
+            except OSError as exc:
+                logger.warning("cannot keep the facts in %s (%s); they stay in memory",
+                               self.path, type(exc).__name__)
+                return Facts(table, self.snapshot_id)
+        _choose_memory_pool()
+        return Facts(path, self.snapshot_id)
+
+    def ledger_digests(self, ledger: DisclosureLedger, facts: Facts) -> SnapshotDigests:
+        """Per-infusion ledger digests under ``ledger``'s salt, aligned with ``facts``
+        (:mod:`node.governance.digests`): read from the snapshot, or computed once and kept
+        there."""
+        from node.governance.digests import SnapshotDigests
+        path = self.path / _digests_file(ledger.fingerprint)
+        found = SnapshotDigests.load(path, len(facts)) if path.exists() else None
+        if found is not None:
+            return found
+        logger.info("snapshot %s has no ledger digests under this salt: computing them",
+                    self.snapshot_id)
+        made = ledger.snapshot_digests(facts.column("patient_id").to_pylist(),
+                                       facts.column("infusion_id").to_pylist())
+        try:
+            made.save(path)
+        except OSError as exc:
+            logger.warning("cannot keep the ledger digests in %s (%s)", self.path,
+                           type(exc).__name__)
+        return made
 
     def quarantine(self) -> pd.DataFrame:
         """Quarantined rows: table, file, row, column, rule, message, rules, raw fields."""

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
@@ -36,7 +35,7 @@ from node.errors import StudyRefused
 from node.governance.policy import Policy
 from protocol.codec import Release
 from protocol.study import Analysis, Study
-from protocol.vocabulary import SITE, WITHHELD, fixed_groups, has_fixed_levels
+from protocol.vocabulary import ALL, SITE, WITHHELD, fixed_groups, has_fixed_levels
 
 __all__ = ["GroupedCounts", "GroupedKind", "endpoint_frame", "fixed_levels", "present",
            "release", "statistics"]
@@ -100,15 +99,36 @@ def endpoint_frame(kind: GroupedKind[C], tables: Tables, cohort: pd.DataFrame, e
 
 def statistics(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: Tables,
                cohort: pd.DataFrame, site_id: str) -> GroupedCounts[C]:
-    """Count every group present in the cohort (the analysis' sufficient statistics here)."""
+    """Count every group present in the cohort (the analysis' sufficient statistics here);
+    once per snapshot, cohort, endpoint and grouping when ``tables`` keeps what is derived
+    (as :func:`endpoint_frame`)."""
+    assert analysis.endpoint is not None
+    derived = getattr(tables, "derived", None)
+    if derived is None:
+        return _count(kind, analysis, study, tables, cohort, site_id)
+    key = ("counts", kind.endpoint, id(cohort), analysis.endpoint, study.horizon_days,
+           tuple(study.censor_at), analysis.group_by, site_id)
+    held, stats = derived(key, lambda: (cohort, _count(kind, analysis, study, tables, cohort,
+                                                       site_id)))
+    if held is not cohort:  # pragma: no cover - ids are unique while the cohort is held
+        return _count(kind, analysis, study, tables, cohort, site_id)
+    return stats  # type: ignore[no-any-return]
+
+
+def _count(kind: GroupedKind[C], analysis: Analysis, study: Study, tables: Tables,
+           cohort: pd.DataFrame, site_id: str) -> GroupedCounts[C]:
     assert analysis.endpoint is not None
     frame = endpoint_frame(kind, tables, cohort, analysis.endpoint, study.horizon_days,
                            study.censor_at)
     durations, outcomes = frame["duration"].to_numpy(), frame[kind.outcome].to_numpy()
-    labels = np.asarray(group_labels(cohort, analysis.group_by, site_id))
-    return GroupedCounts({str(label): kind.count(durations[labels == label],
-                                                 outcomes[labels == label], study.horizon_days)
-                          for label in sorted(pd.unique(labels))}, study.horizon_days)
+    if analysis.group_by is None and len(cohort):  # one group: no labels to compare
+        return GroupedCounts({ALL: kind.count(durations, outcomes, study.horizon_days)},
+                             study.horizon_days)
+    codes, uniques = pd.factorize(group_labels(cohort, analysis.group_by, site_id))
+    code = {str(u): k for k, u in enumerate(uniques)}
+    return GroupedCounts({label: kind.count(durations[codes == code[label]],
+                                            outcomes[codes == code[label]], study.horizon_days)
+                          for label in sorted(code)}, study.horizon_days)
 
 
 def _unmasked(kind: GroupedKind[C], stats: GroupedCounts[C],

@@ -421,6 +421,9 @@ class NodeEngine:
                                                       study.privacy.min_sites)
             self.secure.claim_round(study.id, requests.relay.attempt, round,
                                     _requests_digest(requests))
+        if requests.relay is not None and requests.unmask is not None:
+            assert self.secure is not None
+            return [self.secure.unmask(study, requests.relay.attempt, masker, requests.unmask)]
         screened: Screened | None = None
         if requests.relay is not None and requests.screen:
             assert self.secure is not None and participants is not None
@@ -496,6 +499,8 @@ def _requests_digest(requests: RoundRequests) -> str:
     h = hashlib.sha256()
     if requests.screen:
         h.update(b"screen;")
+    if requests.unmask is not None:
+        h.update(b"unmask;")
     for sender, blob in sorted((requests.screened or {}).items()):
         h.update(f"screened:{sender}:{blob};".encode())
     for name in requests.summaries:

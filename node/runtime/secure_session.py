@@ -1,17 +1,26 @@
-"""The site's side of secure aggregation: ephemeral keys and masked releases.
+"""The site's side of secure aggregation: ephemeral keys, masked releases, shares.
 
 The key-exchange round of a study with ``secure_aggregation: true`` (an ``announce`` request,
-:mod:`protocol.rounds`) only announces an ephemeral X25519 key, signed with the site's
-certificate key. Every later round relays every participant's signed announcement: the node
-verifies them against the network CA, derives the pairwise masks and releases every vector
-masked. After a site dropped out, the aggregator asks for a key for the next attempt. Private
-keys live only in this process; a node restarted between rounds cannot mask and refuses the
-round ("no ephemeral key"), so the aggregator drops it and restarts the key exchange among the
-others.
+:mod:`protocol.rounds`) only announces ephemeral X25519 keys (mask, channel) and a self-mask
+commitment, signed with the site's certificate key. Every later round relays every
+participant's signed announcement: the node verifies them against the network CA, derives the
+masks with its neighbours (:mod:`protocol.neighbours`) and releases every vector masked. The
+screening round also sends the neighbours Shamir shares of the mask key and self-mask seed;
+after the first analysis round the node reveals shares (:mod:`protocol.recovery`): of the
+self-mask seeds of the sites that answered, of the mask keys of those reported dropped, for
+one dropped set per attempt, and after a dropout only if the re-screened pooled counts of the
+survivors give the same disclosure decisions.
+
+Once it has revealed shares in an attempt, the node takes part in no new key exchange of the
+study: a new attempt would give the aggregator a second sum over other sites
+(docs/threat-model.md, restart differencing). Private keys live only in this process; a node
+restarted between rounds cannot mask and refuses the round ("no ephemeral key"); before any
+reveal the aggregator may restart the key exchange with it.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -21,18 +30,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from node.errors import NodeError, StudyRefused
+from node.releases.screening import decide
 from protocol.codec import Release
 from protocol.errors import ProtocolError
-from protocol.key_exchange import KeyAnnouncement, announce, verify_announcement
+from protocol.key_exchange import EphemeralKeys, KeyAnnouncement, announce, verify_announcement
 from protocol.masking import PairwiseMasker
 from protocol.pki import Credentials, write_private_file
-from protocol.rounds import KEY_KIND, KEYS, NO_EPHEMERAL_KEY, KeyRelay
+from protocol.recovery import open_shares, reveal, seal_shares
+from protocol.rounds import (
+    KEY_KIND,
+    KEYS,
+    NO_EPHEMERAL_KEY,
+    REVEALED,
+    SHARES,
+    UNMASK,
+    KeyRelay,
+    UnmaskRequest,
+)
 from protocol.screening import SCREEN, SCREEN_KIND, SEALED, open_sealed, seal
-from protocol.secure_agg import mask_release, unmask_sum
+from protocol.secure_agg import Revealed, mask_release, remember, unmask_sum
+from protocol.study import Study
 
 __all__ = ["MAX_ATTEMPTS", "SecureSessions"]
 
@@ -48,7 +68,7 @@ class _StudyKeys:
     """What this site agreed to in one secure study (the aggregator cannot steer it)."""
 
     attempt: int = 0
-    keys: dict[int, X25519PrivateKey] = field(default_factory=dict)
+    keys: dict[int, EphemeralKeys] = field(default_factory=dict)
     announced: dict[int, Release] = field(default_factory=dict)
     participants: dict[int, tuple[str, ...]] = field(default_factory=dict)
     rounds: dict[tuple[int, int], str] = field(default_factory=dict)
@@ -60,10 +80,20 @@ class _StudyKeys:
     """The attempt's verified relay (its digest) and masker, built once per attempt."""
     lost: set[int] = field(default_factory=set)
     """Attempts announced before this node restarted: their keys died with the process."""
+    dropped: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """The dropped set of each attempt, fixed by the first relay that names one."""
+    revealed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Attempts whose shares this site revealed, with the dropped set it revealed them for."""
+    decided: dict[int, tuple[Release, list[dict[str, int]], tuple[str, ...]]] = \
+        field(default_factory=dict)
+    """The attempt's first pooled screening counts, thresholds and participants."""
+    unmasked: dict[int, Release] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """What survives a restart: the rules' state, never a key."""
         return {"attempt": self.attempt,
+                "dropped": {str(a): list(d) for a, d in self.dropped.items()},
+                "revealed": {str(a): list(d) for a, d in self.revealed.items()},
                 "announced": sorted(set(self.announced) | self.lost | self.erased),
                 "erased": sorted(self.erased),
                 "participants": {str(a): list(p) for a, p in self.participants.items()},
@@ -75,6 +105,8 @@ class _StudyKeys:
         """A study's rules after a restart: announced attempts have no key any more."""
         erased = {int(a) for a in d["erased"]}
         return cls(attempt=int(d["attempt"]), erased=erased,
+                   dropped={int(a): tuple(x) for a, x in d.get("dropped", {}).items()},
+                   revealed={int(a): tuple(x) for a, x in d.get("revealed", {}).items()},
                    lost={int(a) for a in d["announced"]} - erased,
                    participants={int(a): tuple(p) for a, p in d["participants"].items()},
                    rounds={(int(k.split(":")[0]), int(k.split(":")[1])): v
@@ -100,6 +132,7 @@ class SecureSessions:
         self._ca = credentials.ca.read_bytes()
         self._state_file = state_file
         self._studies: dict[str, _StudyKeys] = self._load()
+        self._remembered: set[tuple[str, int]] = set()
 
     # The rules' state of every study is kept (never evicted: forgetting a study would let an
     # aggregator start its attempts afresh) and, with a state file, survives a restart; an
@@ -142,6 +175,11 @@ class SecureSessions:
         if attempt in keys.lost:
             raise StudyRefused(f"secure aggregation: key exchange {attempt} was announced "
                                "before this node restarted; its key is gone")
+        if keys.revealed:
+            # the aggregator may hold a sum of this attempt: another attempt would give it a
+            # second sum over other sites, their difference one site's vector
+            raise StudyRefused("secure aggregation: shares were revealed in attempt "
+                               f"{max(keys.revealed)}; no new key exchange for this study")
         private, announcement = announce(self.site_id, study_id, attempt, self._identity,
                                          self._certificate)
         self._erase(keys)  # a newer attempt ends the older ones: their keys go
@@ -177,7 +215,8 @@ class SecureSessions:
         if cached is not None and cached[0] == relayed:
             # the same relay as before: verified then; its masker (and its guard against
             # reusing a mask) serves every round of the attempt
-            return cached[1], list(cached[1].participants)
+            self._after_dropout(study_id, keys, cached[1], relay, min_sites)
+            return cached[1], list(cached[1].active)
         announcements: dict[str, KeyAnnouncement] = {}
         try:
             for raw in relay.announcements:
@@ -187,7 +226,7 @@ class SecureSessions:
         except ProtocolError as exc:
             raise StudyRefused(f"secure aggregation: {exc}") from None
         mine = announcements.get(self.site_id)
-        own = private.public_key().public_bytes_raw()
+        own = private.mask.public_key().public_bytes_raw()
         if mine is None or mine.public_key != own:
             raise StudyRefused("secure aggregation: this site's own key is missing or replaced")
         participants = tuple(sorted(announcements))
@@ -201,9 +240,40 @@ class SecureSessions:
             raise StudyRefused(f"secure aggregation: attempt {attempt} was relayed with "
                                "other announcements before")
         self._save()
-        masker = PairwiseMasker(self.site_id, private, announcements, study_id, attempt)
+        try:
+            masker = PairwiseMasker(self.site_id, private, announcements, study_id, attempt)
+        except ProtocolError as exc:
+            raise StudyRefused(f"secure aggregation: {exc}") from None
         keys.maskers[attempt] = (relayed, masker)
-        return masker, list(participants)
+        self._after_dropout(study_id, keys, masker, relay, min_sites)
+        return masker, list(masker.active)
+
+    def _after_dropout(self, study_id: str, keys: _StudyKeys, masker: PairwiseMasker,
+                       relay: KeyRelay, min_sites: int) -> None:
+        """Hold the relay to the attempt's dropped set (fixed once) and take in the secrets
+        the attempt's unmask revealed (checked against the announcements)."""
+        attempt = relay.attempt
+        dropped = tuple(sorted(relay.dropped))
+        if dropped or attempt in keys.dropped:
+            if self.site_id in dropped or not set(dropped) <= set(masker.participants):
+                raise StudyRefused("secure aggregation: the dropped sites are not other "
+                                   "participants")
+            if keys.dropped.setdefault(attempt, dropped) != dropped:
+                raise StudyRefused(f"secure aggregation: attempt {attempt} already has other "
+                                   "dropped sites")
+            if len(masker.participants) - len(dropped) < min_sites:
+                raise StudyRefused(f"secure aggregation: fewer than min_sites {min_sites} "
+                                   "participants remain")
+            if masker.dropped != frozenset(dropped):
+                masker.drop(dropped)
+                self._save()
+        if relay.revealed is not None and (study_id, attempt) not in self._remembered:
+            try:
+                remember(_revealed(study_id, attempt, masker, relay.revealed))
+            except (ProtocolError, ValueError, KeyError, TypeError) as exc:
+                raise StudyRefused(f"secure aggregation: revealed secrets refused: "
+                                   f"{exc}") from None
+            self._remembered.add((study_id, attempt))
 
     @staticmethod
     def _erase(keys: _StudyKeys) -> None:
@@ -256,9 +326,15 @@ class SecureSessions:
     def screen(self, study_id: str, attempt: int, round: int, masked: Release,
                masker: PairwiseMasker) -> Release:
         """Keep this site's masked screening counts of ``attempt`` (made in ``round``) and
-        return them sealed for every other participant (:mod:`protocol.screening`)."""
-        self._study(study_id).screens[attempt] = (round, masked)
-        return Release(SCREEN, SCREEN_KIND, {}, {SEALED: seal(masked, masker, round)})
+        return them sealed for every other participant (:mod:`protocol.screening`); the
+        first screening also carries the sealed shares for the neighbours."""
+        keys = self._study(study_id)
+        first = attempt not in keys.screens
+        keys.screens[attempt] = (round, masked)
+        meta: dict[str, Any] = {SEALED: seal(masked, masker, round)}
+        if first and not masker.dropped:
+            meta[SHARES] = seal_shares(masker)
+        return Release(SCREEN, SCREEN_KIND, {}, meta)
 
     def pooled_screen(self, study_id: str, attempt: int, masker: PairwiseMasker,
                       sealed: Mapping[str, str]) -> tuple[Release, list[dict[str, int]]]:
@@ -276,7 +352,7 @@ class SecureSessions:
             raise StudyRefused(f"secure aggregation: attempt {attempt} was not screened here")
         round, own = kept
         parts = [own]
-        for peer in masker.participants:
+        for peer in masker.active:
             if peer == self.site_id:
                 continue
             if peer not in sealed:
@@ -293,12 +369,88 @@ class SecureSessions:
                                f"{exc}") from None
         thresholds = [{k: int(p.metadata[k]) for k in ("min_cohort", "min_cell")
                        if isinstance(p.metadata.get(k), int)} for p in parts]
+        self._study(study_id).decided.setdefault(attempt, (pooled, thresholds,
+                                                           masker.active))
         return pooled, thresholds
+
+    def unmask(self, study: Study, attempt: int, masker: PairwiseMasker,
+               request: UnmaskRequest) -> Release:
+        """Reveal this site's shares for the attempt's self-masked round: self-mask-seed
+        shares of the sites that answered, mask-key shares of those dropped (never both of
+        one site: one dropped set per attempt). After a dropout the survivors' re-screened
+        pooled counts must give the decisions the full set gave.
+
+        Raises
+        ------
+        StudyRefused
+            When the attempt had no analysis round or screening here, the dropped set differs
+            from one revealed for before, a decision changes without the dropped sites, or a
+            neighbour's shares are missing or do not open.
+        """
+        keys = self._study(study.id)
+        dropped = tuple(sorted(masker.dropped))
+        if masker.self_round is None:
+            raise StudyRefused("secure aggregation: nothing to unmask in this attempt")
+        done = keys.revealed.get(attempt)
+        if done is not None and done != dropped:
+            raise StudyRefused("secure aggregation: shares of this attempt were revealed for "
+                               "other dropped sites")
+        if done is not None and attempt in keys.unmasked:
+            return keys.unmasked[attempt]  # a resend
+        if dropped:
+            self._same_decisions(study, attempt, masker, request)
+        pairs = {self.site_id: masker.own_shares}
+        for peer in masker.neighbours:
+            blob = request.shares.get(peer)
+            if blob is None:
+                raise StudyRefused(f"secure aggregation: the shares of {peer} are missing")
+            try:
+                pairs[peer] = open_shares(blob, masker, peer)
+            except ProtocolError as exc:
+                raise StudyRefused(f"secure aggregation: {exc}") from None
+        keys.revealed[attempt] = dropped
+        self._save()
+        out = Release(UNMASK, KEY_KIND, {}, {REVEALED: reveal(masker, pairs, dropped)})
+        keys.unmasked[attempt] = out
+        return out
+
+    def _same_decisions(self, study: Study, attempt: int, masker: PairwiseMasker,
+                        request: UnmaskRequest) -> None:
+        keys = self._study(study.id)
+        first = keys.decided.get(attempt)
+        if first is None or request.sealed is None:
+            raise StudyRefused("secure aggregation: a dropout is recovered only after the "
+                               "survivors screened again")
+        pooled, thresholds = self.pooled_screen(study.id, attempt, masker, request.sealed)
+        try:
+            before = decide(study, first[0], first[1], first[2])
+            after = decide(study, pooled, thresholds, masker.active)
+        except StudyRefused:
+            raise StudyRefused("secure aggregation: the survivors' pooled counts do not pass "
+                               "the thresholds; nothing is revealed") from None
+        if before != after:
+            raise StudyRefused("secure aggregation: without the dropped sites a disclosure "
+                               "decision changes; nothing is revealed")
 
     @staticmethod
     def mask(releases: Sequence[Release], masker: PairwiseMasker, round: int) -> list[Release]:
         """Mask every release (error releases stay as they are: they carry no vectors).
 
-        The mask of each vector is bound to the study, attempt, round, analysis and key.
+        The mask of each vector is bound to the study, attempt, round, analysis and key. The
+        attempt's first analysis round (not a screening) carries self masks too.
         """
-        return [r if r.error else mask_release(r, masker, round) for r in releases]
+        if masker.self_round is None and any(r.analysis != SCREEN and not r.error
+                                             for r in releases):
+            masker.self_round = round
+        return [r if r.error else mask_release(
+            r, masker, round, self_mask=r.analysis != SCREEN and round == masker.self_round)
+            for r in releases]
+
+
+def _revealed(study_id: str, attempt: int, masker: PairwiseMasker,
+              raw: Mapping[str, Any]) -> Revealed:
+    """The secrets of an attempt's unmask as relayed (base64), checked when remembered."""
+    def unpack(d: Any) -> dict[str, bytes]:
+        return {str(k): base64.b64decode(v, validate=True) for k, v in dict(d).items()}
+    return Revealed(study_id, attempt, int(raw["round"]), masker.announcements,
+                    unpack(raw.get("seeds", {})), unpack(raw.get("keys", {})))

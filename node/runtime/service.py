@@ -61,7 +61,10 @@ def init_node(config: NodeConfig, trusted: tuple[str, ...] = (),
 def ingest_site(config: NodeConfig, source: Path, progress: Any = None) -> IngestReport:
     """Validate and load a site data folder into the node's Parquet store."""
     secret = load_or_create_secret(config.path("secret_file"))
-    report = ingest(source, config.path("store_dir"), secret, progress=progress)
+    # with the ledger salt the snapshot holds the ledger digests of every infusion, so the
+    # first study after an ingestion does not compute them
+    report = ingest(source, config.path("store_dir"), secret, progress=progress,
+                    ledger_salt=load_or_create_salt(config.node_dir / "ledger.salt"))
     stored = {t: c.stored for t, c in report.tables.items()} if hasattr(report, "tables") else {}
     # the entry names the snapshot it made current: verify_audit(..., store_dir) then detects a
     # snapshot that a crash left without its entry

@@ -1,0 +1,232 @@
+"""Per-snapshot facts: one row per stored infusion, derived once at ingestion.
+
+A study's cohort and endpoints are functions of a few per-infusion facts: the infusion day,
+whether it is the patient's first infusion, the filter and grouping columns, the latest
+contact, the death day and the first day of each clinical event an endpoint uses. Ingestion
+computes them once (:func:`build_facts`, with the same code the raw path runs, so they are
+equal by construction) and stores them in the snapshot as ``facts.parquet``, sorted by
+infusion_id; a study then costs reading a few of its columns, a boolean mask and a
+``bincount`` (:func:`select_from_facts`, :func:`fact_rows`).
+
+The facts hold for every study whose day is on or after the latest stored infusion (ingestion
+quarantines infusions dated in the future); for an earlier day (:meth:`Facts.covers`) the raw
+path runs, since the first infusion of a patient may then differ.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from node.cohorts import endpoints
+from node.cohorts.cohort import (
+    COHORT_COLUMNS,
+    INFUSION_COLUMNS,
+    PATIENT_COLUMNS,
+    Tables,
+    cohort_index,
+    first_infusions,
+    get_table,
+    patient_columns,
+)
+from protocol.study import CENSOR_EVENTS, COHORT_LIST_KEYS, Cohort
+
+__all__ = ["EVENT_COLUMNS", "FACTS_FILE", "Facts", "build_facts", "fact_rows", "facts_of",
+           "select_from_facts"]
+
+logger = logging.getLogger(__name__)
+
+FACTS_FILE = "facts.parquet"
+FACTS_VERSION = "1"
+EVENT_COLUMNS = {e: f"first_{e}" for e in ("relapse_progression", *CENSOR_EVENTS)}
+"""Clinical event -> facts column of its first day (days since infusion)."""
+_NUMBERS = ("t0", "last_contact", "death", *EVENT_COLUMNS.values())
+_INTEGERS = ("age_at_infusion", "ecog", "prior_lines")
+_CATEGORIES = ("sex", "route", "atmp_class", "origin", "product", "indication_group",
+               "disease_status")
+_STRINGS = ("infusion_id", "patient_id", *_CATEGORIES)
+_ARROW_STRING = pd.StringDtype("pyarrow")
+
+
+def build_facts(tables: Tables) -> pa.Table:
+    """The facts of every stored infusion (sorted by infusion_id), from the raw tables.
+
+    Raises
+    ------
+    ValueError
+        When an infusion id appears twice (ingestion never stores that).
+    """
+    inf = get_table(tables, "infusions", INFUSION_COLUMNS)
+    inf = inf.sort_values("infusion_id", kind="stable").reset_index(drop=True)
+    pat = get_table(tables, "patients", PATIENT_COLUMNS)
+    first = np.zeros(len(inf), dtype=bool)
+    first[first_infusions(inf).index.to_numpy()] = True
+    df = pd.concat([inf, patient_columns(inf, pat)], axis=1)
+    df["age_at_infusion"] = (df["infusion_date"].dt.year.astype("Int64")
+                             - df["birth_year"].astype("Int64"))
+    ids = cohort_index(df)
+    base = endpoints.base_facts(tables, df, ids)
+    cols: dict[str, pa.Array | np.ndarray] = {
+        "t0": base.t0, "last_contact": base.last_contact, "death": base.death}
+    for event, name in EVENT_COLUMNS.items():
+        cols[name] = endpoints.first_clinical(tables, ids, base.t0, (event,))
+    out = {c: pa.array(df[c].astype(_ARROW_STRING).array) for c in _STRINGS}
+    out["infusion_date"] = pa.array(df["infusion_date"].to_numpy(dtype="datetime64[ns]"),
+                                    pa.timestamp("ns"))
+    out["first"] = pa.array(first)
+    for c in _INTEGERS:
+        out[c] = pa.array(df[c].astype("Int64").array, pa.int64())
+    for c, v in cols.items():
+        out[c] = pa.array(v, pa.float64())
+    return pa.table(out).replace_schema_metadata({"heron_facts": FACTS_VERSION})
+
+
+def write_facts(table: pa.Table, path: Path) -> None:
+    """Write a facts table as Parquet (row groups of 1M rows) and fsync it."""
+    pq.write_table(table, path, row_group_size=1 << 20)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Facts:
+    """Read access to one snapshot's facts: each column read once, on first use."""
+
+    def __init__(self, source: Path | pa.Table, key: str) -> None:
+        self._source = source
+        self.key = key
+        """Identifies the snapshot (its id)."""
+        self._cols: dict[str, pa.ChunkedArray] = {}
+        self._numbers: dict[str, np.ndarray] = {}
+        self._max_day: float | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the columns held."""
+        return sum(c.nbytes for c in self._cols.values()) + \
+            sum(a.nbytes for a in self._numbers.values())
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """One facts column as Arrow (the low-cardinality strings dictionary-encoded)."""
+        return self.columns((name,))[name]
+
+    def columns(self, names: tuple[str, ...]) -> dict[str, pa.ChunkedArray]:
+        """Facts columns as Arrow, those not held yet read in one pass."""
+        missing = [n for n in names if n not in self._cols]
+        if missing:
+            if isinstance(self._source, pa.Table):
+                read = self._source.select(missing)
+            else:
+                read = pq.read_table(self._source, columns=missing,
+                                     read_dictionary=[n for n in missing if n in _CATEGORIES])
+            for name in missing:
+                self._cols[name] = read.column(name)
+        return {n: self._cols[n] for n in names}
+
+    def numbers(self, name: str) -> np.ndarray:
+        """A numeric column as float64 (NaN where missing); read-only."""
+        if name not in self._numbers:
+            col = pc.cast(self.column(name), pa.float64())
+            out = pc.fill_null(col, np.nan).to_numpy() if col.null_count else col.to_numpy()
+            out = np.asarray(out, dtype=np.float64)
+            out.flags.writeable = False
+            self._numbers[name] = out
+        return self._numbers[name]
+
+    def flags(self, name: str) -> np.ndarray:
+        """A boolean column (missing is False)."""
+        return np.asarray(pc.fill_null(self.column(name), False).to_numpy(zero_copy_only=False),
+                          dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.column("t0"))
+
+    def covers(self, today: dt.date) -> bool:
+        """Whether no stored infusion is dated after ``today`` (the facts then hold)."""
+        if self._max_day is None:
+            t0 = self.numbers("t0")
+            self._max_day = float(np.nanmax(t0)) if np.any(~np.isnan(t0)) else -np.inf
+        return self._max_day <= (today - dt.date(1970, 1, 1)).days
+
+    def frame(self, keep: np.ndarray) -> pd.DataFrame:
+        """The cohort frame (:data:`COHORT_COLUMNS`) of the rows where ``keep`` is true."""
+        table = pa.table(self.columns(COHORT_COLUMNS))
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+        table = pa.table({c: pc.cast(col, pa.large_string())
+                          if pa.types.is_dictionary(col.type) else col
+                          for c, col in zip(table.column_names, table.columns, strict=True)})
+        out = table.to_pandas(types_mapper={pa.string(): _ARROW_STRING,
+                                            pa.large_string(): _ARROW_STRING,
+                                            pa.int64(): pd.Int64Dtype()}.get)
+        out["infusion_date"] = out["infusion_date"].astype("datetime64[ns]")
+        return out
+
+
+_ROWS: dict[int, tuple[weakref.ref[pd.DataFrame], str, np.ndarray]] = {}
+
+
+def _remember(frame: pd.DataFrame, facts: Facts, rows: np.ndarray) -> None:
+    key = id(frame)
+    _ROWS[key] = (weakref.ref(frame), facts.key, rows)
+    weakref.finalize(frame, _ROWS.pop, key, None)
+
+
+def facts_of(tables: Tables) -> Facts | None:
+    """The facts of a source that has them (the node's store and its cache), else None."""
+    get = getattr(tables, "facts", None)
+    return get() if callable(get) else None  # type: ignore[no-any-return]
+
+
+def fact_rows(tables: Tables, cohort_df: pd.DataFrame) -> tuple[Facts, np.ndarray] | None:
+    """(facts, row of each cohort infusion) for a cohort selected from these facts, else None
+    (the raw path then runs)."""
+    held = _ROWS.get(id(cohort_df))
+    if held is None or held[0]() is not cohort_df:
+        return None
+    facts = facts_of(tables)
+    if facts is None or facts.key != held[1]:
+        return None
+    return facts, held[2]
+
+
+def _is_in(facts: Facts, column: str, values: tuple[str, ...]) -> np.ndarray:
+    found = pc.is_in(facts.column(column), value_set=pa.array(list(values), pa.string()))
+    return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def select_from_facts(facts: Facts, cohort: Cohort, today: dt.date) -> pd.DataFrame:
+    """:func:`node.cohorts.cohort.select_cohort` over the facts (the caller checked
+    :meth:`Facts.covers`): the same rows, columns and dtypes."""
+    keep = facts.flags("first") if cohort.first_infusion_only else np.ones(len(facts), bool)
+    for key in COHORT_LIST_KEYS:
+        values = getattr(cohort, key)
+        if values is not None:
+            keep &= _is_in(facts, key, tuple(values))
+    epoch = dt.date(1970, 1, 1)
+    if cohort.infusion_date_from is not None:
+        keep &= facts.numbers("t0") >= (cohort.infusion_date_from - epoch).days
+    if cohort.infusion_date_to is not None:
+        keep &= facts.numbers("t0") <= (cohort.infusion_date_to - epoch).days
+    if cohort.age_min is not None:
+        keep &= facts.numbers("age_at_infusion") >= cohort.age_min
+    if cohort.age_max is not None:
+        keep &= facts.numbers("age_at_infusion") <= cohort.age_max
+    rows = np.flatnonzero(keep)
+    rows.flags.writeable = False
+    out = facts.frame(keep)
+    _remember(out, facts, rows)
+    logger.debug("cohort selected from the snapshot's facts: %d of %d infusions", len(out),
+                 len(facts))
+    return out
