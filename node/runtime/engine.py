@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,9 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from node.cohorts.cohort import TableSource, select_cohort
 from node.cohorts.endpoints import group_labels
+from node.cohorts.facts import fact_rows
 from node.errors import NodeError, StudyRefused
 from node.governance.approvals import Approvals
 from node.governance.audit import AuditTrail
+from node.governance.digests import INFUSION_ROW, PATIENT_ROW, SnapshotDigests
 from node.governance.ledger import INFUSIONS, PATIENTS, DisclosureLedger
 from node.governance.policy import Policy
 from node.releases import adverse_events, cox_step_release, first_release, release_summary
@@ -32,6 +33,7 @@ from node.releases.cox import CoxRound, CoxSite
 from node.releases.cox import seal as seal_cox
 from node.releases.screening import Screened, decide, screen_counts
 from node.runtime.secure_session import MAX_ATTEMPTS, SecureSessions
+from node.runtime.snapshot_cache import SnapshotCache
 from protocol.approval import awaiting_digest, awaiting_release
 from protocol.codec import Release
 from protocol.errors import ProtocolError
@@ -48,46 +50,11 @@ __all__ = ["NodeEngine", "TaskOutcome"]
 logger = logging.getLogger(__name__)
 
 
-class _TableCache:
-    """One snapshot of the store as the studies see it: each table (or the columns of it asked
-    for) read once, and what is derived from the snapshot alone (cohorts, endpoints, ledger
-    digests; :meth:`derived`) computed once, for every analysis and every study on it.
-
-    The engine keeps the cache of the latest snapshot only: a re-ingestion (a new snapshot id)
-    starts a new one, so nothing derived from older data is ever reused.
-    """
-
-    reads_columns = True
-
-    def __init__(self, store: TableSource) -> None:
-        self._store = store
-        self._tables: dict[tuple[str, tuple[str, ...] | None], pd.DataFrame] = {}
-        self._derived: dict[Hashable, Any] = {}
-        self.snapshot_id: str | None = getattr(store, "snapshot_id", None)
-
-    def table(self, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        full = (name, None)
-        if full in self._tables:
-            return self._tables[full]
-        key = full if columns is None or not getattr(self._store, "reads_columns", False) \
-            else (name, tuple(columns))
-        if key not in self._tables:
-            self._tables[key] = self._store.table(name) if key[1] is None \
-                else self._store.table(name, columns=key[1])  # type: ignore[call-arg]
-        return self._tables[key]
-
-    def derived(self, key: Hashable, compute: Callable[[], Any]) -> Any:
-        """``compute()``, once per ``key`` for this snapshot (the result must not be changed)."""
-        if key not in self._derived:
-            self._derived[key] = compute()
-        return self._derived[key]
-
-
 @dataclass
 class _Prepared:
     """What a study needs at this site, kept between the rounds of iterative analyses."""
 
-    tables: _TableCache
+    tables: SnapshotCache
     cohort: pd.DataFrame
     memo: dict[str, CoxSite]
     key: tuple[str, str] = ("", "")
@@ -179,7 +146,7 @@ class NodeEngine:
         self.today = today
         self.approvals = approvals
         self._cache: OrderedDict[tuple[str, str], _Prepared] = OrderedDict()
-        self._snapshot: _TableCache | None = None
+        self._snapshot: SnapshotCache | None = None
         """The latest snapshot read, shared by the studies on it."""
         self._newton_rounds: dict[tuple[str, str, str], int] = {}
         """Newton rounds answered per (study, digest, Cox analysis) of evicted studies."""
@@ -237,7 +204,7 @@ class NodeEngine:
         if sid is not None and self._snapshot is not None and self._snapshot.snapshot_id == sid:
             tables = self._snapshot  # another study on the same snapshot
         else:
-            tables = _TableCache(store)
+            tables = SnapshotCache(store)
             self._snapshot = tables if sid is not None else None
         today = self.today()
         cohort = tables.derived(("cohort", _cohort_key(study), today),
@@ -324,8 +291,13 @@ class NodeEngine:
         ledger = self.ledger
         cohort = prepared.cohort
         ids = _LazyIds(cohort)  # built only when a set's digests are not cached
+        found = fact_rows(prepared.tables, cohort)
+        snapshot = getattr(prepared.tables, "ledger_digests", None)
+        per_row = None if found is None or snapshot is None else snapshot(ledger, found[0])
         for name in new:
-            if name == PATIENTS:  # the cohort's digests: once per cohort of the snapshot
+            if per_row is not None and found is not None:  # the snapshot's digests of rows
+                sets[name] = _fact_set(prepared, name, per_row, found[1], ledger)
+            elif name == PATIENTS:  # the cohort's digests: once per cohort of the snapshot
                 sets[name] = prepared.tables.derived(
                     ("digests", name, id(cohort), ledger),
                     lambda: (cohort, ledger.digests(cohort["patient_id"].astype(str))))[1]
@@ -465,6 +437,21 @@ class NodeEngine:
             releases = SecureSessions.mask(releases, masker, round)
         # Cox releases are signed as sent, so other sites can check relayed ones
         return seal_cox(releases, prepared.memo, self.signer, bound, attempt, round)
+
+
+def _fact_set(prepared: _Prepared, name: str, per_row: SnapshotDigests, rows: np.ndarray,
+              ledger: DisclosureLedger) -> np.ndarray:
+    """A ledger set from the snapshot's per-infusion digests: the cohort's patients or
+    infusions (once per cohort of the snapshot), or the infusions of a part of the cohort."""
+    which = PATIENT_ROW if name == PATIENTS else INFUSION_ROW
+    keep = np.zeros(per_row.sorted.shape[1], dtype=bool)
+    if name not in (PATIENTS, INFUSIONS):
+        keep[rows[prepared.masks[name]]] = True
+        return per_row.subset(which, keep)
+    keep[rows] = True
+    cohort = prepared.cohort
+    return prepared.tables.derived(  # type: ignore[no-any-return]
+        ("digests", name, id(cohort), ledger), lambda: (cohort, per_row.subset(which, keep)))[1]
 
 
 class _LazyIds:
