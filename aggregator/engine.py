@@ -12,7 +12,9 @@ answered, refused, or silent for longer than ``site_timeout_s``.
 
 Fixed costs. Entering a round (its run state, its tasks, the participants' states, and at
 submission the study itself) is one transaction, committed before any task is sent. Each
-answer is one transaction (the last one of a round also holds the next round). The current
+answer is one transaction (the last one of a round also holds the next round), or answers
+that arrived together share one (:meth:`StudyEngine.on_replies`, as the node link hands
+them over). The current
 round of every running study is kept in memory too: its run state, its tasks and the answers
 so far, decoded once as they arrive, so a reply reads nothing back from the database and the
 round is advanced from memory. After a restart, :meth:`StudyEngine.resume` rebuilds it from
@@ -29,7 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -363,6 +365,23 @@ class StudyEngine:
             self._store.set_site_connected(site_id, False, self._clock())
         logger.info("site %s disconnected", site_id)
 
+    def on_replies(self, replies: Sequence[tuple[str, TaskReply]]) -> None:
+        """Record replies that arrived together in one transaction (one commit): each as
+        :meth:`on_reply` does, inside a savepoint of its own; one that fails is logged and
+        undone alone. Tasks of a round entered meanwhile are sent once it has committed."""
+        with self._lock:
+            try:
+                with self._store.transaction():
+                    for site_id, reply in replies:
+                        try:
+                            self.on_reply(site_id, reply)
+                        except Exception:
+                            logger.exception("handling the reply of %s failed", site_id)
+            except BaseException:  # the commit failed: memory is read back from the store
+                for study_id in {reply.study_id for _, reply in replies}:
+                    self._reload_round(study_id)
+                raise
+
     def on_reply(self, site_id: str, reply: TaskReply) -> None:
         """Record an answer or refusal; unknown, foreign, stale or repeated ones are ignored."""
         with self._lock:
@@ -470,11 +489,15 @@ class StudyEngine:
             with self._store.transaction():
                 yield
         except BaseException:
-            if study_id in self._running:
-                loaded = self._load_round(study_id)
-                if loaded is not None:
-                    self._rounds[study_id] = loaded
+            self._reload_round(study_id)
             raise
+
+    def _reload_round(self, study_id: str) -> None:
+        """Read a running study's current round back from the store into memory."""
+        if study_id in self._running:
+            loaded = self._load_round(study_id)
+            if loaded is not None:
+                self._rounds[study_id] = loaded
 
     def _forget(self, study_id: str) -> None:
         """Drop a study from memory and wake whoever waits for it."""

@@ -11,9 +11,11 @@ A second connection of the same site replaces the first.
 **No thread per stream.** The servicer runs on a ``grpc.aio`` server (:mod:`aggregator.aio`):
 a stream is two coroutines on the server's event loop (the writer, which is the call, and its
 reader task), so a thousand connected sites cost no threads. Transport events go to the
-listener (the study engine, synchronous, on SQLite) through one *event thread*, in the order
-they happened: ``on_connect`` (awaited before ``Welcome``, so it precedes any task),
-each reply (decoded there, not on the loop), ``on_disconnect``. :meth:`NodeLinkServicer.send_task`
+listener (the study engine, synchronous, on SQLite) through one *event thread*
+(:mod:`aggregator.link_events`), in the order they happened: ``on_connect`` (awaited before
+``Welcome``, so it precedes any task), replies (decoded there, not on the loop; those that
+queued up together handed over as one batch, ``on_replies``, when the listener takes
+batches), ``on_disconnect``. :meth:`NodeLinkServicer.send_task`
 may be called from any thread: it hands the task to the stream's queue on the loop.
 
 One site cannot stall the aggregator:
@@ -42,14 +44,14 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from aggregator.errors import AggregatorError, PermissionDenied, ProtocolViolation
+from aggregator.link_events import EventThread
 from aggregator.peers import require_role
 from aggregator.status_codes import abort
 from aggregator.transport import (
@@ -93,6 +95,15 @@ class LinkStats:
     """Results and refusals dropped undecoded: no open task of this stream has that id."""
     replies_over_cap: int = 0
     """Results refused undecoded: more values than the per-message cap."""
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A reply read from a stream and checked, waiting for the event thread."""
+
+    site_id: str
+    msg: pb.NodeMessage
+    refused: TaskReply | None  # the refusal that replaces a result over the value cap
 
 
 class _Connection:
@@ -207,7 +218,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
         self._serving = 0  # streams past Hello whose call has not ended
         self._listener: TransportListener | None = None
         self._closing = False
-        self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="node-link-events")
+        self._events: EventThread[_Reply] = EventThread(self._deliver)
         self.stats = LinkStats()
 
     # -- NodeTransport ---------------------------------------------------------------------------
@@ -249,12 +260,12 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
         with self._served:
             self._served.wait_for(lambda: self._serving == 0,
                                   max(0.0, deadline - time.monotonic()))
-        self._events.shutdown(wait=False)  # events already queued still run (see drain)
+        self._events.close(wait=False)  # events already queued still run (see drain)
 
     def drain(self) -> None:
         """Wait until the events queued before :meth:`close` have been handled (later ones
         are dropped): call it before the listener's store goes away."""
-        self._events.shutdown(wait=True)
+        self._events.close(wait=True)
 
     # -- gRPC ------------------------------------------------------------------------------------
 
@@ -320,8 +331,8 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
         try:
             reader = asyncio.create_task(self._read(conn, context))
             if self._listener is not None:  # may queue outstanding tasks, after the Welcome
-                await asyncio.get_running_loop().run_in_executor(
-                    self._events, self._listener.on_connect, site_id, info)
+                await asyncio.wrap_future(
+                    self._events.call(self._listener.on_connect, site_id, info))
             await context.write(pb.AggregatorMessage(welcome=pb.Welcome(
                 aggregator_version=AGGREGATOR_VERSION, heartbeat_interval_s=self._heartbeat_s,
                 max_message_bytes=self._max_message_bytes)))
@@ -331,7 +342,7 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
             if reader is not None:
                 reader.cancel()
             if self._unregister(conn) and self._listener is not None:
-                self._event(self._listener.on_disconnect, site_id)
+                self._events.call(self._listener.on_disconnect, site_id)
             with self._served:
                 self._serving -= 1
                 self._served.notify_all()
@@ -403,8 +414,8 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
                     continue
                 checked = self._check(conn, msg)
                 if checked is not False and self._listener is not None:
-                    self._event(self._deliver, conn.site_id, msg,
-                                None if checked is True else checked)
+                    self._events.reply(_Reply(conn.site_id, msg,
+                                              None if checked is True else checked))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the stream was cancelled or broke: the writer ends the call
@@ -412,23 +423,23 @@ class NodeLinkServicer(pb_grpc.NodeLinkServicer, NodeTransport):
         finally:
             conn.close()
 
-    def _deliver(self, site_id: str, msg: pb.NodeMessage, refused: TaskReply | None) -> None:
-        """On the event thread: decode a checked reply and hand it to the listener."""
-        reply = refused or reply_from_message(msg)
-        if reply is not None and self._listener is not None:
-            self._listener.on_reply(site_id, reply)
-
-    def _event(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run a listener call on the event thread, after the events before it."""
-        def run() -> None:
+    def _deliver(self, replies: Sequence[_Reply]) -> None:
+        """On the event thread: decode checked replies and hand them to the listener (in one
+        batch when it takes batches)."""
+        decoded = [(r.site_id, r.refused or reply_from_message(r.msg)) for r in replies]
+        ready = [(site, reply) for site, reply in decoded if reply is not None]
+        listener = self._listener
+        if listener is None or not ready:
+            return
+        on_replies = getattr(listener, "on_replies", None)
+        if on_replies is not None:
+            on_replies(ready)
+            return
+        for site, reply in ready:
             try:
-                fn(*args)
+                listener.on_reply(site, reply)
             except Exception:
-                logger.exception("node link event %s failed", getattr(fn, "__name__", fn))
-        try:
-            self._events.submit(run)
-        except RuntimeError:  # closed: the aggregator is stopping
-            logger.debug("node link event %s after close; dropped", fn)
+                logger.exception("handling the reply of %s failed", site)
 
     def _register(self, conn: _Connection) -> None:
         with self._lock:
