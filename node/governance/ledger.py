@@ -43,7 +43,8 @@ On disk, in ``directory`` (mode 0700):
 - ``<study_id>.npy``: the sorted unique uint64 digests of one recorded set (mode 0600);
   ``<study_id>~<n>.npy`` for the study's further sets, and for a later release of the same
   study over a different cohort (re-ingested data), so every set that ever left the site stays
-  in the ledger;
+  in the ledger; a set equal to one on file (another study over the same cohort) names that
+  file in the index instead of writing it again;
 - ``index.json``: ``{"version": 2, "studies": {study_id: [{"file", "set", "patients" or
   "infusions", "sha256"}]}}`` (mode 0600); ``set`` is the set's name, the count key its kind;
   ``sha256`` is the digest of the file's bytes, checked on every load. A version 1 index (no
@@ -260,11 +261,17 @@ class DisclosureLedger:
             if any(_entry_set(e) == name and np.array_equal(self._load(e), cohort)
                    for e in versions):
                 continue
-            file = f"{study_id}.npy" if not versions else f"{study_id}~{len(versions) + 1}.npy"
-            data = _npy_bytes(cohort)
-            _write_atomic(self.directory / file, data)
+            same = self._same_file(studies, name, cohort)
+            if same is not None:  # the same set is on file already: name that file
+                file, sha = same
+            else:
+                file = f"{study_id}.npy" if not versions \
+                    else f"{study_id}~{len(versions) + 1}.npy"
+                data = _npy_bytes(cohort)
+                _write_atomic(self.directory / file, data)
+                sha = hashlib.sha256(data).hexdigest()
             versions.append({"file": file, "set": name, _kind(name): int(cohort.size),
-                             "sha256": hashlib.sha256(data).hexdigest()})
+                             "sha256": sha})
             added.append(name)
         if added:
             doc = {"version": _VERSION, "studies": studies}
@@ -273,6 +280,17 @@ class DisclosureLedger:
         elif not versions:
             del studies[study_id]
         return added
+
+    def _same_file(self, studies: dict[str, list[dict[str, Any]]], name: str,
+                   cohort: np.ndarray) -> tuple[str, str] | None:
+        """(file, sha256) of a recorded set of the same kind equal to ``cohort``, if any."""
+        for versions in studies.values():
+            for entry in versions:
+                if _kind(_entry_set(entry)) == _kind(name) \
+                        and entry.get(_kind(name)) == int(cohort.size) \
+                        and np.array_equal(self._load(entry), cohort):
+                    return str(entry["file"]), str(entry["sha256"])
+        return None
 
     # -- public API ------------------------------------------------------------------------
 
