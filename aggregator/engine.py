@@ -214,8 +214,9 @@ class StudyEngine:
         return study.id
 
     def status(self, study_id: str) -> StudyStatus:
-        """The study's status and participants; raise :class:`UnknownStudy` if unknown."""
-        with self._lock:
+        """The study's status and participants; raise :class:`UnknownStudy` if unknown.
+        (Committed state, read without the engine's lock, as every read of the coordinator.)"""
+        with self._store.snapshot():
             return self._status(self._record(study_id))
 
     def wait(self, study_id: str, timeout_s: float,
@@ -261,18 +262,19 @@ class StudyEngine:
 
     def results(self, study_id: str) -> dict[str, Any] | None:
         """results.json of a finished study, ``None`` while it runs."""
-        with self._lock:
+        with self._store.snapshot():
             record = self._record(study_id)
         return None if record.results_json is None else json.loads(record.results_json)
 
     def list_studies(self) -> list[StudyStatus]:
         """Every study, oldest first."""
-        with self._lock:
+        with self._store.snapshot():
             return [self._status(r) for r in self._store.list_studies()]
 
     def list_sites(self) -> list[SiteRecord]:
         """The site registry."""
-        return self._store.list_sites()
+        with self._store.snapshot():
+            return self._store.list_sites()
 
     # -- lifecycle -----------------------------------------------------------------------------
 

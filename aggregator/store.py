@@ -11,7 +11,9 @@ must follow the commit (sending tasks) with :meth:`Store.after_commit`. Times ar
 (floats) as given by the caller's clock.
 
 The store is shared by gRPC threads and the timeout ticker: it holds one connection guarded by a
-re-entrant lock, with the database in WAL mode.
+re-entrant lock, with the database in WAL mode. Reads inside :meth:`Store.snapshot` (the
+coordinator's status and list calls) use a read connection of the calling thread instead: they
+see one committed state and wait neither for the lock nor for a writer's transaction.
 """
 
 from __future__ import annotations
@@ -133,6 +135,10 @@ class Store:
         self._lock = threading.RLock()
         self._depth = 0  # transactions open on the lock's thread (nested ones are savepoints)
         self._on_commit: list[list[Callable[[], None]]] = []  # per open level
+        self._writer = 0  # the thread holding the open transaction (with _depth > 0)
+        self._local = threading.local()  # a thread's read connection and snapshot flag
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -158,6 +164,40 @@ class Store:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            with self._readers_lock:
+                for reader in self._readers:
+                    reader.close()
+                self._readers.clear()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Make the block's reads on this thread one read transaction on the thread's own
+        connection: a committed state, read without waiting for the writers. Inside this
+        thread's open write transaction, or nested, reads go on as before."""
+        local = self._local
+        if getattr(local, "reading", False) or (self._depth and self._writer ==
+                                                threading.get_ident()):
+            yield
+            return
+        self._connection()  # raises once the store is closed
+        conn = self._reader()
+        conn.execute("BEGIN")
+        local.reading = True
+        try:
+            yield
+        finally:
+            local.reading = False
+            conn.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+            with self._readers_lock:  # not the writers' lock: a reader never waits for it
+                self._readers.append(conn)
+            self._local.conn = conn
+        return conn
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -185,6 +225,7 @@ class Store:
             conn = self._connection()
             level = self._depth
             conn.execute("BEGIN IMMEDIATE" if level == 0 else f"SAVEPOINT tx{level}")
+            self._writer = threading.get_ident()
             self._depth += 1
             self._on_commit.append([])
             try:
@@ -223,6 +264,8 @@ class Store:
         return self._conn
 
     def _query(self, sql: str, params: Iterable[object] = ()) -> list[tuple[Any, ...]]:
+        if getattr(self._local, "reading", False):
+            return self._local.conn.execute(sql, tuple(params)).fetchall()  # type: ignore[no-any-return]
         with self._lock:
             return self._connection().execute(sql, tuple(params)).fetchall()
 

@@ -189,3 +189,46 @@ def test_a_round_saved_as_sent_and_unsent_again(tmp_path: Path) -> None:
                                participant=("released", ""))
     assert [t.site_id for t in store.open_tasks("s-001", 1)] == ["site-b"]
     store.close()
+
+
+def test_a_snapshot_reads_the_committed_state_without_waiting_for_a_writer(
+        tmp_path: Path) -> None:
+    import threading
+
+    store = Store(tmp_path / "agg.sqlite")
+    store.add_study(_record(), {"site-a": "t-a"})
+    inside, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.transaction():
+            store.finish_study("s-001", "completed", '{"heron": 1}', now=20.0)
+            with store.snapshot():  # the writer's own thread reads its own change
+                assert store.get_study("s-001").status == "completed"  # type: ignore[union-attr]
+            inside.set()
+            release.wait(15)
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert inside.wait(15)
+        read: list[str] = []
+        reader = threading.Thread(target=lambda: read.append(_status(store)))
+        reader.start()
+        reader.join(15)  # the writer still holds the lock and its transaction
+        assert read == ["running"]  # the committed state, not the open transaction's
+    finally:
+        release.set()
+        thread.join(15)
+    assert done.is_set()
+    assert _status(store) == "completed"
+    store.close()
+    with pytest.raises(StoreError):
+        _status(store)
+
+
+def _status(store: Store) -> str:
+    with store.snapshot():
+        study = store.get_study("s-001")
+    assert study is not None
+    return study.status
