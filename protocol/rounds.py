@@ -79,6 +79,7 @@ __all__ = [
     "summary_request",
     "summary_requests",
     "unmask_request",
+    "wire_release",
 ]
 
 NO_EPHEMERAL_KEY = "no ephemeral key"
@@ -152,22 +153,27 @@ def summary_requests(study: Study) -> tuple[Release, ...]:
     return tuple(summary_request(a.name, a.kind) for a in study.analyses)
 
 
+def wire_release(release: Release) -> str:
+    """A release as a Newton request relays it: base64 of its encoded ``AnalysisRelease``."""
+    return base64.b64encode(encode_release(release).SerializeToString()).decode("ascii")
+
+
 def newton_request(analysis: str, columns: Sequence[str], beta: Sequence[float],
                    centre: Sequence[float] | None = None, bins: Sequence[int] | None = None,
-                   relayed: Sequence[Release] = ()) -> Release:
+                   relayed: Sequence[Release | str] = ()) -> Release:
     """Ask a site for a Cox analysis' sums at ``beta`` (one Newton step).
 
     ``bins``: the time bins of a secure model (bin ends in days). ``relayed``: the previous
     round's signed releases of the model's sites, from which the site checks ``columns``,
-    ``bins``, ``beta`` and ``centre`` itself (metadata ``relayed``: base64 wire releases).
+    ``bins``, ``beta`` and ``centre`` itself (metadata ``relayed``: base64 wire releases; one
+    given as a string is already in that form, :func:`wire_release`, and is relayed as is).
     """
     vectors: dict[str, npt.NDArray[np.float64]] = {
         "beta": np.asarray(beta, dtype=np.float64)}
     if centre is not None:
         vectors["centre"] = np.asarray(centre, dtype=np.float64)
     metadata: dict[str, Any] = {_STEP: STEP_NEWTON, "columns": list(columns),
-                                "relayed": [base64.b64encode(encode_release(r)
-                                                             .SerializeToString()).decode("ascii")
+                                "relayed": [r if isinstance(r, str) else wire_release(r)
                                             for r in relayed]}
     if bins is not None:
         metadata["bins"] = [int(b) for b in bins]

@@ -341,3 +341,43 @@ def test_unmasked_coarsened_cox_equals_lifelines_on_each_sites_bins(tmp_path, si
         assert got["coefficients"][name]["coef"] == pytest.approx(row["coef"], abs=1e-6)
         assert got["coefficients"][name]["se"] == pytest.approx(row["se(coef)"], abs=1e-6)
     assert got["log_likelihood"] == pytest.approx(ref.log_likelihood_, abs=1e-6)
+
+
+# -- (f) symmetric matrices travel as their upper triangle ---------------------------------------
+
+@pytest.mark.parametrize("strata", ["none", "site"])
+def test_masked_cox_rounds_send_upper_triangles_only(tmp_path, sites, strata):
+    covariates = ["age_at_infusion", "sex", "lab:LDH"]
+    study = _study(f"cox-triangle-{strata}", strata, covariates)
+    relayed: list[Release] = []
+
+    def record(handler: NodeHandler) -> NodeHandler:
+        def answer(task: StudyTask) -> TaskReply | None:
+            for n in parse_requests(task.inputs).newton:
+                relayed.extend(n.relayed)
+            return handler(task)
+        return answer
+
+    with _network(tmp_path, sites, {next(iter(sites[1])): record}) as net:
+        results = net.run(study, timeout_s=60)
+        seen = inspect_study(net.store, study.id)
+    got = results["analyses"]["cox"]
+    assert "error" not in got, got
+    p = len(got["coefficients"])
+    assert p >= 3
+    packed = p * (p + 1) // 2
+    pooled = [a.pooled for r in seen.rounds for name, a in r.analyses.items()
+              if name == "cox" and a.pooled is not None
+              and ("hessian" in a.pooled or "s2" in a.pooled)]
+    assert len(pooled) == got["iterations"] + 1
+    shapes = [r.metadata["secure"]["shapes"] for r in relayed
+              if "r:hessian" in r.metadata["secure"]["shapes"]
+              or "r:s2" in r.metadata["secure"]["shapes"]]
+    assert shapes  # the masked Newton releases the sites relayed to each other
+    if strata == "site":
+        assert all(v["hessian"].shape == (packed,) for v in pooled)
+        assert all(s["r:hessian"] == [packed] for s in shapes)
+    else:
+        bins = len(got["bins"])
+        assert all(v["s2"].shape == v["e2"].shape == (bins * packed,) for v in pooled)
+        assert all(s["r:s2"] == s["r:e2"] == [bins * packed] for s in shapes)

@@ -20,7 +20,6 @@ restarts the whole study instead, and a site that leaves the model out ends it w
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,13 +40,12 @@ from analytics import (
     pooled_derivatives,
     suppress_count,
 )
-from protocol.codec import Release, decode_release, encode_release
+from protocol.codec import Release
 from protocol.design import design_columns
 from protocol.errors import ProtocolError
 from protocol.releases import masked_cox_description, masked_cox_event_table
-from protocol.rounds import newton_request, summary_request
+from protocol.rounds import newton_request, summary_request, wire_release
 from protocol.study import Analysis, Study
-from protocol.v1.common_pb2 import AnalysisRelease
 from protocol.vocabulary import DROPPED_HIDDEN
 
 __all__ = ["MAX_NEWTON_STEPS", "CoxState", "CoxStrategy"]
@@ -71,14 +69,6 @@ class CoxState(AnalysisState):
     newton: dict[str, Any] | None = None
     bins: list[int] | None = None  # secure: bin ends (days) of the pooled time bins
     relayed: list[str] = field(default_factory=list)  # the last round's signed releases
-
-
-def _wire(release: Release) -> str:
-    return base64.b64encode(encode_release(release).SerializeToString()).decode("ascii")
-
-
-def _unwire(text: str) -> Release:
-    return decode_release(AnalysisRelease.FromString(base64.b64decode(text)))
 
 
 def _sum_dropped(parts: Iterable[Mapping[str, Any]]) -> dict[str, int | str]:
@@ -126,9 +116,9 @@ class CoxStrategy(Strategy[CoxState]):
         if state.phase == "setup":
             return summary_request(state.name, state.kind)
         assert state.newton is not None
+        # the releases as they were wired when they arrived: not decoded and encoded again
         return newton_request(state.name, state.columns, NewtonState.from_dict(
-            state.newton).beta, state.centre, state.bins,
-            [_unwire(r) for r in state.relayed])
+            state.newton).beta, state.centre, state.bins, state.relayed)
 
     def combine(self, state: CoxState, analysis: Analysis, study: Study,
                 answers: Contributions) -> None:
@@ -177,9 +167,9 @@ class CoxStrategy(Strategy[CoxState]):
         if state.done:
             state.relayed = []
         elif answers.masked:
-            state.relayed = [_wire(answers.signed[s]) for s in sorted(answers.signed)]
+            state.relayed = [wire_release(answers.signed[s]) for s in sorted(answers.signed)]
         else:
-            state.relayed = [_wire(usable[s]) for s in sorted(sites) if s in usable]
+            state.relayed = [wire_release(usable[s]) for s in sorted(sites) if s in usable]
 
     # -- internals -----------------------------------------------------------------------------
 
