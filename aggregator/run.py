@@ -61,6 +61,9 @@ __all__ = ["Answer", "Failure", "RunState", "StudyRun"]
 
 logger = logging.getLogger(__name__)
 
+_ISSUED: set[bytes] = set()
+"""Site certificates whose CA signature this aggregator process has checked."""
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -279,7 +282,9 @@ class StudyRun:
             announcement = KeyAnnouncement.from_dict(keys.metadata["announcement"])
             if announcement.site_id != site:
                 return f"rejected key announcement: it names site {announcement.site_id}"
-            verify_announcement(announcement, self.ca_pem, self.study.id, attempt)
+            if len(_ISSUED) > 100_000:
+                _ISSUED.clear()
+            verify_announcement(announcement, self.ca_pem, self.study.id, attempt, _ISSUED)
         except ProtocolError as exc:
             return f"rejected key announcement: {exc}"
         return ""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -192,8 +193,13 @@ def _load_cert(pem: bytes, site_id: str) -> x509.Certificate:
                                      f"{exc}") from exc
 
 
-def verify_announcement(a: KeyAnnouncement, ca_pem: bytes, study_id: str, attempt: int) -> None:
+def verify_announcement(a: KeyAnnouncement, ca_pem: bytes, study_id: str, attempt: int,
+                        issued: set[bytes] | None = None) -> None:
     """Check that ``a`` is a genuine announcement of ``a.site_id`` for this study and attempt.
+
+    ``issued``: digests of (certificate, CA) pairs whose issuer signature was already checked
+    by this caller; the chain check is skipped for them (validity period, subject and the
+    announcement's signature are always checked) and a pair checked now is added.
 
     Raises
     ------
@@ -213,11 +219,15 @@ def verify_announcement(a: KeyAnnouncement, ca_pem: bytes, study_id: str, attemp
         ca_cert = x509.load_pem_x509_certificate(ca_pem)
     except (TypeError, ValueError) as exc:
         raise SecureAggregationError(f"unreadable network CA certificate: {exc}") from exc
-    try:
-        verify_issued_by(cert, ca_cert)
-    except PKIError as exc:
-        raise SecureAggregationError(f"{who}: certificate not issued by the network CA "
-                                     f"({exc})") from exc
+    pair = hashlib.sha256(canonical_bytes(a.certificate_pem, ca_pem)).digest()
+    if issued is None or pair not in issued:
+        try:
+            verify_issued_by(cert, ca_cert)
+        except PKIError as exc:
+            raise SecureAggregationError(f"{who}: certificate not issued by the network CA "
+                                         f"({exc})") from exc
+        if issued is not None:
+            issued.add(pair)
     now = dt.datetime.now(dt.UTC)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise SecureAggregationError(f"{who}: certificate is not valid now")

@@ -133,6 +133,7 @@ class SecureSessions:
         self._state_file = state_file
         self._studies: dict[str, _StudyKeys] = self._load()
         self._remembered: set[tuple[str, int]] = set()
+        self._issued: set[bytes] = set()  # certificates whose CA signature was checked
 
     # The rules' state of every study is kept (never evicted: forgetting a study would let an
     # aggregator start its attempts afresh) and, with a state file, survives a restart; an
@@ -221,7 +222,7 @@ class SecureSessions:
         try:
             for raw in relay.announcements:
                 a = KeyAnnouncement.from_dict(raw)
-                verify_announcement(a, self._ca, study_id, attempt)
+                verify_announcement(a, self._ca, study_id, attempt, self._issued)
                 announcements[a.site_id] = a
         except ProtocolError as exc:
             raise StudyRefused(f"secure aggregation: {exc}") from None
@@ -239,7 +240,7 @@ class SecureSessions:
         if cached is not None:  # same sites, other keys: refused like other participants
             raise StudyRefused(f"secure aggregation: attempt {attempt} was relayed with "
                                "other announcements before")
-        self._save()
+        # saved with the round's claim (claim_round), which follows in the same answer
         try:
             masker = PairwiseMasker(self.site_id, private, announcements, study_id, attempt)
         except ProtocolError as exc:
@@ -265,8 +266,7 @@ class SecureSessions:
                 raise StudyRefused(f"secure aggregation: fewer than min_sites {min_sites} "
                                    "participants remain")
             if masker.dropped != frozenset(dropped):
-                masker.drop(dropped)
-                self._save()
+                masker.drop(dropped)  # saved with the round's claim
         if relay.revealed is not None and (study_id, attempt) not in self._remembered:
             try:
                 remember(_revealed(study_id, attempt, masker, relay.revealed))
