@@ -11,8 +11,8 @@ paths in a file are relative to the file's folder. Example::
     site_timeout_s = 600
     heartbeat_interval_s = 5
     hello_timeout_s = 10          # a node stream that sends no Hello in time is closed
-    max_node_streams = 64         # node streams served at once (sites and their reconnects)
-    service_threads = 8           # worker threads kept for the coordinator API and health
+    max_node_streams = 1024       # node streams served at once (sites and their reconnects)
+    service_threads = 8           # threads doing the coordinator API's database work
     max_message_bytes = 67108864  # the transport limit (64 MiB), told to nodes in Welcome
 """
 
@@ -55,9 +55,9 @@ class AggregatorConfig:
 
     Keeping the aggregator up (see :mod:`aggregator.server`): ``hello_timeout_s`` bounds how
     long a node stream may stay silent before its ``Hello``; at most ``max_node_streams`` node
-    streams are served at once (two per site certificate), on a worker pool of
-    ``max_node_streams + service_threads`` threads, so ``service_threads`` always remain for
-    coordinator calls and health checks; ``max_message_bytes`` is the largest gRPC message
+    streams are served at once (two per site certificate), as coroutines of one event loop
+    holding no thread; ``service_threads`` threads do the coordinator API's database work;
+    ``max_message_bytes`` is the largest gRPC message
     either side accepts, told to nodes in ``Welcome`` so they refuse a larger release with a
     reason instead of sending it.
     """
@@ -69,7 +69,7 @@ class AggregatorConfig:
     site_timeout_s: float = 60.0
     heartbeat_interval_s: int = 5
     hello_timeout_s: float = 10.0
-    max_node_streams: int = 64
+    max_node_streams: int = 1024
     service_threads: int = 8
     max_message_bytes: int = MAX_MESSAGE_BYTES
 

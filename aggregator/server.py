@@ -46,7 +46,7 @@ from protocol.tls import GrpcOption, server_credentials, server_options
 from protocol.v1 import coordinator_pb2, coordinator_pb2_grpc, node_link_pb2, node_link_pb2_grpc
 
 __all__ = ["SERVICE_NAMES", "AggregatorServer", "create_server", "grpc_server_options",
-           "serve"]
+           "raise_open_file_limit", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ SERVICE_NAMES = (
     coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name,
 )
 TICK_S = 0.5
+_SPARE_FILES = 256  # the database, its journal, certificates, logs, coordinator connections
 _MESSAGE_LIMIT_OPTIONS = ("grpc.max_send_message_length", "grpc.max_receive_message_length")
 
 
@@ -184,6 +185,25 @@ def create_server(config: AggregatorConfig, *, clock: Callable[[], float] = time
     return AggregatorServer(config, clock=clock, strategies=strategies)
 
 
+def raise_open_file_limit(streams: int) -> int:
+    """Raise the soft open-file limit (up to the hard one) so that ``streams`` connections and
+    the aggregator's own files fit; return the limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = streams + _SPARE_FILES
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return int(soft)
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        logger.warning("open-file limit %d (hard) is below the %d that max_node_streams=%d "
+                       "needs", new, want, streams)
+    else:
+        logger.info("open-file limit raised from %d to %d", soft, new)
+    return int(new)
+
+
 def serve(config: AggregatorConfig, grace_s: float = 10.0,
           on_started: Callable[[AggregatorServer], None] | None = None,
           strategies: Mapping[str, Strategy[Any]] | None = None) -> int:
@@ -192,6 +212,7 @@ def serve(config: AggregatorConfig, grace_s: float = 10.0,
     Must be called from the main thread (signal handlers). ``on_started`` is called once the
     server is serving (for example to write ``server.port`` to a port file).
     """
+    raise_open_file_limit(config.max_node_streams)
     server = create_server(config, strategies=strategies)
     stop = threading.Event()
 
