@@ -231,3 +231,106 @@ def test_a_site_dropping_after_the_key_exchange_is_recovered_without_a_new_one(
         expected = n2.run(dataclasses.replace(study, id="rec-plain"), timeout_s=120)
     assert "error" not in got["analyses"]["km"], got["analyses"]["km"]
     _close(got["analyses"]["km"], expected["analyses"]["km"])
+
+
+def test_a_cox_model_survives_a_dropout_in_its_first_round(tmp_path, network_parts):  # noqa: F811
+    """The Cox description round is the self-masked one: the sites check every later Newton
+    step from the survivors' relayed releases, unmasked with the secrets the relay carries."""
+    tmp, sites = network_parts
+    names = sorted(sites)
+    gone = names[0]
+    cox = [{"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+            "covariates": ["age_at_infusion", "ecog"]},
+           {"name": "cox_site", "kind": "cox", "endpoint": "overall_survival",
+            "covariates": ["age_at_infusion", "ecog"], "strata": "site"}]
+    study = make_study("rec-cox", cox, cohort={}, min_sites=2)
+    masked = dataclasses.replace(study, privacy=dataclasses.replace(
+        study.privacy, secure_aggregation=True))
+
+    def net(members, tag, wrap=None):
+        return SimulatedNetwork(
+            tmp_path / tag, [SimulatedSite(s, sites[s] / "store", DAY, sites[s] / "credentials")
+                             for s in members], KEY, today=lambda: TODAY, site_timeout_s=5,
+            ca_dir=tmp / "ca", node_wrappers=wrap or {})
+
+    with net(names, "drop", {gone: _silent_from(3)}) as n1:
+        got = n1.run(masked, timeout_s=120)
+    with net([s for s in names if s != gone], "ref") as n2:
+        ref = n2.run(dataclasses.replace(masked, id="rec-cox-ref"), timeout_s=120)
+    assert got["status"] == "completed" and gone in got["sites"]["dropped_during_study"]
+    for name in ("cox", "cox_site"):
+        a, b = got["analyses"][name], ref["analyses"][name]
+        assert "error" not in a, a
+        for term, coef in b["coefficients"].items():
+            assert a["coefficients"][term]["coef"] == pytest.approx(coef["coef"], abs=1e-9)
+
+
+def test_survivors_reveal_nothing_when_a_decision_changes_without_the_dropped_site(
+        tmp_path, network_parts):  # noqa: F811
+    """Dropping a site on purpose must not expose a pooled cohort below min_cohort: the
+    survivors screen again and refuse to reveal shares, and no new key exchange follows."""
+    from node.governance.policy import Policy
+
+    tmp, sites = network_parts
+    names = sorted(sites)
+    gone = names[-1]
+    km = {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival"}
+    plain = make_study("rec-size", [km], cohort={}, min_sites=2)
+
+    def net(members, tag, policy, wrap=None):
+        return SimulatedNetwork(
+            tmp_path / tag, [SimulatedSite(s, sites[s] / "store", policy,
+                                           sites[s] / "credentials") for s in members],
+            KEY, today=lambda: TODAY, site_timeout_s=5, ca_dir=tmp / "ca",
+            node_wrappers=wrap or {})
+
+    sizes = []
+    for members, tag in ((names, "all"), ([s for s in names if s != gone], "others")):
+        with net(members, tag, DAY) as n:
+            res = n.run(dataclasses.replace(plain, id=f"rec-size-{tag}"), timeout_s=120)
+        sizes.append(sum(g["n"] for g in res["analyses"]["km"]["groups"].values()))
+    total, without = sizes
+    assert without < total
+    policy = Policy(min_cohort=without + 1, min_cell=1, min_bin_events=1)
+    log: list[int] = []
+    wrappers = {s: _count_announces(log) for s in names}
+    inner = wrappers[gone]
+    wrappers[gone] = lambda h: _silent_from(3)(inner(h))
+    masked = dataclasses.replace(plain, id="rec-size-masked", privacy=dataclasses.replace(
+        plain.privacy, secure_aggregation=True))
+    with net(names, "drop", policy, wrappers) as n:
+        got = n.run(masked, timeout_s=120)
+    assert log == [1] * len(names)
+    assert got["status"] == "completed"
+    assert "error" in got["analyses"]["km"], got["analyses"]["km"]
+    assert "thresholds" in got["analyses"]["km"]["error"]
+    assert "groups" not in got["analyses"]["km"]
+
+
+def test_after_shares_are_revealed_no_new_key_exchange_can_difference_sums(
+        tmp_path, network_parts):  # noqa: F811
+    """A site lost in a later round (a Newton step) cannot be recovered (its seed is known)
+    and every node refuses a second key exchange: the aggregator never gets a second sum of
+    the first round over other sites."""
+    tmp, sites = network_parts
+    names = sorted(sites)
+    gone = names[-1]
+    cox = {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+           "covariates": ["age_at_infusion", "ecog"]}
+    masked = make_study("rec-late", [cox], cohort={}, min_sites=2, secure_aggregation=True)
+    log: list[int] = []
+    wrappers = {s: _count_announces(log) for s in names}
+    inner = wrappers[gone]
+    wrappers[gone] = lambda h: _silent_from(5)(inner(h))  # after the unmask round
+    with SimulatedNetwork(
+            tmp_path / "late", [SimulatedSite(s, sites[s] / "store", DAY,
+                                              sites[s] / "credentials") for s in names],
+            KEY, today=lambda: TODAY, site_timeout_s=5, ca_dir=tmp / "ca",
+            node_wrappers=wrappers) as n:
+        got = n.run(masked, timeout_s=120)
+    assert log.count(1) == len(names)
+    assert log.count(2) == len(names) - 1  # asked again, every one of them refused
+    assert "error" in got["analyses"]["cox"]
+    refused = got["sites"].get("refused", {})
+    assert sorted(refused) == [s for s in names if s != gone]
+    assert all("no new key exchange" in r for r in refused.values()), refused
