@@ -232,3 +232,28 @@ def _status(store: Store) -> str:
         study = store.get_study("s-001")
     assert study is not None
     return study.status
+
+
+def test_stored_answers_are_compressed_and_older_blobs_still_read() -> None:
+    import numpy as np
+
+    from aggregator.store import decode_task_result, encode_task_result
+    from protocol.codec import Release, encode_release
+    from protocol.v1 import node_link_pb2
+
+    days = 1827
+    events = np.zeros(days, dtype=np.int64)
+    events[[3, 40, 41, 900]] = [1, 2, 1, 1]
+    release = Release(analysis="os", kind="kaplan_meier",
+                      vectors={"g0.events": events, "g0.censored": np.ones(days, np.int64)},
+                      metadata={"groups": ["all"]})
+    blob = encode_task_result("t-1", "s-1", [release])
+    raw = node_link_pb2.TaskResult(task_id="t-1", study_id="s-1",
+                                   releases=[encode_release(release)]).SerializeToString()
+    assert len(blob) * 10 < len(raw)  # what each answer's commit writes
+    for stored in (blob, raw):  # raw: a blob stored before compression
+        (back,) = decode_task_result(stored)
+        assert (back.analysis, back.kind, back.metadata) == ("os", "kaplan_meier",
+                                                              {"groups": ["all"]})
+        assert np.array_equal(back.vectors["g0.events"], events)
+        assert np.array_equal(back.vectors["g0.censored"], np.ones(days, np.int64))
