@@ -9,7 +9,9 @@ min, max), all in one process:
     decoded; no study engine, no database. The floor under a study.
 ``engine``
     the study engine on its SQLite store with the in-process transport (no wire): submit a
-    one-analysis study, every node answers at once, results.json written.
+    one-analysis study, every node answers at once, results.json written. The in-process
+    transport hands answers over one by one (a commit each); the server's node link hands
+    over those that arrived together as one batch (one commit).
 ``study``
     the whole thing: the real aggregator server (:func:`aggregator.server.create_server`: node
     link, coordinator API, engine, store), light node clients with real site certificates
@@ -17,7 +19,7 @@ min, max), all in one process:
     ``submit`` then ``wait_for_completion`` until the study has ended.
 
 Then the **load test**: the real server holding L connected node links (default 1,000, each
-its own site certificate, asyncio clients in this process, :mod:`light_nodes`): a
+its own site certificate, asyncio clients in one child process, :mod:`light_nodes`): a
 one-analysis study over the first S of them (default 500) before the others connect (wall
 time), then coordinator calls (GetStatus, ListStudies, health Check) timed one by one with all
 L links connected, idle and during a study over all of them.
@@ -356,10 +358,10 @@ def bench_load(work: Path, net: BenchPki, canned: Sequence[tuple[Release, ...]],
         fleet.close()
         server.stop(1.0)
     print(f"load: {total} node links (one site certificate each, mutual TLS, asyncio clients "
-          "in this process)")
+          "in one process)")
     print(f"  connect {first} links: {connect_first:.1f} s; {total - first} more: "
-          f"{connect_rest:.1f} s; node streams served: {streams}; threads in the process "
-          f"(server + clients): {threads}")
+          f"{connect_rest:.1f} s; node streams served: {streams}; threads in the aggregator's "
+          f"process: {threads}")
     print(f"  study over {first} connected nodes (before the rest connect), {repeats} "
           f"repeats: {_ms(first_studies)}")
     for label, times in ((f"{total} links idle", idle),
@@ -384,10 +386,10 @@ def _scale(work: Path, net: BenchPki, canned: Sequence[tuple[Release, ...]], nod
     engine, engine_tx, engine_submit_tx = (x[w:] for x in bench_engine(work, sites, n))
     study_t, study_tx, study_submit_tx = (x[w:] for x in bench_study(work, net, sites, n))
     print(f"one round to {nodes} connected nodes, {repeats} repeats (after {warmup} warm-up)")
-    print(f"  link   (bare node link, gRPC + mTLS):         {_ms(link)}")
-    print(f"  engine (study engine + SQLite, in-process):   {_ms(engine)}")
-    print(f"  study  (server + nodes + coordinator client): {_ms(study_t)}")
-    print(f"  ratio study / link (medians):                 "
+    print(f"  link   (bare node link, gRPC + mTLS):                     {_ms(link)}")
+    print(f"  engine (engine + SQLite, in-process, a commit per answer): {_ms(engine)}")
+    print(f"  study  (server + nodes + coordinator client):             {_ms(study_t)}")
+    print(f"  ratio study / link (medians):                             "
           f"{statistics.median(study_t) / statistics.median(link):.1f}")
     print(f"  SQLite transactions per study: engine {statistics.median(engine_tx):g} "
           f"({statistics.median(engine_submit_tx):g} inside submit), "
