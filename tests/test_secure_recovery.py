@@ -334,3 +334,39 @@ def test_after_shares_are_revealed_no_new_key_exchange_can_difference_sums(
     refused = got["sites"].get("refused", {})
     assert sorted(refused) == [s for s in names if s != gone]
     assert all("no new key exchange" in r for r in refused.values()), refused
+
+
+def test_the_dropped_set_is_fixed_once_shares_are_revealed(tmp_path, network_parts):  # noqa: F811
+    """After an unmask with nobody dropped, a relay naming a dropped site (to make a site mask
+    with fewer neighbours) is refused."""
+    from protocol.rounds import KEYS
+
+    tmp, sites = network_parts
+    names = sorted(sites)
+    liar_target, victim = names[0], names[-1]
+    refusals: list[str] = []
+
+    def tamper(handler):
+        def answer(task: StudyTask):
+            if task.round >= 5:
+                inputs = tuple(
+                    Release(r.analysis, r.kind, r.vectors, {**r.metadata, "dropped": [victim]})
+                    if r.analysis == KEYS else r for r in task.inputs)
+                task = dataclasses.replace(task, inputs=inputs)
+            reply = handler(task)
+            if reply is not None and reply.refusal:
+                refusals.append(reply.refusal)
+            return reply
+        return answer
+
+    cox = {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+           "covariates": ["age_at_infusion", "ecog"]}
+    study = make_study("rec-fixed", [cox], cohort={}, min_sites=2, secure_aggregation=True)
+    with SimulatedNetwork(
+            tmp_path / "fixed", [SimulatedSite(s, sites[s] / "store", DAY,
+                                               sites[s] / "credentials") for s in names],
+            KEY, today=lambda: TODAY, site_timeout_s=5, ca_dir=tmp / "ca",
+            node_wrappers={liar_target: tamper}) as n:
+        got = n.run(study, timeout_s=120)
+    assert "secure aggregation: attempt 1 already has other dropped sites" in refusals
+    assert "error" in got["analyses"]["cox"]

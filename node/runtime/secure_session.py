@@ -265,6 +265,12 @@ class SecureSessions:
             if len(masker.participants) - len(dropped) < min_sites:
                 raise StudyRefused(f"secure aggregation: fewer than min_sites {min_sites} "
                                    "participants remain")
+            alive = [n for n in masker.neighbours if n not in dropped]
+            if len(alive) + 1 < masker.graph.threshold:
+                # this site's masks would rest on too few others (and its shares could not
+                # be recovered): an aggregator claiming its neighbours dropped gets nothing
+                raise StudyRefused("secure aggregation: too few of this site's neighbours "
+                                   "remain")
             if masker.dropped != frozenset(dropped):
                 masker.drop(dropped)  # saved with the round's claim
         if relay.revealed is not None and (study_id, attempt) not in self._remembered:
@@ -409,6 +415,7 @@ class SecureSessions:
             except ProtocolError as exc:
                 raise StudyRefused(f"secure aggregation: {exc}") from None
         keys.revealed[attempt] = dropped
+        keys.dropped[attempt] = dropped  # fixed for the rest of the attempt, even if empty
         self._save()
         out = Release(UNMASK, KEY_KIND, {}, {REVEALED: reveal(masker, pairs, dropped)})
         keys.unmasked[attempt] = out
