@@ -14,11 +14,35 @@ import node.releases.cox as cox
 from heron.simulation import make_study
 from node.cohorts.covariates import build_design
 from node.governance.policy import Policy
-from tests.test_covariates import BASELINE, COHORT, _baseline
 
-LABS = pd.concat([BASELINE, _baseline([("A", "CRP", 7.0, -3), ("B", "CRP", 8.0, 0),
-                                       ("D", "CRP", 9.0, -1), ("D", "CRP", 11.0, -1)])],
-                 ignore_index=True)
+COHORT = pd.DataFrame({
+    "infusion_id": pd.array(list("ABCDEF"), dtype="string"),
+    "infusion_date": pd.to_datetime(["2021-01-01"] * 6).astype("datetime64[ns]"),
+}, index=pd.RangeIndex(10, 16))
+
+
+def _labs(rows: list[tuple[str, str, float, int]]) -> pd.DataFrame:
+    """baseline_measurements from (infusion, measurement, value, day)."""
+    cols = list(zip(*rows, strict=True))
+    return pd.DataFrame({
+        "infusion_id": pd.array(cols[0], dtype="string"),
+        "measurement": pd.array(cols[1], dtype="string"),
+        "value": np.array(cols[2], dtype="float64"),
+        "unit": pd.array(["U/L"] * len(rows), dtype="string"),
+        "day": pd.array(cols[3], dtype="Int64"),
+    })
+
+
+LABS = _labs([
+    ("A", "LDH", 100.0, -10), ("A", "LDH", 250.0, -1),   # closest to day 0: -1 -> 250
+    ("A", "LDH", 999.0, 2),                              # after infusion: never counts
+    ("B", "LDH", 300.0, -2), ("B", "LDH", 310.0, -2),    # tie on day -2: mean 305
+    ("C", "CRP", 12.0, -1),                              # no LDH for C
+    ("D", "LDH", 400.0, 0),                              # day 0 counts
+    ("E", "ldh", 123.0, -1),                             # names are case-sensitive
+    ("Z", "LDH", 50.0, -1),                              # not in the cohort
+    ("A", "CRP", 7.0, -3), ("B", "CRP", 8.0, 0), ("D", "CRP", 9.0, -1), ("D", "CRP", 11.0, -1),
+])
 
 
 def test_two_labs_at_once_equal_each_lab_alone() -> None:
