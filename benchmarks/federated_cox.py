@@ -10,8 +10,9 @@ and ``--repeats`` times (default 3), side by side:
 * lifelines' ``CoxPHFitter`` on the pooled arrays (fit only), and the ratio of each federated
   time to it (target: cold <= 2x);
 * per Newton round: the wall time between the last answers of consecutive rounds, and the bytes
-  each site sends (its answer) and receives (the previous round's releases of every site, which
-  it checks before it answers: docs/threat-model.md, attack 3);
+  each site sends (its answer, as serialized) and receives (the previous round's releases of
+  every site, relayed in base64, which it checks before it answers: docs/threat-model.md,
+  attack 3);
 * a site's per-round sums (``CoxRows.day_stats``, subjects sorted once) against per-round
   ``bincount`` sums of the same arrays (the code before issue 9);
 * the largest difference between the federated and lifelines coefficients (exactness tests:
@@ -32,6 +33,7 @@ import signal
 import sqlite3
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +53,26 @@ COLUMNS = {"age_at_infusion": "age_at_infusion", "sex=M": "sex_M", "sex=U": "sex
            "ecog": "ecog", "prior_lines": "prior_lines", "lab:LDH": "lab:LDH"}
 
 
+def _wire_size(blob: bytes) -> int:
+    """Bytes of a stored answer as it was sent (the aggregator stores it zlib-compressed)."""
+    return len(zlib.decompress(blob)) if blob[:1] == b"\x78" else len(blob)
+
+
 def rounds(db: Path, study_id: str) -> tuple[list[float], list[float], list[float]]:
     """Per Newton round (round 1, the description, left out): seconds between the last
-    answers of consecutive rounds, and the median bytes a site sent and received."""
+    answers of consecutive rounds, and the mean bytes a site sent (its answer) and received
+    (every site's release of the round before, relayed in base64: 4/3 of their size)."""
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT round, MAX(updated_at), SUM(LENGTH(result)),"
-                            " COUNT(*) FROM round_tasks WHERE study_id=? AND round > 1 AND"
-                            " state='answered' GROUP BY round ORDER BY round",
+        rows = conn.execute("SELECT round, updated_at, result FROM round_tasks WHERE"
+                            " study_id=? AND round > 1 AND state='answered' ORDER BY round",
                             (study_id,)).fetchall()
-    ends = [r[1] for r in rows]
-    sent = [r[2] / r[3] for r in rows]
-    received = [r[2] for r in rows[:-1]]  # round k + 1 relays every release of round k
+    by_round: dict[int, list[tuple[float, int]]] = {}
+    for number, at, blob in rows:
+        by_round.setdefault(number, []).append((at, _wire_size(blob)))
+    ends = [max(a for a, _ in answers) for _, answers in sorted(by_round.items())]
+    sizes = [[n for _, n in answers] for _, answers in sorted(by_round.items())]
+    sent = [float(np.mean(s)) for s in sizes]
+    received = [sum(s) * 4 / 3 for s in sizes[:-1]]  # round k + 1 relays round k
     return [b - a for a, b in itertools.pairwise(ends)], sent, received
 
 
@@ -203,8 +214,8 @@ def run(net: Network, stores: dict[str, Path], args: argparse.Namespace) -> None
               + (" (target <= 2)" if label == "cold" else ""))
     print(f"  time per Newton round trip: {_range(per_round, 1e3, 'ms')} over "
           f"{len(per_round)} rounds")
-    print(f"  bytes per round and site: sent {_range(sent, 1e-3, 'kB')}, received (relayed "
-          f"releases of all sites) {_range(received, 1e-3, 'kB')}")
+    print(f"  bytes per round and site (as sent, uncompressed): sent {_range(sent, 1e-3, 'kB')}, "
+          f"received (relayed releases of all sites, base64) {_range(received, 1e-3, 'kB')}")
     site_sums(data[data["site"] == data["site"].iloc[0]].assign(
         sex_M=lambda d: (d["sex"] == "M").astype(float),
         sex_U=lambda d: (d["sex"] == "U").astype(float)), reference.horizon_days, args.repeats)
