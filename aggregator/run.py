@@ -348,6 +348,10 @@ class StudyRun:
                                                                  "analysis"
                 else:
                     mine[site] = release
+            odd = [] if errors else _odd_shapes(mine)
+            if odd:
+                errors = {s: "masked release does not match the other sites' vectors (keys or "
+                          "lengths)" for s in odd}
             entry: dict[str, Any] = {"sites": survivors, "errors": errors}
             if not errors:
                 try:

@@ -7,15 +7,20 @@ engines and study round loop in process (heron.simulation), as the other secure 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator.transport import StudyTask
 from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
+from heron.synth import synthesize
+from node.governance.policy import Policy
+from node.ingestion.ingest import ingest
 from protocol.codec import Release
 from protocol.errors import SecureAggregationError
 from protocol.key_exchange import KeyAnnouncement, announce, verify_announcement
@@ -26,10 +31,44 @@ from protocol.recovery import open_shares, reconstruct_revealed, reveal, seal_sh
 from protocol.rounds import parse_requests
 from protocol.secure_agg import mask_release, unmask_sum
 from protocol.shamir import reconstruct, split
-from tests.test_secure_federated import DAY, KEY, TODAY, _close, network_parts  # noqa: F401
+
+KEY = Ed25519PrivateKey.generate()
+TODAY = dt.date(2026, 11, 1)
+DAY = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
 
 STUDY = "study-rec"
 SITES = [f"site-{i:02d}" for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def network_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """Three synthetic sites with stores and site certificates of one network CA."""
+    tmp = tmp_path_factory.mktemp("secure")
+    init_ca(tmp / "ca")
+    sites = {}
+    for f in synthesize(tmp / "sites", sites=4, patients=120, seed=8):
+        if f.patients < 10:
+            continue
+        ingest(f.path, tmp / f.site_id / "store", b"z" * 32)
+        issue_site(tmp / "ca", f.site_id, tmp / f.site_id / "credentials")
+        sites[f.site_id] = tmp / f.site_id
+    return tmp, sites
+
+
+def _close(a: object, b: object, path: str = "") -> None:
+    """Integers exactly, reals to 1e-9 (fields that name the sites skipped)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in b:
+            if key not in ("sites", "time_resolution_days"):
+                _close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path
+    else:
+        assert a == b, path
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +239,7 @@ def _silent_from(round_: int):
 
 
 def test_a_site_dropping_after_the_key_exchange_is_recovered_without_a_new_one(
-        tmp_path, network_parts):  # noqa: F811
+        tmp_path, network_parts):
     tmp, sites = network_parts
     names = sorted(sites)
     gone = names[1]
@@ -233,7 +272,7 @@ def test_a_site_dropping_after_the_key_exchange_is_recovered_without_a_new_one(
     _close(got["analyses"]["km"], expected["analyses"]["km"])
 
 
-def test_a_cox_model_survives_a_dropout_in_its_first_round(tmp_path, network_parts):  # noqa: F811
+def test_a_cox_model_survives_a_dropout_in_its_first_round(tmp_path, network_parts):
     """The Cox description round is the self-masked one: the sites check every later Newton
     step from the survivors' relayed releases, unmasked with the secrets the relay carries."""
     tmp, sites = network_parts
@@ -266,10 +305,9 @@ def test_a_cox_model_survives_a_dropout_in_its_first_round(tmp_path, network_par
 
 
 def test_survivors_reveal_nothing_when_a_decision_changes_without_the_dropped_site(
-        tmp_path, network_parts):  # noqa: F811
+        tmp_path, network_parts):
     """Dropping a site on purpose must not expose a pooled cohort below min_cohort: the
     survivors screen again and refuse to reveal shares, and no new key exchange follows."""
-    from node.governance.policy import Policy
 
     tmp, sites = network_parts
     names = sorted(sites)
@@ -308,7 +346,7 @@ def test_survivors_reveal_nothing_when_a_decision_changes_without_the_dropped_si
 
 
 def test_after_shares_are_revealed_no_new_key_exchange_can_difference_sums(
-        tmp_path, network_parts):  # noqa: F811
+        tmp_path, network_parts):
     """A site lost in a later round (a Newton step) cannot be recovered (its seed is known)
     and every node refuses a second key exchange: the aggregator never gets a second sum of
     the first round over other sites."""
@@ -336,7 +374,7 @@ def test_after_shares_are_revealed_no_new_key_exchange_can_difference_sums(
     assert all("no new key exchange" in r for r in refused.values()), refused
 
 
-def test_the_dropped_set_is_fixed_once_shares_are_revealed(tmp_path, network_parts):  # noqa: F811
+def test_the_dropped_set_is_fixed_once_shares_are_revealed(tmp_path, network_parts):
     """After an unmask with nobody dropped, a relay naming a dropped site (to make a site mask
     with fewer neighbours) is refused."""
     from protocol.rounds import KEYS
