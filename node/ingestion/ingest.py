@@ -33,7 +33,8 @@ from node.ingestion.store import quarantine_dtypes, write_snapshot
 from node.ingestion.validate import TEXT, RawTable, TableResult, to_text, validate_tables
 from protocol.version import __version__
 
-__all__ = ["IngestReport", "Issue", "TableCounts", "ingest", "read_folder", "validate_folder"]
+__all__ = ["Accepted", "IngestReport", "Issue", "TableCounts", "accepted", "ingest",
+           "read_folder", "snapshot_manifest", "validate_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -349,18 +350,12 @@ def validate_folder(source: Path | str, today: date | None = None,
     return _report(validate_tables(raw, today), today, ignored)
 
 
-def ingest(source: Path | str, store_dir: Path | str, secret: bytes,
-           today: date | None = None, progress: Progress | None = None,
-           ledger_salt: bytes | None = None) -> IngestReport:
-    """Validate a site folder and replace the store's data with its accepted rows.
+def accepted(source: Path | str, secret: bytes, today: date,
+             progress: Progress | None = None) -> Accepted:
+    """Read, validate and pseudonymise a site folder: what :func:`ingest` stores.
 
-    Raw patient ids are pseudonymised with ``secret`` before anything is written (tables and
-    quarantine alike).  The new snapshot becomes current atomically; on any failure the
-    previous snapshot stays current. The snapshot holds its derived facts
-    (:mod:`node.cohorts.facts`) and, given the node's ``ledger_salt``, the ledger digests of
-    every infusion (otherwise the first study computes them).
+    Raw patient ids are pseudonymised with ``secret`` (tables and quarantine alike).
     """
-    today = today or date.today()
     raw, ignored = read_folder(source, progress)
     _say(progress, "validating")
     results = validate_tables(raw, today)
@@ -384,22 +379,53 @@ def ingest(source: Path | str, store_dir: Path | str, secret: bytes,
         n_q = int(np.sum(quarantine["table"].to_numpy() == name)) if len(quarantine) else 0
         if res.n_input != len(tables[name]) + n_q:
             raise AssertionError(f"{res.file}: input rows != stored + quarantined")
-    report = _report(results, today, ignored)
-    manifest = {
+    return Accepted(tables, quarantine, warnings, _report(results, today, ignored))
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A validated, pseudonymised site folder (:func:`accepted`)."""
+
+    tables: dict[str, pd.DataFrame]
+    quarantine: pd.DataFrame
+    warnings: pd.DataFrame
+    report: IngestReport
+
+
+def snapshot_manifest(report: IngestReport, warnings: int) -> dict[str, Any]:
+    """The manifest of a snapshot stored from ``report``."""
+    return {
         "format": 1,
         "ingested_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "software_version": __version__,
-        "today": today.isoformat(),
+        "today": report.today,
         "tables": _counts(report.tables),
         "quarantined": report.quarantined,
-        "warnings": len(warnings),
-        "ignored_files": list(ignored),
+        "warnings": warnings,
+        "ignored_files": list(report.ignored_files),
     }
+
+
+def ingest(source: Path | str, store_dir: Path | str, secret: bytes,
+           today: date | None = None, progress: Progress | None = None,
+           ledger_salt: bytes | None = None) -> IngestReport:
+    """Validate a site folder and replace the store's data with its accepted rows.
+
+    Raw patient ids are pseudonymised with ``secret`` before anything is written (tables and
+    quarantine alike).  The new snapshot becomes current atomically; on any failure the
+    previous snapshot stays current. The snapshot holds its derived facts
+    (:mod:`node.cohorts.facts`) and, given the node's ``ledger_salt``, the ledger digests of
+    every infusion (otherwise the first study computes them). A site too large to validate in
+    one piece is ingested in parts (:func:`node.ingestion.parts.ingest_parts`).
+    """
+    today = today or date.today()
+    got = accepted(source, secret, today, progress)
+    report = got.report
     _say(progress, "writing snapshot")
-    path = write_snapshot(store_dir, tables, quarantine, manifest, warnings,
+    path = write_snapshot(store_dir, got.tables, got.quarantine,
+                          snapshot_manifest(report, len(got.warnings)), got.warnings,
                           ledger_salt=ledger_salt)
     _say(progress, f"done: snapshot {path.name}, {report.quarantined} rows quarantined, "
                    f"{report.warnings} warnings")
-    return IngestReport(report.today, report.tables, report.issue_frame, ignored, path.name,
-                        stored=True)
-
+    return IngestReport(report.today, report.tables, report.issue_frame, report.ignored_files,
+                        path.name, stored=True)

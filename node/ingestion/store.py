@@ -173,6 +173,26 @@ def write_snapshot(store_dir: Path | str, tables: Mapping[str, pd.DataFrame],
         The node's ledger salt: the snapshot then holds the ledger digests of every infusion.
     """
     writer = writer or write_parquet
+
+    def fill(tmp: Path) -> list[str]:
+        stored = {}
+        for name, frame in tables.items():
+            stored[name] = _conform(frame, get_table(name).dtypes())
+            writer(stored[name], tmp / f"{name}.parquet")
+        _write_derived(tmp, stored, ledger_salt)
+        del stored
+        writer(_conform(quarantine, quarantine_dtypes()), tmp / QUARANTINE)
+        writer(_conform(warnings, WARNING_COLUMNS), tmp / WARNINGS)
+        return list(tables)
+
+    return write_snapshot_with(store_dir, fill, manifest)
+
+
+def write_snapshot_with(store_dir: Path | str, fill: Callable[[Path], list[str]],
+                        manifest: Mapping[str, Any]) -> Path:
+    """Make a snapshot current whose files ``fill(folder)`` writes (returning the tables it
+    wrote); the manifest (read after ``fill``), atomicity and clean-up of
+    :func:`write_snapshot`."""
     store_dir = Path(store_dir)
     (store_dir / SNAPSHOTS).mkdir(parents=True, exist_ok=True)
     with _locked(store_dir):
@@ -182,15 +202,8 @@ def write_snapshot(store_dir: Path | str, tables: Mapping[str, pd.DataFrame],
         final = store_dir / SNAPSHOTS / sid
         tmp.mkdir(mode=0o700)
         try:
-            stored = {}
-            for name, frame in tables.items():
-                stored[name] = _conform(frame, get_table(name).dtypes())
-                writer(stored[name], tmp / f"{name}.parquet")
-            _write_derived(tmp, stored, ledger_salt)
-            del stored
-            writer(_conform(quarantine, quarantine_dtypes()), tmp / QUARANTINE)
-            writer(_conform(warnings, WARNING_COLUMNS), tmp / WARNINGS)
-            body = {**manifest, "snapshot_id": sid, "tables_present": list(tables)}
+            present = fill(tmp)
+            body = {**manifest, "snapshot_id": sid, "tables_present": present}
             (tmp / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n",
                                         encoding="utf-8")
             _fsync_path(tmp / MANIFEST)
