@@ -140,7 +140,8 @@ def select_cohort(tables: Tables, cohort: Cohort,
     out before anything else.
 
     A source with the snapshot's facts (the node's store, :mod:`node.cohorts.facts`) answers
-    from them: the same rows, columns and dtypes, from a mask over a few columns.
+    from them: the same rows, columns and values, from a mask over a few columns (the
+    low-cardinality string columns as pandas categoricals).
 
     Returns
     -------

@@ -53,7 +53,8 @@ _NUMBERS = ("t0", "last_contact", "death", *EVENT_COLUMNS.values())
 _INTEGERS = ("age_at_infusion", "ecog", "prior_lines")
 _CATEGORIES = ("sex", "route", "atmp_class", "origin", "product", "indication_group",
                "disease_status")
-_STRINGS = ("infusion_id", "patient_id", *_CATEGORIES)
+_IDS = ("infusion_id", "patient_id")
+_STRINGS = (*_IDS, *_CATEGORIES)
 _ARROW_STRING = pd.StringDtype("pyarrow")
 
 
@@ -142,6 +143,7 @@ class Facts:
             out = np.asarray(out, dtype=np.float64)
             out.flags.writeable = False
             self._numbers[name] = out
+            self._cols.pop(name, None)  # the numbers are kept, not the Arrow column too
         return self._numbers[name]
 
     def flags(self, name: str) -> np.ndarray:
@@ -150,7 +152,7 @@ class Facts:
                           dtype=bool)
 
     def __len__(self) -> int:
-        return len(self.column("t0"))
+        return len(self.numbers("t0"))
 
     def covers(self, today: dt.date) -> bool:
         """Whether no stored infusion is dated after ``today`` (the facts then hold)."""
@@ -160,18 +162,50 @@ class Facts:
         return self._max_day <= (today - dt.date(1970, 1, 1)).days
 
     def frame(self, keep: np.ndarray) -> pd.DataFrame:
-        """The cohort frame (:data:`COHORT_COLUMNS`) of the rows where ``keep`` is true."""
-        table = pa.table(self.columns(COHORT_COLUMNS))
-        if not keep.all():
-            table = table.filter(pa.array(keep))
-        table = pa.table({c: pc.cast(col, pa.large_string())
-                          if pa.types.is_dictionary(col.type) else col
-                          for c, col in zip(table.column_names, table.columns, strict=True)})
-        out = table.to_pandas(types_mapper={pa.string(): _ARROW_STRING,
-                                            pa.large_string(): _ARROW_STRING,
-                                            pa.int64(): pd.Int64Dtype()}.get)
-        out["infusion_date"] = out["infusion_date"].astype("datetime64[ns]")
-        return out
+        """The cohort frame (:data:`COHORT_COLUMNS`) of the rows where ``keep`` is true.
+
+        Built one column at a time (read, filtered, converted, dropped), the ids not kept
+        here: a 10M-patient snapshot never holds every column twice. The low-cardinality
+        string columns are pandas categoricals of the same values (Arrow dictionaries; their
+        categories the values present, sorted), a few bytes a row instead of a string each.
+        """
+        mask = None if keep.all() else pa.array(keep)
+        out = {}
+        for name in COHORT_COLUMNS:
+            col = self._cols.get(name)
+            if col is None:
+                col = self.columns((name,))[name]
+                if name in _IDS:  # read for the frame only
+                    del self._cols[name]
+            if mask is not None:
+                col = col.filter(mask)
+            if name in _CATEGORIES:
+                if not pa.types.is_dictionary(col.type):
+                    col = col.dictionary_encode()
+                out[name] = _sorted_categories(col.to_pandas())
+            elif name in _STRINGS:
+                out[name] = col.to_pandas(types_mapper={pa.string(): _ARROW_STRING,
+                                                        pa.large_string(): _ARROW_STRING}.get)
+            elif name in _INTEGERS:
+                out[name] = col.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+            else:
+                out[name] = col.to_pandas().astype("datetime64[ns]")
+            del col
+        return pd.DataFrame(out)
+
+
+def _sorted_categories(values: pd.Series) -> pd.Series:
+    """A categorical of the values present only, in sorted order (as ``sorted(set(...))`` of
+    the strings: dummies, groupings and orderings then see what they see of strings)."""
+    codes = values.cat.codes.to_numpy()
+    categories = np.asarray(values.cat.categories, dtype=object)
+    present = np.bincount(codes[codes >= 0], minlength=len(categories)) > 0
+    order = sorted(np.flatnonzero(present), key=lambda k: categories[k])
+    remap = np.full(len(categories) + 1, -1, dtype=codes.dtype)  # the last entry: missing
+    remap[order] = np.arange(len(order), dtype=codes.dtype)
+    return pd.Series(pd.Categorical.from_codes(remap[codes],  # type: ignore[arg-type]
+                                               categories[order].tolist()),
+                     index=values.index)
 
 
 _ROWS: dict[int, tuple[weakref.ref[pd.DataFrame], str, np.ndarray]] = {}
