@@ -23,6 +23,14 @@ MB), then the ratio of the node's median to the reference's median.
     skips the first-infusion rule. ``--check`` compares its counts with the node's endpoint
     (:func:`node.cohorts.endpoints.survival_endpoint`) before timing.
 
+``duckdb`` (with ``--duckdb``)
+    the same cohort, endpoint and counts as one DuckDB SQL query over the Parquet files (the
+    other engine the issue names; the node does not use it).
+
+A store of more than 1M patients is synthesised and ingested in parts of 1M whole patients
+(:func:`node.ingestion.parts.ingest_parts`); ``--patients 10000000`` takes about 25 minutes on
+a loaded 2-core machine and is cached like the others.
+
 ``--pools`` runs every variant once per Arrow memory pool (``ARROW_DEFAULT_MEMORY_POOL``
 in the child's environment; ``default`` leaves the environment alone); every child prints the
 pool it used.
@@ -58,12 +66,62 @@ def build_store(cache: Path, patients: int) -> Path:
     store = work / "nodes" / "site-01" / "store"
     if (store / "current").is_symlink():
         print(f"reusing the store of {patients:,} patients at {store}", flush=True)
+    elif patients > PART:
+        _build_in_parts(work, store, patients)
     else:
         from heron.simulation import synthetic_sites
         print(f"building a store of {patients:,} patients under {work}", flush=True)
         synthetic_sites(work, [patients], prefix="site", progress=print)
     _derive(store)
     return store
+
+
+PART = 1_000_000
+
+
+def _build_in_parts(work: Path, store: Path, patients: int) -> None:
+    """A store too large to ingest at once: synthesised in parts of ``PART`` patients (ids
+    made distinct by a part prefix), ingested with :func:`node.ingestion.parts.ingest_parts`,
+    one part in memory at a time; the part folders are removed afterwards."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from heron.synth import synthesize_site
+    from node.governance.ledger import load_or_create_salt
+    from node.ingestion.parts import ingest_parts
+    from node.ingestion.pseudonym import load_or_create_secret
+    print(f"building a store of {patients:,} patients in parts of {PART:,} under {work}",
+          flush=True)
+    t0 = time.perf_counter()
+    folders = []
+    for k, start in enumerate(range(0, patients, PART)):
+        folder = synthesize_site(work / "parts" / f"part-{k:02d}", "site-01",
+                                 min(PART, patients - start), seed=100, fmt="parquet",
+                                 site_index=k).path
+        for path in folder.glob("*.parquet"):
+            table = pq.read_table(path)
+            for col in ("infusion_id", "patient_id"):
+                if col in table.column_names:
+                    prefixed = pc.binary_join_element_wise(
+                        pa.scalar(f"{col[0].upper()}{k:03d}-"),
+                        table[col].cast(pa.string()), "")
+                    table = table.set_column(table.schema.get_field_index(col), col, prefixed)
+            pq.write_table(table, path)
+        folders.append(folder)
+        print(f"  part {k}: synthesised ({time.perf_counter() - t0:.0f} s)", flush=True)
+    node_dir = store.parent
+    node_dir.mkdir(parents=True, exist_ok=True)
+    t1 = time.perf_counter()
+    ingest_parts(folders, store, load_or_create_secret(node_dir / "secret"),
+                 ledger_salt=load_or_create_salt(node_dir / "ledger.salt"),
+                 progress=lambda msg: None)
+    print(f"  ingested {len(folders)} parts in {time.perf_counter() - t1:.0f} s "
+          f"(synthesis and ingestion {time.perf_counter() - t0:.0f} s; peak RSS of this "
+          f"process {_peak_mb():.0f} MB)", flush=True)
+    shutil.rmtree(work / "parts", ignore_errors=True)
 
 
 def _ledger(store: Path, work: Path) -> Any:
@@ -194,6 +252,49 @@ def _day_numbers(col: Any) -> Any:
     return out
 
 
+_DUCKDB_SQL = """
+WITH inf AS (
+  SELECT infusion_id, CAST(infusion_date AS DATE) AS d0
+  FROM read_parquet('{snap}/infusions.parquet')
+  WHERE indication_group = '{group}' AND CAST(infusion_date AS DATE) <= DATE '{today}'),
+fu AS (
+  SELECT f.infusion_id, date_diff('day', i.d0, CAST(f.contact_date AS DATE)) AS c,
+         coalesce(f.vital_status = 'dead', false) AS dead,
+         date_diff('day', i.d0, CAST(f.death_date AS DATE)) AS dd
+  FROM read_parquet('{snap}/followup.parquet') f JOIN inf i USING (infusion_id)),
+lat AS (SELECT infusion_id, max(c) AS latest FROM fu GROUP BY infusion_id),
+death AS (SELECT fu.infusion_id, min(dd) AS death FROM fu JOIN lat USING (infusion_id)
+          WHERE dead AND c = latest AND dd IS NOT NULL GROUP BY fu.infusion_id),
+per AS (SELECT coalesce(l.latest, 0) AS last, d.death FROM inf i
+        LEFT JOIN lat l USING (infusion_id) LEFT JOIN death d USING (infusion_id)),
+dur AS (SELECT coalesce(death, last) AS t, death IS NOT NULL AS ev FROM per)
+SELECT greatest(least(t, {h}), 0) AS day, ev AND t <= {h} AS event, count(*) AS n
+FROM dur GROUP BY ALL
+"""
+
+
+def duckdb_counts(store: Path, today: dt.date) -> tuple[Any, Any, int]:
+    """The same counts as :func:`columnar_counts`, as one DuckDB query over the Parquet
+    files (the other candidate engine of issue 9; measured, not used by the node)."""
+    import duckdb
+    import numpy as np
+    snap = (store / "current").resolve()
+    rows = duckdb.sql(_DUCKDB_SQL.format(snap=snap, group=GROUP, today=today.isoformat(),
+                                         h=HORIZON)).fetchnumpy()
+    day, event, n = (np.asarray(rows[k]) for k in ("day", "event", "n"))
+    events = np.bincount(day[event].astype(np.int64), n[event], minlength=HORIZON + 1)
+    censored = np.bincount(day[~event].astype(np.int64), n[~event], minlength=HORIZON + 1)
+    return events.astype(np.int64), censored.astype(np.int64), int(n.sum())
+
+
+def measure_duckdb(store: Path) -> float:
+    """Seconds of the DuckDB reference (its import done before)."""
+    import duckdb  # noqa: F401
+    t0 = time.perf_counter()
+    duckdb_counts(store, dt.date.today())
+    return time.perf_counter() - t0
+
+
 def measure_columnar(store: Path) -> float:
     """Seconds of the reference (its imports done before)."""
     import numpy  # noqa: F401
@@ -219,17 +320,21 @@ def check(store: Path) -> None:
     cohort = select_cohort(tables, study.cohort)
     frame = survival_endpoint(tables, cohort, "overall_survival", HORIZON)
     counts = survival_counts(frame["duration"].to_numpy(), frame["event"].to_numpy(), HORIZON)
-    events, censored, n = columnar_counts(store, dt.date.today())
-    assert n == len(cohort), (n, len(cohort))
-    assert np.array_equal(np.asarray(counts.events), events[:len(counts.events)])
-    assert np.array_equal(np.asarray(counts.censored), censored[:len(counts.censored)])
-    print(f"check: the reference's counts equal the node's ({n:,} infusions in the cohort)")
+    for name, reference in (("columnar", columnar_counts), ("duckdb", duckdb_counts)):
+        events, censored, n = reference(store, dt.date.today())
+        assert n == len(cohort), (name, n, len(cohort))
+        assert np.array_equal(np.asarray(counts.events), events[:len(counts.events)]), name
+        assert np.array_equal(np.asarray(counts.censored), censored[:len(counts.censored)]), name
+        print(f"check: the {name} reference's counts equal the node's ({n:,} infusions in "
+              "the cohort)")
 
 
 def child(variant: str, store: Path) -> None:
     import pyarrow as pa
     if variant == "columnar":
         seconds = measure_columnar(store)
+    elif variant == "duckdb":
+        seconds = measure_duckdb(store)
     else:
         seconds = measure_heron(store, second=variant == "heron-2nd")
     print(json.dumps({"seconds": seconds, "pool": pa.default_memory_pool().backend_name,
@@ -274,6 +379,8 @@ def main() -> None:
                         help="comma-separated Arrow memory pools "
                              "(default, mimalloc, jemalloc, system)")
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--duckdb", action="store_true",
+                        help="also time the same cohort and counts as one DuckDB query")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -285,8 +392,9 @@ def main() -> None:
     print(f"store ready in {time.perf_counter() - t0:.1f} s", flush=True)
     if args.check:
         check(store)
+    kinds = ("heron", "heron-2nd", "columnar", *(("duckdb",) if args.duckdb else ()))
     variants = [(f"{v}[{p}]" if p != "default" or "," in args.pools else v, v, p)
-                for p in args.pools.split(",") for v in ("heron", "heron-2nd", "columnar")]
+                for p in args.pools.split(",") for v in kinds]
     results: dict[str, list[tuple[float, float, str]]] = {name: [] for name, _, _ in variants}
     for _ in range(args.repeats):
         for name, variant, pool in variants:
@@ -308,6 +416,9 @@ def main() -> None:
             print(f"  ratio {name} / {ref} (medians): {medians[name] / medians[ref]:.2f} "
                   f"(target <= 1.5; per run, taken side by side: {ratios[0]:.2f}-"
                   f"{ratios[-1]:.2f})")
+            duck = name.replace("heron", "duckdb")
+            if duck in medians:
+                print(f"  ratio {name} / {duck} (medians): {medians[name] / medians[duck]:.2f}")
         if variant == "heron-2nd":
             print(f"  {name}: median {medians[name] * 1000:.0f} ms (target <= 100 ms)")
     peak = max(r[1] for name, runs in results.items() if name.startswith("heron")
