@@ -17,14 +17,14 @@ The aggregator does not choose the coefficients. Each Newton request relays the 
 round's releases of the model's sites, each signed by its site (:mod:`protocol.release_signing`,
 signed by :func:`seal` after masking); the site verifies every signature, sums them itself
 (masks cancel) and recomputes the design columns, bins, centre and Newton step with the
-aggregator's own functions (:func:`analytics.pooled_derivatives`, :func:`analytics.cox_step`).
-It answers only a request equal to its own result, and at most
-:data:`MAX_COX_ROUNDS` Newton rounds per analysis of a study.
+aggregator's own functions (:mod:`node.releases.cox_chain`). It answers only a request equal
+to its own result, and at most :data:`MAX_COX_ROUNDS` Newton rounds per analysis of a study.
+The complete cases are sorted once per fit for the sums of its rounds
+(:meth:`CoxSite.sorted_rows`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,20 +36,12 @@ import pandas as pd
 
 from analytics import (
     MAX_NEWTON_ROUNDS,
-    CoxDayStats,
-    CoxDerivatives,
     CoxRows,
     DisclosureError,
-    EstimationError,
-    NewtonState,
     NumericalOverflowError,
     bin_index,
     coarsen_counts,
-    cox_bins,
     cox_rows,
-    cox_step,
-    newton_start,
-    pooled_derivatives,
     round_up_to_bins,
     stratum_derivatives,
     suppress_count,
@@ -59,15 +51,21 @@ from node.cohorts.cohort import Tables
 from node.cohorts.covariates import Design, build_design
 from node.errors import StudyRefused
 from node.governance.policy import Policy
+from node.releases.cox_chain import (
+    CoxChain,
+    CoxRound,
+    Refused,
+    check_request,
+    expected,
+    request_key,
+    verified,
+)
 from node.releases.groups import endpoint_frame
 from node.releases.survival import SURVIVAL
 from protocol.codec import Release, Vector
-from protocol.design import CATEGORICAL_COVARIATES, design_columns
-from protocol.errors import ProtocolError
-from protocol.release_signing import ReleaseSigner, sign_release, verify_release
-from protocol.releases import masked_cox_description, masked_cox_event_table
+from protocol.design import CATEGORICAL_COVARIATES
+from protocol.release_signing import ReleaseSigner, sign_release
 from protocol.rounds import NewtonRequest
-from protocol.secure_agg import unmask_sum
 from protocol.study import Analysis, Study
 from protocol.vocabulary import (
     COX_DAY_EVENTS,
@@ -87,30 +85,6 @@ logger = logging.getLogger(__name__)
 
 MAX_COX_ROUNDS = 2 * MAX_NEWTON_ROUNDS
 """Newton rounds a site answers for one Cox analysis of a study (a fit, and one restart)."""
-_SAME = 1e-12  # relative tolerance of a requested coefficient against the site's own
-
-
-@dataclass
-class CoxChain:
-    """What this site released and checked so far in one Cox fit (see the module docstring).
-
-    ``round``/``attempt``/``digest``: this site's last signed release of the analysis, which
-    the next request must relay unaltered; the rest is the fit as this site computed it.
-    """
-
-    round: int = -1
-    attempt: int = 0
-    digest: str = ""
-    fitting: bool = False
-    sites: tuple[str, ...] = ()
-    levels: dict[str, dict[str, list[str]]] = field(default_factory=dict)
-    columns: tuple[str, ...] = ()
-    bins: tuple[int, ...] | None = None
-    newton: NewtonState | None = None
-    centre: tuple[float, ...] | None = None
-    final: bool = False
-    rounds: int = 0
-    answered: tuple[int, str, Release] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,22 +119,6 @@ class CoxSite:
             self.rows.clear()
             self.rows[key] = rows
         return rows
-
-
-@dataclass(frozen=True)
-class CoxRound:
-    """What a Newton round is checked against: the site's signing identity (with the network
-    CA), the study, attempt (0 unmasked) and round, and a masked round's participants."""
-
-    signer: ReleaseSigner | None
-    study_id: str
-    attempt: int
-    round: int
-    participants: tuple[str, ...] | None = None
-
-
-class _Refused(Exception):
-    """A Newton request this site will not answer (the reason becomes an error release)."""
 
 
 def _check_bins(durations: npt.NDArray[np.int64], events: npt.NDArray[np.bool_], horizon: int,
@@ -347,138 +305,6 @@ def seal(releases: Sequence[Release], memo: Mapping[str, CoxSite],
     return out
 
 
-def _request_key(request: NewtonRequest) -> str:
-    h = hashlib.sha256(",".join(request.columns).encode())
-    h.update(request.beta.tobytes())
-    h.update(b"-" if request.centre is None else request.centre.tobytes())
-    h.update(repr(request.bins).encode())
-    return h.hexdigest()
-
-
-def _same(got: npt.NDArray[np.float64] | None, want: Sequence[float] | None) -> bool:
-    if got is None or want is None:
-        return got is None and want is None
-    expected = np.asarray(want, dtype=np.float64)
-    return got.shape == expected.shape and bool(
-        np.all(np.abs(got - expected) <= _SAME * np.abs(expected)))
-
-
-def _verified(analysis: Analysis, study: Study, chain: CoxChain, request: NewtonRequest,
-              context: CoxRound) -> dict[str, Release]:
-    """The relayed releases by site, each signature checked, the set checked."""
-    assert context.signer is not None
-    if not request.relayed:
-        raise _Refused("the request relays no releases of the previous round")
-    got: dict[str, Release] = {}
-    for release in request.relayed:
-        try:
-            by = verify_release(release, context.signer.ca_pem, context.study_id)
-        except ProtocolError as exc:
-            raise _Refused(f"relayed release refused: {exc}") from None
-        if release.analysis != analysis.name or release.kind != "cox" or release.error:
-            raise _Refused(f"relayed release of {by.site} is not a release of this model")
-        if (by.round, by.attempt) != (chain.round, chain.attempt):
-            raise _Refused(f"relayed release of {by.site} is from round {by.round}, not "
-                           f"{chain.round}")
-        if by.site in got:
-            raise _Refused(f"two relayed releases of {by.site}")
-        if by.site == context.signer.site_id and by.digest != chain.digest:
-            raise _Refused("this site's own relayed release was altered")
-        got[by.site] = release
-    if context.signer.site_id not in got:
-        raise _Refused("this site's own release is not relayed")
-    sites = tuple(sorted(got))
-    if context.participants is not None:
-        if sites != tuple(context.participants):
-            raise _Refused("the relayed releases are not those of this round's participants")
-    elif len(sites) < study.privacy.min_sites:
-        raise _Refused(f"{len(sites)} relayed sites, fewer than min_sites "
-                       f"{study.privacy.min_sites}")
-    elif chain.fitting and not set(sites) <= set(chain.sites):
-        raise _Refused("the relayed releases name sites outside the model")
-    return {s: got[s] for s in sites}
-
-
-def _levels(release: Release) -> dict[str, list[str]]:
-    raw = release.metadata.get("levels") or {}
-    if not isinstance(raw, dict):
-        raise _Refused("a relayed model description has malformed levels")
-    return {str(c): sorted(str(v) for v in names) for c, names in raw.items()}
-
-
-def _design(analysis: Analysis, parts: Sequence[Mapping[str, list[str]]]) -> tuple[str, ...]:
-    levels: dict[str, set[str]] = {}
-    for part in parts:
-        for cov, names in part.items():
-            levels.setdefault(cov, set()).update(names)
-    return tuple(design_columns(analysis.covariates, {c: sorted(v) for c, v in levels.items()}))
-
-
-def _parts(analysis: Analysis, study: Study, chain: CoxChain, got: Mapping[str, Release],
-           masked: bool) -> list[CoxDayStats] | list[CoxDerivatives] | None:
-    """The round's sums as the aggregator pools them (None: a site's weights overflowed)."""
-    if any(r.metadata.get("overflow") for r in got.values()):
-        return None
-    p = len(chain.columns)
-    horizon = len(chain.bins) - 1 if chain.bins is not None else study.horizon_days
-    releases = [unmask_sum(list(got.values()))] if masked else list(got.values())
-    if analysis.strata == "site":
-        return [CoxDerivatives.from_vectors(r.vectors, p) for r in releases]
-    return [CoxDayStats.from_vectors(r.vectors, horizon, p) for r in releases]
-
-
-def _expected(analysis: Analysis, study: Study, chain: CoxChain, got: Mapping[str, Release],
-              masked: bool) -> CoxChain:
-    """The fit after the relayed round, as this site computes it (a new chain, uncommitted)."""
-    sites = tuple(got)
-    new = CoxChain(**{**chain.__dict__})
-    try:
-        if not chain.fitting:  # the relayed round is the description
-            if masked:
-                summed = unmask_sum(list(got.values()))
-                levels = masked_cox_description(summed)[0]
-                new.levels = {"*": {c: sorted(v) for c, v in levels.items()}}
-                new.bins = cox_bins(*masked_cox_event_table(summed, study.horizon_days))
-            else:
-                new.levels = {s: _levels(r) for s, r in got.items()}
-                new.bins = None
-            new.columns = _design(analysis, list(new.levels.values()))
-        elif not masked and sites != chain.sites:  # the fit starts again without some sites
-            new.columns = _design(analysis, [chain.levels[s] for s in sites])
-        else:
-            if chain.final or chain.newton is None:
-                raise _Refused("the fit has ended; no further Newton round")
-            deriv, new.centre = pooled_derivatives(_parts(analysis, study, chain, got, masked),
-                                                   chain.centre)
-            nxt = cox_step(chain.newton, deriv)
-            if not nxt.ask:
-                raise _Refused(f"the fit has ended ({nxt.state.status}); no further round")
-            new.newton, new.final = nxt.state, nxt.final
-            return new
-    except (ProtocolError, ValueError, KeyError, TypeError, EstimationError,
-            DisclosureError) as exc:
-        raise _Refused(f"the relayed releases do not give a model this site can check: "
-                       f"{exc}") from None
-    if not new.columns:
-        raise _Refused("no covariate varies in the pooled cohort")
-    new.fitting, new.sites, new.final, new.centre = True, sites, False, None
-    new.newton = newton_start(len(new.columns))
-    return new
-
-
-def _check_request(request: NewtonRequest, new: CoxChain) -> None:
-    assert new.newton is not None
-    if tuple(request.columns) != new.columns:
-        raise _Refused("the requested design columns differ from those this site computed")
-    if request.bins != new.bins:
-        raise _Refused("the requested time bins differ from those this site computed")
-    if not _same(request.beta, new.newton.beta):
-        raise _Refused("the requested coefficients differ from the Newton step this site "
-                       "computed from the relayed sums")
-    if not _same(request.centre, new.centre):
-        raise _Refused("the requested centre differs from the pooled means this site computed")
-
-
 def _sums(analysis: Analysis, study: Study, site: CoxSite, chain: CoxChain,
           request: NewtonRequest) -> Release:
     rows = site.sorted_rows(chain.columns, chain.bins, study.horizon_days)
@@ -516,7 +342,7 @@ def step(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
         return refuse("this site holds no description of this Cox model (node restarted?); "
                       "the fit must start again")
     chain = site.chain
-    key = _request_key(request)
+    key = request_key(request)
     if chain.answered is not None and chain.answered[:2] == (context.round, key):
         return chain.answered[2]  # the same round asked again: the same answer
     if context.signer is None:
@@ -525,10 +351,10 @@ def step(analysis: Analysis, study: Study, tables: Tables, cohort: pd.DataFrame,
     if chain.rounds >= MAX_COX_ROUNDS:
         return refuse(f"more than {MAX_COX_ROUNDS} Newton rounds for this analysis")
     try:
-        got = _verified(analysis, study, chain, request, context)
-        new = _expected(analysis, study, chain, got, context.participants is not None)
-        _check_request(request, new)
-    except _Refused as exc:
+        got = verified(analysis, study, chain, request, context)
+        new = expected(analysis, study, chain, got, context.participants is not None)
+        check_request(request, new)
+    except Refused as exc:
         logger.warning("Cox round refused for %s: %s", analysis.name, exc)
         return refuse(str(exc))
     release = _sums(analysis, study, site, new, request)
