@@ -1,0 +1,400 @@
+"""Third review (issue 9): attacks on the SecAgg+ dropout recovery.
+
+Each attack is what an aggregator that deviates from the protocol (possibly with a colluding
+minority of sites) sends straight to the real node engines of a
+:class:`heron.simulation.SimulatedNetwork`: real certificates, signed announcements, sealed
+shares, masks. The aggregator's own side (summing, rebuilding secrets from shares, stripping
+masks) uses the protocol's functions. A recovered vector is compared with the site's own
+Kaplan-Meier counts taken with pandas from its store (an independent reference).
+
+Attacks that the nodes stop are plain tests. Attacks that succeed are kept as
+``xfail(strict=True, raises=AssertionError)`` tests whose assertion states the property the
+defence should give ("the aggregator does not obtain the site's vector"): they fail today
+because the vector IS obtained, and will flip when the hole is closed. Any other exception in
+them (the attack's set-up no longer working) makes them fail, not xfail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from numpy.typing import NDArray
+
+from heron.simulation import (
+    SimulatedNetwork,
+    SimulatedSite,
+    ingest_sites,
+    make_study,
+    pooled_survival_data,
+)
+from heron.synth import synthesize
+from node.governance.policy import Policy
+from protocol.codec import Release
+from protocol.errors import SecureAggregationError
+from protocol.key_exchange import KeyAnnouncement
+from protocol.masking import (
+    add_stream,
+    exchange,
+    normalise,
+    pair_key,
+    round_stream,
+    self_key,
+    words,
+)
+from protocol.neighbours import NeighbourGraph, graph_seed
+from protocol.recovery import KEY_SHARES, SEED_SHARES, open_shares, reconstruct_revealed
+from protocol.rounds import (
+    REVEALED,
+    SHARES,
+    announce_request,
+    key_relay,
+    screen_request,
+    screened_relay,
+    summary_request,
+    unmask_request,
+)
+from protocol.screening import SEALED, open_sealed
+from protocol.secure_agg import _bound, _layout, _words
+from protocol.shamir import SHARE_BYTES
+from protocol.signing import sign_study
+
+KEY = Ed25519PrivateKey.generate()
+TODAY = dt.date(2026, 11, 1)
+DAY = Policy(min_cohort=1, min_cell=1, min_bin_events=1)
+KM = {"name": "km", "kind": "kaplan_meier", "endpoint": "overall_survival"}
+
+
+class SetupError(RuntimeError):
+    """The attack's set-up did not go as planned (not an assertion: xfail must not hide it)."""
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
+    """Five small sites (complete neighbour graph: 5 holders per site, threshold 3)."""
+    tmp = tmp_path_factory.mktemp("review3")
+    folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=5, patients=40,
+                                                     seed=3)}
+    return ingest_sites(tmp / "stores", folders, policy=DAY)
+
+
+@pytest.fixture
+def net(tmp_path: Path, sites: list[SimulatedSite]) -> Iterator[SimulatedNetwork]:
+    with SimulatedNetwork(tmp_path / "net", sites, KEY, today=lambda: TODAY) as network:
+        yield network
+
+
+class Aggregator:
+    """A deviating aggregator: it chooses every relay, round number and dropped set."""
+
+    def __init__(self, net: SimulatedNetwork, study_id: str, min_sites: int = 3,
+                 analyses: Sequence[dict[str, Any]] = (KM,)) -> None:
+        self.net = net
+        self.study = make_study(study_id, list(analyses), cohort={}, min_sites=min_sites,
+                                secure_aggregation=True, expires=TODAY + dt.timedelta(days=30))
+        self.signed = sign_study(self.study, KEY)
+        self.names = sorted(net.nodes)
+        self.anns: dict[str, dict[str, Any]] = {}
+        self.sealed: dict[str, dict[str, str]] = {}
+        self.shares: dict[str, dict[str, str]] = {}
+
+    def ask(self, site: str, rnd: int, *requests: Release) -> Any:
+        return self.net.nodes[site].answer(self.study.id, self.signed, rnd, requests)
+
+    def ok(self, site: str, rnd: int, *requests: Release) -> tuple[Release, ...]:
+        answer = self.ask(site, rnd, *requests)
+        if answer.releases is None:
+            raise SetupError(f"{site} refused round {rnd}: {answer.refusal}")
+        return tuple(answer.releases)
+
+    def relay(self, dropped: Sequence[str] = ()) -> Release:
+        return key_relay(1, [self.anns[s] for s in self.names], dropped)
+
+    def announcements(self) -> dict[str, KeyAnnouncement]:
+        return {s: KeyAnnouncement.from_dict(a) for s, a in self.anns.items()}
+
+    def start(self) -> dict[str, Release]:
+        """Rounds 1-3 with every site answering: keys, screening (with shares), the
+        self-masked summaries. Returns each site's masked Kaplan-Meier release."""
+        for s in self.names:
+            self.anns[s] = self.ok(s, 1, announce_request(1))[0].metadata["announcement"]
+        for s in self.names:
+            meta = self.ok(s, 2, self.relay(), screen_request())[0].metadata
+            self.sealed[s], self.shares[s] = meta[SEALED], meta[SHARES]
+        return {s: self.ok(s, 3, self.relay(), self.screened(s),
+                           summary_request("km", "kaplan_meier"))[0] for s in self.names}
+
+    def screened(self, site: str) -> Release:
+        return screened_relay({p: self.sealed[p][site] for p in self.names if p != site})
+
+    def rescreen(self, rnd: int, survivors: Sequence[str], dropped: Sequence[str]
+                 ) -> dict[str, dict[str, str]]:
+        return {s: self.ok(s, rnd, self.relay(dropped), screen_request())[0].metadata[SEALED]
+                for s in survivors}
+
+    def unmask(self, site: str, rnd: int, dropped: Sequence[str] = (),
+               rescreened: dict[str, dict[str, str]] | None = None) -> Any:
+        sealed = None if rescreened is None else {p: b[site] for p, b in rescreened.items()
+                                                  if p != site}
+        shares = {p: b[site] for p, b in self.shares.items() if site in b}
+        return self.ask(site, rnd, self.relay(dropped), unmask_request(shares, sealed))
+
+    def revealed(self, site: str, rnd: int, dropped: Sequence[str] = (),
+                 rescreened: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+        answer = self.unmask(site, rnd, dropped, rescreened)
+        if answer.releases is None:
+            raise SetupError(f"{site} refused to unmask: {answer.refusal}")
+        return dict(answer.releases[0].metadata[REVEALED])
+
+    def colluder_shares(self, colluder: str, of: str) -> dict[str, str]:
+        """What a colluding site hands over: BOTH of its shares of ``of``'s secrets."""
+        import base64
+
+        masker = self.net.nodes[colluder].secure._study(self.study.id).maskers[1][1]
+        pair = open_shares(self.shares[of][colluder], masker, of)
+        enc = [base64.b64encode(x).decode() for x in (pair[:SHARE_BYTES], pair[SHARE_BYTES:])]
+        return {KEY_SHARES: enc[0], SEED_SHARES: enc[1]}
+
+
+def _strip(agg: Aggregator, masked: Release, site: str, rnd: int, mask_key: bytes,
+           seed: bytes | None) -> dict[str, NDArray[np.int64]]:
+    """A site's plain integer vectors from its masked release, given its mask key (and its
+    self-mask seed when the round carried the self mask): what the aggregator computes."""
+    anns = agg.announcements()
+    layout = _layout(masked, masked.metadata["secure"]["shapes"])
+    bound = _bound(masked, layout)
+    total = np.zeros(words(layout), dtype=np.uint64)
+    private = X25519PrivateKey.from_private_bytes(mask_key)
+    graph = NeighbourGraph(tuple(anns), graph_seed(agg.study.id, 1, anns))
+    for peer in graph.neighbours(site):
+        key = pair_key(exchange(private, anns[peer].public_key, peer), agg.study.id, 1, site,
+                       peer)
+        add_stream(total, round_stream(key, rnd, bound), 1 if site < peer else -1, bound)
+    if seed is not None:
+        add_stream(total, round_stream(self_key(seed, agg.study.id, 1, site), rnd, bound), 1,
+                   bound)
+    normalise(total, bound)
+    plain = _words(masked, layout) - total
+    out, at = {}, 0
+    for name, kind, n in layout:
+        assert kind == "i"
+        out[name] = plain[at:at + n].view(np.int64)
+        at += n
+    return out
+
+
+def _own_km(sites: list[SimulatedSite], site: str, agg: Aggregator
+            ) -> dict[str, NDArray[np.int64]]:
+    """The site's Kaplan-Meier events and censorings per day, counted from its store."""
+    store = next(s.store_dir for s in sites if s.site_id == site)
+    rows = pooled_survival_data({site: store}, agg.study, "overall_survival", None, today=TODAY)
+    n = agg.study.horizon_days + 1
+    days = rows["duration"].to_numpy().astype(int)
+    event = rows["event"].to_numpy()
+    return {"i:g0.events": np.bincount(days[event], minlength=n),
+            "i:g0.censored": np.bincount(days[~event], minlength=n)}
+
+
+def _same_km(got: dict[str, NDArray[np.int64]], ref: dict[str, NDArray[np.int64]]) -> bool:
+    return all(np.array_equal(got[k], ref[k]) for k in ref)
+
+
+# -- leaks ----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "LEAK: a site reported dropped after the self-masked round (survivors reveal its mask "
+    "key) still answers a later masked round of the attempt (no self mask there); the "
+    "aggregator strips its pairwise masks with the revealed key and reads its vector"))
+def test_a_site_reported_dropped_and_asked_again_stays_hidden(
+        net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
+    agg = Aggregator(net, "r3-comeback")
+    agg.start()  # every site answered round 3, the victim too
+    victim = agg.names[-1]
+    survivors = [s for s in agg.names if s != victim]
+    rescreened = agg.rescreen(4, survivors, [victim])  # the lie: "victim dropped"
+    reveals = {s: agg.revealed(s, 5, [victim], rescreened) for s in survivors}
+    secrets = reconstruct_revealed(agg.study.id, 1, 3, agg.announcements(), reveals, [victim],
+                                   survivors)
+    # the victim comes back: the same summary in a new round, under a relay naming nobody
+    back = agg.ask(victim, 6, agg.relay(), agg.screened(victim),
+                   summary_request("km", "kaplan_meier"))
+    if back.releases is None:
+        return  # refused: the defence holds
+    got = _strip(agg, back.releases[0], victim, 6, secrets.keys[victim], None)
+    assert not _same_km(got, _own_km(sites, victim, agg)), \
+        "the aggregator holds the victim's own Kaplan-Meier counts"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "LEAK: with an odd number of holders (5 sites, or any graph of even degree k: k + 1 "
+    "holders, t = (k+1)//2 + 1) ONE colluding holder counts in both halves of a split "
+    "dropped set; the aggregator gets both a site's self-mask seed and its mask key"))
+def test_one_colluder_and_a_split_dropped_set_do_not_unmask_a_site(
+        net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
+    agg = Aggregator(net, "r3-split")
+    masked = agg.start()
+    h1, h2, h3, colluder, victim = agg.names
+    # victim and h1 are told nobody dropped: they reveal seed shares (the victim's included);
+    # h2, h3 and the colluder are told "victim and h1 dropped" (3 survivors = min_sites, the
+    # same disclosure decisions with min_cohort 1) and reveal their mask-key shares
+    gone = [victim, h1]
+    rescreened = agg.rescreen(4, [h2, h3, colluder], gone)
+    reveals = {s: agg.revealed(s, 5, gone, rescreened) for s in (h2, h3)}
+    reveals.update({s: agg.revealed(s, 5) for s in (victim, h1)})
+    reveals[colluder] = {KEY_SHARES: {}, SEED_SHARES: {}}
+    for kind, share in agg.colluder_shares(colluder, victim).items():
+        reveals[colluder][kind][victim] = share
+    anns = agg.announcements()
+    seed = reconstruct_revealed(agg.study.id, 1, 3, anns, reveals, [], [victim]).seeds[victim]
+    key = reconstruct_revealed(agg.study.id, 1, 3, anns, reveals, [victim], []).keys[victim]
+    got = _strip(agg, masked[victim], victim, 3, key, seed)
+    assert not _same_km(got, _own_km(sites, victim, agg)), \
+        "the aggregator holds the victim's own Kaplan-Meier counts"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "LEAK: screening counts carry pairwise masks only; after the survivors reveal a "
+    "'dropped' site's mask key, a colluding site opens the counts that site sealed for it "
+    "and the aggregator strips them: that one site's cohort size (and every group, AE and "
+    "Cox count it screened)"))
+def test_a_colluder_cannot_read_a_dropped_sites_screening_counts(
+        net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
+    agg = Aggregator(net, "r3-screen")
+    agg.start()
+    victim, colluder = agg.names[-1], agg.names[0]
+    survivors = [s for s in agg.names if s != victim]
+    rescreened = agg.rescreen(4, survivors, [victim])
+    reveals = {s: agg.revealed(s, 5, [victim], rescreened) for s in survivors}
+    key = reconstruct_revealed(agg.study.id, 1, 3, agg.announcements(), reveals, [victim],
+                               survivors).keys[victim]
+    masker = net.nodes[colluder].secure._study(agg.study.id).maskers[1][1]
+    counts = open_sealed(agg.sealed[victim][colluder], masker, 2, victim)
+    got = _strip(agg, counts, victim, 2, key, None)
+    store = next(s.store_dir for s in sites if s.site_id == victim)
+    n = len(pooled_survival_data({victim: store}, agg.study, "overall_survival", None,
+                                 today=TODAY))
+    assert int(got["i:cohort"][0]) != n, "the colluders hold the victim's own cohort size"
+
+
+# -- attacks the nodes stop ------------------------------------------------------------------
+
+
+def test_without_a_colluder_a_split_dropped_set_gives_a_key_or_a_seed_not_both(
+        net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
+    agg = Aggregator(net, "r3-split-honest")
+    masked = agg.start()
+    h1, h2, h3, x, victim = agg.names
+    gone = [victim, h1]
+    rescreened = agg.rescreen(4, [h2, h3, x], gone)
+    reveals = {s: agg.revealed(s, 5, gone, rescreened) for s in (h2, h3, x)}
+    reveals.update({s: agg.revealed(s, 5) for s in (victim, h1)})
+    anns = agg.announcements()
+    key = reconstruct_revealed(agg.study.id, 1, 3, anns, reveals, [victim], []).keys[victim]
+    with pytest.raises(SecureAggregationError, match="fewer than the threshold"):
+        reconstruct_revealed(agg.study.id, 1, 3, anns, reveals, [], [victim])
+    # the key alone leaves the self mask on the victim's round-3 vector
+    got = _strip(agg, masked[victim], victim, 3, key, None)
+    assert not _same_km(got, _own_km(sites, victim, agg))
+    assert np.max(np.abs(got["i:g0.events"])) > 2**40
+
+
+def test_each_node_holds_the_dropped_set_and_refuses_differencing(
+        net: SimulatedNetwork) -> None:
+    """After revealing for one dropped set, a node refuses another one (in the unmask or in
+    any later relay), a relay naming itself, a new key exchange, and an unmask for fewer than
+    min_sites survivors."""
+    agg = Aggregator(net, "r3-fixed")
+    agg.start()
+    victim, other, me = agg.names[-1], agg.names[-2], agg.names[0]
+    survivors = [s for s in agg.names if s != victim]
+    # a relay naming the site itself is refused
+    assert "not other participants" in agg.unmask(victim, 4, [victim]).refusal
+    rescreened = agg.rescreen(5, survivors, [victim])
+    agg.revealed(me, 6, [victim], rescreened)
+    # other dropped sets after the reveal: a larger one (a later Newton round's differencing)
+    # and the empty one (both secrets of the victim)
+    for dropped in ([victim, other], []):
+        refusal = agg.unmask(me, 7, dropped, rescreened).refusal
+        assert refusal == "secure aggregation: attempt 1 already has other dropped sites"
+        refusal = agg.ask(me, 8, agg.relay(dropped), summary_request("km", "kaplan_meier")
+                          ).refusal
+        assert refusal == "secure aggregation: attempt 1 already has other dropped sites"
+    # restart differencing: no second key exchange once shares were revealed
+    refusal = agg.ask(me, 9, announce_request(2)).refusal
+    assert "no new key exchange" in refusal
+
+
+def test_too_few_holders_left_and_forged_relays_are_refused(net: SimulatedNetwork) -> None:
+    """Dropping so many sites that fewer than the threshold of a site's holders remain;
+    shares relayed under another sender or from another study; an announcement filed under
+    another site's id: all refused."""
+    agg = Aggregator(net, "r3-holders", min_sites=3)
+    agg.start()
+    a, b, c, d = agg.names[:4]
+    # dropping three of five leaves fewer than min_sites
+    assert "fewer than min_sites" in agg.unmask(a, 4, agg.names[2:]).refusal
+    few = Aggregator(net, "r3-holders-few", min_sites=2)
+    few.start()
+    # 5 holders, threshold 3: with three of its four neighbours "dropped" a site refuses
+    assert "too few of this site's neighbours" in few.unmask(a, 4, few.names[2:]).refusal
+    # shares swapped between senders do not open
+    other = Aggregator(net, "r3-holders-other")
+    other.start()
+    swapped = dict(agg.shares)
+    swapped[agg.names[2]], swapped[agg.names[3]] = agg.shares[agg.names[3]], \
+        agg.shares[agg.names[2]]
+    saved, agg.shares = agg.shares, swapped
+    assert "do not open" in agg.unmask(b, 5).refusal
+    # shares of the same sites from another study do not open either
+    agg.shares = {s: other.shares[s] for s in agg.names}
+    assert "do not open" in agg.unmask(c, 5).refusal
+    agg.shares = saved
+    # an announcement renamed to another site (a site counted twice) fails its signature
+    renamed = dict(agg.anns[a], site_id=agg.names[4])
+    relay = key_relay(1, [agg.anns[s] for s in agg.names[:4]] + [renamed])
+    refusal = agg.ask(d, 6, relay, summary_request("km", "kaplan_meier")).refusal
+    assert refusal is not None and refusal.startswith("secure aggregation:")
+
+
+def test_a_dropout_that_would_expose_a_small_group_is_not_recovered(
+        tmp_path: Path, sites: list[SimulatedSite]) -> None:
+    """The re-screen re-checks group decisions, not only the cohort size: a group that
+    reaches min_cohort with every site but not without the dropped one stops the reveal."""
+    agg0 = Aggregator.__new__(Aggregator)
+    agg0.study = make_study("r3-probe", [KM], cohort={})
+    rows = pooled_survival_data({s.site_id: s.store_dir for s in sites}, agg0.study,
+                                "overall_survival", "route", today=TODAY)
+    victim = sorted(s.site_id for s in sites)[-1]
+    sizes = rows.groupby("group").size()
+    without = rows[rows["site"] != victim].groupby("group").size().reindex(sizes.index,
+                                                                           fill_value=0)
+    group = str(without[sizes > without].idxmin())
+    min_cohort = int(without[group]) + 1  # reached with the victim, not without
+    assert (sizes >= min_cohort).all()  # with every site no group is withheld
+    assert len(rows[rows["site"] != victim]) >= min_cohort  # the cohort itself still passes
+    policy = Policy(min_cohort=min_cohort, min_cell=1, min_bin_events=1)
+    strict = [dataclasses.replace(s, policy=policy) for s in sites]
+    grouped = {**KM, "group_by": "route"}
+    with SimulatedNetwork(tmp_path / "groups", strict, KEY, today=lambda: TODAY) as net:
+        agg = Aggregator(net, "r3-groups", analyses=[grouped])
+        for s in agg.names:
+            agg.anns[s] = agg.ok(s, 1, announce_request(1))[0].metadata["announcement"]
+        for s in agg.names:
+            meta = agg.ok(s, 2, agg.relay(), screen_request())[0].metadata
+            agg.sealed[s], agg.shares[s] = meta[SEALED], meta[SHARES]
+        for s in agg.names:
+            agg.ok(s, 3, agg.relay(), agg.screened(s), summary_request("km", "kaplan_meier"))
+        survivors = [s for s in agg.names if s != victim]
+        rescreened = agg.rescreen(4, survivors, [victim])
+        for s in survivors:
+            refusal = agg.unmask(s, 5, [victim], rescreened).refusal
+            assert refusal == ("secure aggregation: without the dropped sites a disclosure "
+                               "decision changes; nothing is revealed")
