@@ -272,14 +272,16 @@ def test_every_relayed_release_is_signed_and_verifies(tmp_path, sites):
             return handler(task)
         return answer
 
-    with _network(tmp_path, sites, {next(iter(sites[1])): record}) as net:
+    recorder = next(iter(sites[1]))
+    with _network(tmp_path, sites, {recorder: record}) as net:
         results = net.run(study, timeout_s=60)
     assert "error" not in results["analyses"]["cox"]
     ca = (sites[0] / "ca" / "ca.pem").read_bytes()
     # signed for this content of the study: its id and the SHA-256 of the signed study
     bound = f"{study.id}@{hashlib.sha256(sign_study(study, KEY).canonical_study).hexdigest()}"
     signers = {verify_release(r, ca, bound).site for r in relayed}
-    assert signers == set(sites[1])
+    # every other site's; a site's own release does not travel back to it (it keeps it)
+    assert signers == set(sites[1]) - {recorder}
     with pytest.raises(ProtocolError, match="signed for study"):
         verify_release(relayed[0], ca, study.id)  # the id alone (other content) does not do
 
@@ -381,3 +383,42 @@ def test_masked_cox_rounds_send_upper_triangles_only(tmp_path, sites, strata):
         bins = len(got["bins"])
         assert all(v["s2"].shape == v["e2"].shape == (bins * packed,) for v in pooled)
         assert all(s["r:s2"] == s["r:e2"] == [bins * packed] for s in shapes)
+
+
+@pytest.mark.parametrize("altered", [False, True])
+def test_a_site_checks_its_own_release_when_it_is_relayed_back(tmp_path, sites, altered):
+    """The aggregator leaves a site's own release out of its requests (the site sums the one
+    it kept); relayed back, as before, it must be unaltered."""
+    study = _study(f"cox-own-{'altered' if altered else 'intact'}")
+    replies: list[TaskReply] = []
+    kept: dict[str, Release] = {}
+
+    def give_back(site: str) -> Wrapper:
+        def wrap(handler: NodeHandler) -> NodeHandler:
+            def answer(task: StudyTask) -> TaskReply | None:
+                inputs = list(task.inputs)
+                for i, request in enumerate(inputs):
+                    if request.metadata.get("step") == "newton" and site in kept:
+                        parsed = newton_from_release(request)
+                        own = kept[site]
+                        if altered and np.any(parsed.beta != 0):
+                            own = _alter_vector(own)
+                        inputs[i] = _rebuild(parsed, relayed=(*parsed.relayed, own))
+                reply = handler(dataclasses.replace(task, inputs=tuple(inputs)))
+                if reply is not None:
+                    replies.append(reply)
+                    for r in reply.releases or ():
+                        if r.analysis == "cox" and not r.error:
+                            kept[site] = r
+                return reply
+            return answer
+        return wrap
+
+    with _network(tmp_path, sites, {s: give_back(s) for s in sites[1]}) as net:
+        results = net.run(study, timeout_s=60)
+    got = results["analyses"]["cox"]
+    if altered:  # the site's own signature no longer verifies
+        assert "bad signature" in got["error"], got
+    else:
+        assert "error" not in got, got
+        assert not _errors(replies)

@@ -69,6 +69,7 @@ class CoxState(AnalysisState):
     newton: dict[str, Any] | None = None
     bins: list[int] | None = None  # secure: bin ends (days) of the pooled time bins
     relayed: list[str] = field(default_factory=list)  # the last round's signed releases
+    relayed_sites: list[str] = field(default_factory=list)  # whose each one is
 
 
 def _sum_dropped(parts: Iterable[Mapping[str, Any]]) -> dict[str, int | str]:
@@ -116,9 +117,14 @@ class CoxStrategy(Strategy[CoxState]):
         if state.phase == "setup":
             return summary_request(state.name, state.kind)
         assert state.newton is not None
-        # the releases as they were wired when they arrived: not decoded and encoded again
+        # the releases as they were wired when they arrived (not decoded and encoded again),
+        # but the site's own: it keeps what it sent
+        relayed = state.relayed
+        if len(state.relayed_sites) == len(relayed):
+            relayed = [w for s, w in zip(state.relayed_sites, relayed, strict=True)
+                       if s != site] or relayed
         return newton_request(state.name, state.columns, NewtonState.from_dict(
-            state.newton).beta, state.centre, state.bins, state.relayed)
+            state.newton).beta, state.centre, state.bins, relayed)
 
     def combine(self, state: CoxState, analysis: Analysis, study: Study,
                 answers: Contributions) -> None:
@@ -165,11 +171,13 @@ class CoxStrategy(Strategy[CoxState]):
                sites: Iterable[str]) -> None:
         """Keep this round's signed releases of the model's sites for the next request."""
         if state.done:
-            state.relayed = []
+            chosen: dict[str, Release] = {}
         elif answers.masked:
-            state.relayed = [wire_release(answers.signed[s]) for s in sorted(answers.signed)]
+            chosen = dict(answers.signed)
         else:
-            state.relayed = [wire_release(usable[s]) for s in sorted(sites) if s in usable]
+            chosen = {s: usable[s] for s in sites if s in usable}
+        state.relayed_sites = sorted(chosen)
+        state.relayed = [wire_release(chosen[s]) for s in state.relayed_sites]
 
     # -- internals -----------------------------------------------------------------------------
 

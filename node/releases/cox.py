@@ -290,9 +290,10 @@ def _too_small(site: CoxSite, policy: Policy) -> str | None:
 def seal(releases: Sequence[Release], memo: Mapping[str, CoxSite],
          signer: ReleaseSigner | None, study_id: str, attempt: int, round: int
          ) -> list[Release]:
-    """Sign this round's Cox releases (as sent: after masking) and remember each one's digest,
-    which the next Newton request must relay unaltered. Other releases pass unchanged; without
-    a signer nothing is signed (and no Newton round can be checked)."""
+    """Sign this round's Cox releases (as sent: after masking) and remember each one and its
+    digest: the next Newton request relays it unaltered, or leaves it out (the site's own
+    release need not travel back to it). Other releases pass unchanged; without a signer
+    nothing is signed (and no Newton round can be checked)."""
     out = []
     for release in releases:
         site = memo.get(release.analysis)
@@ -301,6 +302,7 @@ def seal(releases: Sequence[Release], memo: Mapping[str, CoxSite],
             continue
         signed, digest = sign_release(release, signer, study_id, attempt, round)
         site.chain.round, site.chain.attempt, site.chain.digest = round, attempt, digest
+        site.chain.sent = signed
         out.append(signed)
     return out
 

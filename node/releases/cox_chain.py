@@ -51,8 +51,9 @@ _SAME = 1e-12  # relative tolerance of a requested coefficient against the site'
 class CoxChain:
     """What this site released and checked so far in one Cox fit (see the module docstring).
 
-    ``round``/``attempt``/``digest``: this site's last signed release of the analysis, which
-    the next request must relay unaltered; the rest is the fit as this site computed it.
+    ``round``/``attempt``/``digest``/``sent``: this site's last signed release of the
+    analysis (as sent), which the next request relays unaltered or leaves out (the site then
+    sums the one it kept); the rest is the fit as this site computed it.
     """
 
     round: int = -1
@@ -68,6 +69,7 @@ class CoxChain:
     final: bool = False
     rounds: int = 0
     answered: tuple[int, str, Release] | None = None
+    sent: Release | None = None
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,10 @@ def verified(analysis: Analysis, study: Study, chain: CoxChain, request: NewtonR
         if by.site == context.signer.site_id and by.digest != chain.digest:
             raise Refused("this site's own relayed release was altered")
         got[by.site] = release
-    if context.signer.site_id not in got:
-        raise Refused("this site's own release is not relayed")
+    if context.signer.site_id not in got:  # not relayed back: the one this site sent
+        if chain.sent is None:
+            raise Refused("this site's own release is not relayed")
+        got[context.signer.site_id] = chain.sent
     sites = tuple(sorted(got))
     if context.participants is not None:
         if sites != tuple(context.participants):
