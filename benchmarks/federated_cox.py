@@ -11,7 +11,7 @@ and ``--repeats`` times (default 3), side by side:
   time to it (target: cold <= 2x);
 * per Newton round: the wall time between the last answers of consecutive rounds, and the bytes
   each site sends (its answer, as serialized) and receives (the previous round's releases of
-  every site, relayed in base64, which it checks before it answers: docs/threat-model.md,
+  the other sites, relayed in base64, which it checks before it answers: docs/threat-model.md,
   attack 3);
 * a site's per-round sums (``CoxRows.day_stats``, subjects sorted once) against per-round
   ``bincount`` sums of the same arrays (the code before issue 9);
@@ -61,7 +61,7 @@ def _wire_size(blob: bytes) -> int:
 def rounds(db: Path, study_id: str) -> tuple[list[float], list[float], list[float]]:
     """Per Newton round (round 1, the description, left out): seconds between the last
     answers of consecutive rounds, and the mean bytes a site sent (its answer) and received
-    (every site's release of the round before, relayed in base64: 4/3 of their size)."""
+    (the other sites' releases of the round before, relayed in base64: 4/3 of their size)."""
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT round, updated_at, result FROM round_tasks WHERE"
                             " study_id=? AND round > 1 AND state='answered' ORDER BY round",
@@ -72,7 +72,8 @@ def rounds(db: Path, study_id: str) -> tuple[list[float], list[float], list[floa
     ends = [max(a for a, _ in answers) for _, answers in sorted(by_round.items())]
     sizes = [[n for _, n in answers] for _, answers in sorted(by_round.items())]
     sent = [float(np.mean(s)) for s in sizes]
-    received = [sum(s) * 4 / 3 for s in sizes[:-1]]  # round k + 1 relays round k
+    # round k + 1 relays to each site the other sites' releases of round k, in base64
+    received = [(sum(s) - float(np.mean(s))) * 4 / 3 for s in sizes[:-1]]
     return [b - a for a, b in itertools.pairwise(ends)], sent, received
 
 
@@ -215,7 +216,7 @@ def run(net: Network, stores: dict[str, Path], args: argparse.Namespace) -> None
     print(f"  time per Newton round trip: {_range(per_round, 1e3, 'ms')} over "
           f"{len(per_round)} rounds")
     print(f"  bytes per round and site (as sent, uncompressed): sent {_range(sent, 1e-3, 'kB')}, "
-          f"received (relayed releases of all sites, base64) {_range(received, 1e-3, 'kB')}")
+          f"received (relayed releases of the other sites, base64) {_range(received, 1e-3, 'kB')}")
     site_sums(data[data["site"] == data["site"].iloc[0]].assign(
         sex_M=lambda d: (d["sex"] == "M").astype(float),
         sex_U=lambda d: (d["sex"] == "U").astype(float)), reference.horizon_days, args.repeats)
