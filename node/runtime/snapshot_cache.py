@@ -29,8 +29,10 @@ class SnapshotCache:
 
     The engine keeps the cache of the latest snapshot only: a re-ingestion (a new snapshot id)
     starts a new one, so nothing derived from older data is ever reused. Tables and derived
-    values are bounded together by bytes (``HERON_NODE_CACHE_MB``, default 1024): past it the
-    least recently used go (a study holding one keeps it until it ends).
+    values are bounded together by bytes (``HERON_NODE_CACHE_MB``, default 1024; the facts
+    columns apart): past it the least recently used go (a study holding one keeps it until it
+    ends). A value derived for a cohort is kept with that cohort (its identity) and counts its
+    own bytes only.
     """
 
     reads_columns = True
@@ -85,8 +87,8 @@ class SnapshotCache:
     def _keep(self, where: OrderedDict[Any, Any], key: Hashable, value: Any) -> None:
         where[key] = value
         self._sizes[key] = _nbytes(value)
-        while len(self._tables) + len(self._derived) > 1 and sum(self._sizes.values()) \
-                + (self._facts.nbytes if isinstance(self._facts, Facts) else 0) > self._limit:
+        while len(self._tables) + len(self._derived) > 1 \
+                and sum(self._sizes.values()) > self._limit:
             oldest = [d for d in (self._tables, self._derived) if d and next(iter(d)) != key]
             if not oldest:
                 break
@@ -109,6 +111,6 @@ def _nbytes(value: Any) -> int:
             if isinstance(value, pd.DataFrame) else int(value.memory_usage(index=False))
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
-    if isinstance(value, tuple):
-        return sum(_nbytes(v) for v in value)
+    if isinstance(value, tuple):  # (cohort held for its identity, value): the value's
+        return _nbytes(value[-1]) if value else 0  # bytes (the cohort is its own entry)
     return 0
