@@ -16,6 +16,7 @@ them (the attack's set-up no longer working) makes them fail, not xfail.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator, Sequence
@@ -158,8 +159,6 @@ class Aggregator:
 
     def colluder_shares(self, colluder: str, of: str) -> dict[str, str]:
         """What a colluding site hands over: BOTH of its shares of ``of``'s secrets."""
-        import base64
-
         masker = self.net.nodes[colluder].secure._study(self.study.id).maskers[self.attempt][1]
         pair = masker.own_shares if of == colluder else \
             open_shares(self.shares[of][colluder], masker, of)
@@ -171,19 +170,22 @@ def _strip(agg: Aggregator, masked: Release, site: str, rnd: int, mask_key: byte
            seed: bytes | None) -> dict[str, NDArray[np.int64]]:
     """A site's plain integer vectors from its masked release, given its mask key (and its
     self-mask seed when the round carried the self mask): what the aggregator computes."""
-    anns = agg.announcements()
+    return _strip_with(agg.announcements(), agg.study.id, masked, site, rnd, mask_key, seed)
+
+
+def _strip_with(anns: dict[str, KeyAnnouncement], study_id: str, masked: Release, site: str,
+                rnd: int, mask_key: bytes, seed: bytes | None) -> dict[str, NDArray[np.int64]]:
+    """:func:`_strip` for the announcements and study given (attempt 1)."""
     layout = _layout(masked, masked.metadata["secure"]["shapes"])
     bound = _bound(masked, layout)
     total = np.zeros(words(layout), dtype=np.uint64)
     private = X25519PrivateKey.from_private_bytes(mask_key)
-    graph = NeighbourGraph(tuple(anns), graph_seed(agg.study.id, 1, anns))
+    graph = NeighbourGraph(tuple(anns), graph_seed(study_id, 1, anns))
     for peer in graph.neighbours(site):
-        key = pair_key(exchange(private, anns[peer].public_key, peer), agg.study.id, 1, site,
-                       peer)
+        key = pair_key(exchange(private, anns[peer].public_key, peer), study_id, 1, site, peer)
         add_stream(total, round_stream(key, rnd, bound), 1 if site < peer else -1, bound)
     if seed is not None:
-        add_stream(total, round_stream(self_key(seed, agg.study.id, 1, site), rnd, bound), 1,
-                   bound)
+        add_stream(total, round_stream(self_key(seed, study_id, 1, site), rnd, bound), 1, bound)
     normalise(total, bound)
     plain = _words(masked, layout) - total
     out, at = {}, 0
@@ -492,3 +494,57 @@ def test_restart_differencing_is_closed_even_for_sites_that_revealed_nothing(
            ("i:g0.events", "i:g0.censored")}
     assert not _same_km(got, _own_km(sites, victim, first)), \
         "the aggregator holds the victim's own Kaplan-Meier counts"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "LEAK (honest aggregator, no collusion): after a real dropout in the first round of a Cox "
+    "study, every later relay hands every survivor the dropped site's mask key "
+    "(relay 'revealed'); a curious survivor strips the screening counts that site sealed for "
+    "it (pairwise masks only) and reads that one site's cohort size and screening counts"))
+def test_a_curious_survivor_cannot_read_a_dropped_sites_screening_counts(
+        tmp_path: Path, sites: list[SimulatedSite]) -> None:
+    from aggregator.transport import StudyTask
+    from protocol.rounds import parse_requests
+
+    names = sorted(s.site_id for s in sites)
+    gone, curious = names[-1], names[0]
+    seen: dict[str, Any] = {}
+    holder: dict[str, SimulatedNetwork] = {}
+
+    def silent(handler: Any) -> Any:
+        def answer(task: StudyTask) -> Any:
+            return None if task.round >= 3 else handler(task)
+        return answer
+
+    def spy(handler: Any) -> Any:
+        def answer(task: StudyTask) -> Any:
+            requests = parse_requests(task.inputs)
+            if requests.screened is not None and gone in requests.screened:
+                seen.setdefault("blob", requests.screened[gone])
+            if requests.relay is not None:
+                seen["anns"] = requests.relay.announcements
+                if requests.relay.revealed:
+                    seen.setdefault("revealed", requests.relay.revealed)
+            reply = handler(task)
+            kept = holder["net"].nodes[curious].secure._study(task.study_id).maskers.get(1)
+            if kept is not None:
+                seen["masker"] = kept[1]
+            return reply
+        return answer
+
+    cox = {"name": "cox", "kind": "cox", "endpoint": "overall_survival",
+           "covariates": ["age_at_infusion"]}
+    study = make_study("r3-curious", [cox], cohort={}, min_sites=3, secure_aggregation=True)
+    with SimulatedNetwork(tmp_path / "curious", sites, KEY, today=lambda: TODAY,
+                          site_timeout_s=3, node_wrappers={gone: silent, curious: spy}) as net:
+        holder["net"] = net
+        got = net.run(study, timeout_s=120)
+    if gone not in got["sites"].get("dropped_during_study", []) or "revealed" not in seen:
+        raise SetupError(f"no recovered dropout relayed: {got['sites']}")
+    anns = {a["site_id"]: KeyAnnouncement.from_dict(a) for a in seen["anns"]}
+    key = base64.b64decode(seen["revealed"]["keys"][gone])
+    counts = open_sealed(seen["blob"], seen["masker"], 2, gone)
+    mine = _strip_with(anns, study.id, counts, gone, 2, key, None)
+    store = next(s.store_dir for s in sites if s.site_id == gone)
+    n = len(pooled_survival_data({gone: store}, study, "overall_survival", None, today=TODAY))
+    assert int(mine["i:cohort"][0]) != n, "a survivor holds the dropped site's cohort size"
