@@ -197,3 +197,17 @@ def test_a_snapshot_without_facts_derives_and_keeps_them(tmp_path: Path, stores)
     expected = select_cohort({n: raw[n] for n in ("patients", "infusions", "followup")},
                              Cohort(), today=TODAY)
     pd.testing.assert_frame_equal(_as_raw(got, expected), expected)
+
+
+def test_a_cohort_over_many_row_groups_equals_the_raw_path(tmp_path: Path, stores) -> None:
+    import pyarrow.parquet as pq
+    _, raw = stores
+    write_snapshot(tmp_path, {n: raw[n] for n in ("patients", "infusions", "followup")},
+                   pd.DataFrame(), {})
+    path = open_store(tmp_path).path / FACTS_FILE
+    pq.write_table(pq.read_table(path), path, row_group_size=37)  # ids read group by group
+    store = open_store(tmp_path)
+    for cohort in (Cohort(indication_group=("LBCL",)), Cohort(first_infusion_only=False)):
+        got = select_cohort(store, cohort, today=TODAY)
+        expected = select_cohort(raw, cohort, today=TODAY)
+        pd.testing.assert_frame_equal(_as_raw(got, expected), expected)

@@ -173,12 +173,13 @@ class Facts:
         out = {}
         for name in COHORT_COLUMNS:
             col = self._cols.get(name)
-            if col is None:
-                col = self.columns((name,))[name]
-                if name in _IDS:  # read for the frame only
-                    del self._cols[name]
-            if mask is not None:
-                col = col.filter(mask)
+            if col is None and name in _IDS and isinstance(self._source, Path):
+                col = _read_kept(self._source, name, keep)  # a row group at a time
+            else:
+                if col is None:
+                    col = self.columns((name,))[name]
+                if mask is not None:
+                    col = col.filter(mask)
             if name in _CATEGORIES:
                 if not pa.types.is_dictionary(col.type):
                     col = col.dictionary_encode()
@@ -192,6 +193,19 @@ class Facts:
                 out[name] = col.to_pandas().astype("datetime64[ns]")
             del col
         return pd.DataFrame(out)
+
+
+def _read_kept(path: Path, name: str, keep: np.ndarray) -> pa.ChunkedArray:
+    """Column ``name`` of the rows where ``keep`` is true, read and filtered one row group at
+    a time (the whole column is never in memory)."""
+    parquet = pq.ParquetFile(path)
+    chunks, start = [], 0
+    for group in range(parquet.num_row_groups):
+        part = parquet.read_row_group(group, columns=[name]).column(name)
+        stop = start + len(part)
+        chunks.extend(part.filter(pa.array(keep[start:stop])).chunks)
+        start = stop
+    return pa.chunked_array(chunks, type=parquet.schema_arrow.field(name).type)
 
 
 def _sorted_categories(values: pd.Series) -> pd.Series:
