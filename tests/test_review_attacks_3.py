@@ -548,3 +548,41 @@ def test_a_curious_survivor_cannot_read_a_dropped_sites_screening_counts(
     store = next(s.store_dir for s in sites if s.site_id == gone)
     n = len(pooled_survival_data({gone: store}, study, "overall_survival", None, today=TODAY))
     assert int(mine["i:cohort"][0]) != n, "a survivor holds the dropped site's cohort size"
+
+
+@pytest.fixture(scope="module")
+def seven(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
+    """Seven small sites (complete graph: 7 holders per site, threshold 4)."""
+    tmp = tmp_path_factory.mktemp("review3-seven")
+    folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=7, patients=30,
+                                                     seed=5)}
+    return ingest_sites(tmp / "stores", folders, policy=DAY)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "LEAK (no colluder): 4 of 7 sites reveal every seed of attempt 1 (the sum over all 7); "
+    "the 3 that revealed nothing join attempt 2 (min_sites 3) and give their own sum; the "
+    "difference is the sum over the 4 revealers, a set no screening ever checked"))
+def test_no_sum_over_an_unscreened_set_of_sites_by_restarting(
+        tmp_path: Path, seven: list[SimulatedSite]) -> None:
+    from protocol.secure_agg import unmask_sum
+
+    with SimulatedNetwork(tmp_path / "seven", seven, KEY, today=lambda: TODAY) as net:
+        first = Aggregator(net, "r3-restart-7")
+        masked = first.start()
+        revealers, rest = first.names[:4], first.names[4:]
+        reveals = {s: first.revealed(s, 4) for s in revealers}  # 4 = the threshold
+        secrets = reconstruct_revealed(first.study.id, 1, 3, first.announcements(), reveals,
+                                       [], first.names)
+        everyone = unmask_sum([masked[s] for s in first.names], first.names, secrets)
+        second = Aggregator(net, "r3-restart-7", attempt=2, names=rest)
+        masked2 = second.start()
+        reveals2 = {s: second.revealed(s, 14) for s in rest}
+        secrets2 = reconstruct_revealed(second.study.id, 2, 13, second.announcements(),
+                                        reveals2, [], rest)
+        others = unmask_sum([masked2[s] for s in rest], rest, secrets2)
+    got = {k: everyone.vectors[k[2:]] - others.vectors[k[2:]] for k in
+           ("i:g0.events", "i:g0.censored")}
+    parts = [_own_km(seven, s, first) for s in revealers]
+    ref = {k: sum(p[k] for p in parts) for k in parts[0]}
+    assert not _same_km(got, ref), "the aggregator holds the revealers' own pooled counts"
