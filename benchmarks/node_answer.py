@@ -131,11 +131,19 @@ def _ledger(store: Path, work: Path) -> Any:
 
 def _derive(store: Path) -> None:
     """Add the facts and ledger digests to a store made before they existed (once)."""
+    import numpy as np
+
     from node.ingestion.store import open_store
     snap = open_store(store)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        snap.ledger_digests(_ledger(store, Path(tmp)), snap.facts())
+        ledger = _ledger(store, Path(tmp))
+        kept = snap.ledger_digests(ledger, snap.facts())
+        path = snap.path / f"ledger-{ledger.fingerprint}.npz"
+        with np.load(path) as npz:
+            older = npz["rows"].dtype != kept.rows.dtype
+        if older:  # written before the row numbers were int32: as an ingestion now writes it
+            kept.save(path)
     if time.perf_counter() - t0 > 1:
         print(f"derived the snapshot's facts and ledger digests in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)

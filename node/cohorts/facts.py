@@ -164,17 +164,18 @@ class Facts:
     def frame(self, keep: np.ndarray) -> pd.DataFrame:
         """The cohort frame (:data:`COHORT_COLUMNS`) of the rows where ``keep`` is true.
 
-        Built one column at a time (read, filtered, converted, dropped), the ids not kept
-        here: a 10M-patient snapshot never holds every column twice. The low-cardinality
-        string columns are pandas categoricals of the same values (Arrow dictionaries; their
-        categories the values present, sorted), a few bytes a row instead of a string each.
+        Built one column at a time, each read one row group at a time and filtered as read,
+        none kept by the facts for it: a 10M-patient snapshot never holds a column twice.
+        The low-cardinality string columns are pandas categoricals of the same values (Arrow
+        dictionaries; their categories the values present, sorted), a few bytes a row instead
+        of a string each.
         """
         mask = None if keep.all() else pa.array(keep)
         out = {}
         for name in COHORT_COLUMNS:
             col = self._cols.get(name)
-            if col is None and name in _IDS and isinstance(self._source, Path):
-                col = _read_kept(self._source, name, keep)  # a row group at a time
+            if col is None and isinstance(self._source, Path):
+                col = _read_kept(self._source, name, keep)  # a row group at a time, not kept
             else:
                 if col is None:
                     col = self.columns((name,))[name]
@@ -198,14 +199,15 @@ class Facts:
 def _read_kept(path: Path, name: str, keep: np.ndarray) -> pa.ChunkedArray:
     """Column ``name`` of the rows where ``keep`` is true, read and filtered one row group at
     a time (the whole column is never in memory)."""
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(path, read_dictionary=[name] if name in _CATEGORIES else None)
     chunks, start = [], 0
     for group in range(parquet.num_row_groups):
         part = parquet.read_row_group(group, columns=[name]).column(name)
         stop = start + len(part)
         chunks.extend(part.filter(pa.array(keep[start:stop])).chunks)
         start = stop
-    return pa.chunked_array(chunks, type=parquet.schema_arrow.field(name).type)
+    kind = chunks[0].type if chunks else parquet.schema_arrow.field(name).type
+    return pa.chunked_array(chunks, type=kind)
 
 
 def _sorted_categories(values: pd.Series) -> pd.Series:

@@ -29,7 +29,7 @@ class SnapshotCache:
 
     The engine keeps the cache of the latest snapshot only: a re-ingestion (a new snapshot id)
     starts a new one, so nothing derived from older data is ever reused. Tables and derived
-    values are bounded together by bytes (``HERON_NODE_CACHE_MB``, default 1024; the facts
+    values are bounded together by bytes (``HERON_NODE_CACHE_MB``, default 2048; the facts
     columns apart): past it the least recently used go (a study holding one keeps it until it
     ends). A value derived for a cohort is kept with that cohort (its identity) and counts its
     own bytes only.
@@ -99,9 +99,9 @@ class SnapshotCache:
 
 def _cache_limit() -> int:
     try:
-        return int(float(os.environ.get("HERON_NODE_CACHE_MB", "1024")) * (1 << 20))
+        return int(float(os.environ.get("HERON_NODE_CACHE_MB", "2048")) * (1 << 20))
     except ValueError:
-        return 1 << 30
+        return 2 << 30
 
 
 def _nbytes(value: Any) -> int:
