@@ -147,7 +147,7 @@ def _from_facts(tables: Tables, cohort_df: pd.DataFrame
         death=facts.numbers("death")[rows]))
 
     def first(events: tuple[str, ...]) -> np.ndarray:
-        out = np.full(len(rows), np.nan)
+        out = np.full(len(rows), np.nan, dtype=np.float32)  # whole days: exact
         for event in events:
             out = np.fmin(out, facts.numbers(EVENT_COLUMNS[event])[rows])
         return out

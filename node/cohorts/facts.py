@@ -136,11 +136,17 @@ class Facts:
         return {n: self._cols[n] for n in names}
 
     def numbers(self, name: str) -> np.ndarray:
-        """A numeric column as float64 (NaN where missing); read-only."""
+        """A numeric column as floats (NaN where missing); read-only. Whole numbers below
+        2**24 in magnitude (days, ages: every facts number) come as float32, which holds them
+        exactly, in half the memory; anything else as float64."""
         if name not in self._numbers:
             col = pc.cast(self.column(name), pa.float64())
             out = pc.fill_null(col, np.nan).to_numpy() if col.null_count else col.to_numpy()
             out = np.asarray(out, dtype=np.float64)
+            finite = out[~np.isnan(out)]
+            if not finite.size or (np.abs(finite).max() < 2**24
+                                   and bool(np.all(finite == np.floor(finite)))):
+                out = out.astype(np.float32)
             out.flags.writeable = False
             self._numbers[name] = out
             self._cols.pop(name, None)  # the numbers are kept, not the Arrow column too
