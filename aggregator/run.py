@@ -19,8 +19,11 @@ it is followed by an ``unmask`` round in which the sites reveal shares of the se
 among themselves (``rescreen``) and reveal the dropped sites' mask-key shares instead, so the
 round completes with the exact sum of the survivors and no new key exchange. A participant
 that fails a masked round before that (key exchange, screening) is dropped and a new key
-exchange among the others starts again; after an unmask the nodes take part in no new key
-exchange, so a later failure ends the study. Fewer than ``min_sites`` participants end the
+exchange among the others starts again; once a site has sent masked analysis data in an
+attempt it takes part in no new key exchange of the study (a second sum over other sites would
+difference the first), so a failure that cannot be recovered after that ends the study. Rounds
+after the self-masked one are masked among the attempt's fixed survivors with masks no share
+recovers: a site failing one of them ends the study. Fewer than ``min_sites`` participants end the
 study without a pooled release.
 """
 
@@ -320,13 +323,16 @@ class StudyRun:
         """The attempt's first analysis round: keep the survivors' masked sums until the
         unmask round reveals the self masks (and the masks of the sites that failed)."""
         reasons = {f.reason for f in failed.values()}
-        if set(failed) == set(state.participants) or (
-                len(state.participants) - len(failed) < self.study.privacy.min_sites):
-            self._rekey(state, failed)
+        if set(failed) == set(state.participants) or (len(reasons) == 1 and len(failed) == len(
+                got) and not any(f.silent for f in failed.values())):
+            self._rekey(state, failed)  # nobody sent masked data: a new key exchange is safe
             return
-        if len(reasons) == 1 and len(failed) == len(got) and not any(
-                f.silent for f in failed.values()):
-            self._rekey(state, failed)
+        if len(state.participants) - len(failed) < self.study.privacy.min_sites:
+            # the others sent masked data: they take part in no new key exchange
+            for site, failure in failed.items():
+                self._leave(state, site, failure)
+            self._end(state, f"fewer than {self.study.privacy.min_sites} participating sites "
+                             "(min_sites) after the first masked round; no pooled release")
             return
         survivors = [s for s in state.participants if s not in failed]
         state.screened = [n for n in state.screened if n not in asked_names(asked)]

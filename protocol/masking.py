@@ -8,9 +8,13 @@ seed; the aggregator removes it after the survivors reveal shares of the seed
 (:mod:`protocol.recovery`), so a site whose mask key is revealed (it was reported dropped) keeps
 its vector hidden.
 
-Keys: ``k_ij = HKDF-SHA256(X25519(mask_i, mask_j), info=canonical_bytes("heron-sa-v2 mask",
-study_id, attempt, min(i, j), max(i, j)))`` (once per pair and attempt) and
-``k_i = HKDF-SHA256(seed_i, info=("heron-sa-v2 self", study_id, attempt, i))``. A round's masks
+Keys: in the attempt's self-masked round ``k_ij = HKDF-SHA256(X25519(mask_i, mask_j),
+info=canonical_bytes("heron-sa-v2 mask", study_id, attempt, min(i, j), max(i, j)))`` (once per
+pair and attempt) and ``k_i = HKDF-SHA256(seed_i, info=("heron-sa-v2 self", study_id, attempt,
+i))``; in every other round (screening, re-screening, later analysis rounds) ``k_ij`` comes
+from the channel keys (:meth:`PairwiseMasker.channel_key`, label ``mask``). Only the mask key
+and self seed are secret-shared, so a revealed mask key strips only the self-masked round,
+where the self mask still hides a site that was not really dropped. A round's masks
 are the ChaCha20 keystream of the key with a nonce from SHA-256 over ``(round, layout)``, the
 layout naming every vector of the round with its kind and length, so a keystream is never
 reused on other values; :meth:`PairwiseMasker.mask_vectors` refuses to mask other values under
@@ -21,7 +25,7 @@ channel key pairs: revealing a mask key opens nothing sealed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -40,6 +44,8 @@ __all__ = ["MASK_LABEL", "Layout", "PairwiseMasker", "pair_key", "round_stream",
 MASK_LABEL = "heron-sa-v2 mask"
 SELF_LABEL = "heron-sa-v2 self"
 CHANNEL_LABEL = "heron-sa-v2 channel"
+LATER_LABEL = "mask"
+"""Channel-key label of the pairwise masks of every round but the self-masked one."""
 M32 = np.uint64(0xFFFFFFFF)
 
 Layout = tuple[tuple[str, str, int], ...]
@@ -188,11 +194,15 @@ class PairwiseMasker:
             self._pair[peer] = pair_key(shared, study_id, attempt, site_id, peer)
         self._self = self_key(keys.self_seed, study_id, attempt, site_id)
         self._channel: dict[str, bytes] = {}
+        self._later: dict[str, bytes] = {}
         self._used: dict[tuple[int, Layout], bytes] = {}
         self.own_shares: bytes = b""
         """This site's own pair of shares (mask key, self seed), set by the share split."""
         self.self_round: int | None = None
         """The round whose vectors carry the self mask (the attempt's first analysis round)."""
+        self.on_data: Callable[[], None] | None = None
+        """Called before the first analysis vector of the attempt is masked (the session
+        persists that this site sent masked data in the attempt)."""
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -211,11 +221,21 @@ class PairwiseMasker:
         return _hkdf(self._channel[peer], canonical_bytes(CHANNEL_LABEL, label, self.study_id,
                                                           self.attempt, low, high))
 
-    def pair_mask(self, peer: str, round: int, layout: Layout) -> NDArray[np.uint64]:
-        """``m_ij`` for ``round`` and ``layout``: the keystream shared with neighbour ``peer``."""
+    def pair_mask(self, peer: str, round: int, layout: Layout,
+                  self_mask: bool = False) -> NDArray[np.uint64]:
+        """``m_ij`` for ``round`` and ``layout``: the keystream shared with neighbour ``peer``.
+
+        With ``self_mask`` (the attempt's self-masked round) it comes from the mask keys, whose
+        shares recover a dropped site; in every other round (screening, later analysis
+        rounds) from the channel keys, which are never revealed, so a revealed mask key strips
+        nothing but the self-masked round."""
         if peer not in self._pair:
             raise SecureAggregationError(f"{peer!r} is not a neighbour of {self.site_id!r}")
-        return round_stream(self._pair[peer], round, layout)
+        if self_mask:
+            return round_stream(self._pair[peer], round, layout)
+        if peer not in self._later:
+            self._later[peer] = self.channel_key(peer, LATER_LABEL)
+        return round_stream(self._later[peer], round, layout)
 
     def mask_words(self, round: int, layout: Layout, flat: NDArray[np.uint64],
                    self_mask: bool = False) -> NDArray[np.uint64]:
@@ -237,7 +257,7 @@ class PairwiseMasker:
         total = flat.copy()
         for peer in self.neighbours:
             if peer not in self.dropped:
-                add_stream(total, self.pair_mask(peer, round, layout),
+                add_stream(total, self.pair_mask(peer, round, layout, self_mask),
                            1 if self.site_id < peer else -1, layout)
         if self_mask:
             add_stream(total, round_stream(self._self, round, layout), 1, layout)

@@ -13,8 +13,12 @@ Degree: ``k = 2 * ceil(DEGREE_FACTOR * log2(n) / 2)`` (even), and the complete g
 is ``n - 1`` or more (up to about 20 sites). 50 sites: 18 neighbours; 500 sites: 28.
 
 Shares of a site's secrets go to its *holders*: its neighbours and itself (``k + 1``), and any
-``threshold(k) = floor((k + 1) / 2) + 1`` of them reconstruct (more than half, see
-docs/threat-model.md).
+``threshold(k) = ceil(2 (k + 1) / 3)`` of them reconstruct. An aggregator that tells some
+holders a site dropped and the others it did not, helped by ``c`` colluding holders (who hand
+over both of their shares), gets both secrets of the site only if ``2 t <= k + 1 + c``; so
+``c <= 2 t - (k + 2)`` colluding holders are tolerated (at least ``(k + 1) / 3 - 1``: 0 with
+3 holders, 6 of 19 at 50 sites), and up to ``k + 1 - t`` (about a third) of a site's holders
+may drop out (docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import numpy as np
 from protocol.errors import SecureAggregationError
 from protocol.key_exchange import KeyAnnouncement, canonical_bytes
 
-__all__ = ["DEGREE_FACTOR", "NeighbourGraph", "degree", "graph_seed", "threshold"]
+__all__ = ["DEGREE_FACTOR", "NeighbourGraph", "degree", "graph_seed", "threshold",
+           "tolerated_colluders"]
 
 DEGREE_FACTOR = 3.0
 _LABEL = "heron-sa-v2 graph"
@@ -43,8 +48,16 @@ def degree(n: int) -> int:
 
 
 def threshold(k: int) -> int:
-    """Shares (of ``k + 1`` holders) that reconstruct a secret: more than half of them."""
-    return (k + 1) // 2 + 1
+    """Shares (of ``k + 1`` holders) that reconstruct a secret: ``ceil(2 (k + 1) / 3)``, at
+    least two and above half of them."""
+    holders = k + 1
+    return max(2, holders // 2 + 1, -(-2 * holders // 3))
+
+
+def tolerated_colluders(k: int) -> int:
+    """Colluding holders of one site against which a split dropped set still yields at most
+    one of its two secrets: the largest ``c`` with ``2 t > k + 1 + c``."""
+    return max(0, 2 * threshold(k) - (k + 1) - 1)
 
 
 def graph_seed(study_id: str, attempt: int,

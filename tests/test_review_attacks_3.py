@@ -79,7 +79,7 @@ class SetupError(RuntimeError):
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
-    """Five small sites (complete neighbour graph: 5 holders per site, threshold 3)."""
+    """Five small sites (complete neighbour graph: 5 holders per site, threshold 4)."""
     tmp = tmp_path_factory.mktemp("review3")
     folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=5, patients=40,
                                                      seed=3)}
@@ -215,10 +215,7 @@ def _same_km(got: dict[str, NDArray[np.int64]], ref: dict[str, NDArray[np.int64]
 # -- leaks ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "LEAK: a site reported dropped after the self-masked round (survivors reveal its mask "
-    "key) still answers a later masked round of the attempt (no self mask there); the "
-    "aggregator strips its pairwise masks with the revealed key and reads its vector"))
+# was a strict xfail: closed by channel-key masks in every round after the self-masked one
 def test_a_site_reported_dropped_and_asked_again_stays_hidden(
         net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
     agg = Aggregator(net, "r3-comeback")
@@ -239,38 +236,42 @@ def test_a_site_reported_dropped_and_asked_again_stays_hidden(
         "the aggregator holds the victim's own Kaplan-Meier counts"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "LEAK: with an odd number of holders (5 sites, or any graph of even degree k: k + 1 "
-    "holders, t = (k+1)//2 + 1) ONE colluding holder counts in both halves of a split "
-    "dropped set; the aggregator gets both a site's self-mask seed and its mask key"))
+# was a strict xfail: closed by the threshold ceil(2(k+1)/3)
 def test_one_colluder_and_a_split_dropped_set_do_not_unmask_a_site(
         net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
     agg = Aggregator(net, "r3-split")
-    masked = agg.start()
+    agg.start()
     h1, h2, h3, colluder, victim = agg.names
     # victim and h1 are told nobody dropped: they reveal seed shares (the victim's included);
     # h2, h3 and the colluder are told "victim and h1 dropped" (3 survivors = min_sites, the
     # same disclosure decisions with min_cohort 1) and reveal their mask-key shares
     gone = [victim, h1]
-    rescreened = agg.rescreen(4, [h2, h3, colluder], gone)
-    reveals = {s: agg.revealed(s, 5, gone, rescreened) for s in (h2, h3)}
-    reveals.update({s: agg.revealed(s, 5) for s in (victim, h1)})
+    # 5 holders, threshold 4 (two thirds): with two of its four neighbours "dropped" an
+    # honest survivor refuses the re-screen, so this split yields no mask-key share at all
+    for s in (h2, h3):
+        refusal = agg.ask(s, 4, agg.relay(gone), screen_request()).refusal
+        assert refusal == "secure aggregation: too few of this site's neighbours remain"
+    # the split left: only the victim "dropped" (h1, h2, h3 must all re-screen for the
+    # unmask, so they reveal mask-key shares), the victim told nobody dropped, the colluder
+    # handing over both of its shares: 4 key shares, 2 seed shares
+    one = Aggregator(net, "r3-split-one")
+    masked = one.start()
+    rescreened = one.rescreen(4, [h1, h2, h3, colluder], [victim])
+    reveals = {s: one.revealed(s, 5, [victim], rescreened) for s in (h1, h2, h3)}
+    reveals[victim] = one.revealed(victim, 5)
     reveals[colluder] = {KEY_SHARES: {}, SEED_SHARES: {}}
-    for kind, share in agg.colluder_shares(colluder, victim).items():
+    for kind, share in one.colluder_shares(colluder, victim).items():
         reveals[colluder][kind][victim] = share
-    anns = agg.announcements()
-    seed = reconstruct_revealed(agg.study.id, 1, 3, anns, reveals, [], [victim]).seeds[victim]
-    key = reconstruct_revealed(agg.study.id, 1, 3, anns, reveals, [victim], []).keys[victim]
-    got = _strip(agg, masked[victim], victim, 3, key, seed)
-    assert not _same_km(got, _own_km(sites, victim, agg)), \
+    anns = one.announcements()
+    key = reconstruct_revealed(one.study.id, 1, 3, anns, reveals, [victim], []).keys[victim]
+    with pytest.raises(SecureAggregationError, match="fewer than the threshold"):
+        reconstruct_revealed(one.study.id, 1, 3, anns, reveals, [], [victim])
+    got = _strip(one, masked[victim], victim, 3, key, None)  # the self mask stays on
+    assert not _same_km(got, _own_km(sites, victim, one)), \
         "the aggregator holds the victim's own Kaplan-Meier counts"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "LEAK: screening counts carry pairwise masks only; after the survivors reveal a "
-    "'dropped' site's mask key, a colluding site opens the counts that site sealed for it "
-    "and the aggregator strips them: that one site's cohort size (and every group, AE and "
-    "Cox count it screened)"))
+# was a strict xfail: closed by screening masks from the channel keys
 def test_a_colluder_cannot_read_a_dropped_sites_screening_counts(
         net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
     agg = Aggregator(net, "r3-screen")
@@ -296,12 +297,21 @@ def test_a_colluder_cannot_read_a_dropped_sites_screening_counts(
 def test_without_a_colluder_a_split_dropped_set_gives_a_key_or_a_seed_not_both(
         net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
     agg = Aggregator(net, "r3-split-honest")
-    masked = agg.start()
+    agg.start()
     h1, h2, h3, x, victim = agg.names
     gone = [victim, h1]
-    rescreened = agg.rescreen(4, [h2, h3, x], gone)
-    reveals = {s: agg.revealed(s, 5, gone, rescreened) for s in (h2, h3, x)}
-    reveals.update({s: agg.revealed(s, 5) for s in (victim, h1)})
+    # two of four neighbours "dropped" leave fewer than the threshold (4 of 5) of holders:
+    # the survivors refuse the re-screen
+    for s in (h2, h3, x):
+        refusal = agg.ask(s, 4, agg.relay(gone), screen_request()).refusal
+        assert refusal == "secure aggregation: too few of this site's neighbours remain"
+    # one site "dropped" while it answered: its holders re-screen and reveal the key; the
+    # victim alone reveals a seed share
+    agg = Aggregator(net, "r3-split-honest-one")
+    masked = agg.start()
+    rescreened = agg.rescreen(4, [h1, h2, h3, x], [victim])
+    reveals = {s: agg.revealed(s, 5, [victim], rescreened) for s in (h1, h2, h3, x)}
+    reveals[victim] = agg.revealed(victim, 5)
     anns = agg.announcements()
     key = reconstruct_revealed(agg.study.id, 1, 3, anns, reveals, [victim], []).keys[victim]
     with pytest.raises(SecureAggregationError, match="fewer than the threshold"):
@@ -349,7 +359,7 @@ def test_too_few_holders_left_and_forged_relays_are_refused(net: SimulatedNetwor
     assert "fewer than min_sites" in agg.unmask(a, 4, agg.names[2:]).refusal
     few = Aggregator(net, "r3-holders-few", min_sites=2)
     few.start()
-    # 5 holders, threshold 3: with three of its four neighbours "dropped" a site refuses
+    # 5 holders, threshold 4: with three of its four neighbours "dropped" a site refuses
     assert "too few of this site's neighbours" in few.unmask(a, 4, few.names[2:]).refusal
     # shares swapped between senders do not open
     other = Aggregator(net, "r3-holders-other")
@@ -406,11 +416,7 @@ def test_a_dropout_that_would_expose_a_small_group_is_not_recovered(
                                "decision changes; nothing is revealed")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "LEAK: in the SecAgg+ regime (24 sites, 14 neighbours, 15 holders, t = 8) one colluding "
-    "holder plus 7 honest holders told 'dropped' and 7 (the victim included) told 'answered' "
-    "rebuild both the victim's seed and its mask key: t > (k+1)/2 holds against the "
-    "aggregator alone, not with a colluder (needs 2t > k + 1 + c)"))
+# was a strict xfail: closed by the threshold ceil(2(k+1)/3)
 def test_one_colluding_neighbour_cannot_get_both_secrets_in_a_sparse_graph(
         tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
@@ -435,7 +441,7 @@ def test_one_colluding_neighbour_cannot_get_both_secrets_in_a_sparse_graph(
     victim = names[5]
     holders = maskers[victim].graph.holders(victim)
     t = maskers[victim].graph.threshold
-    assert len(holders) == 15 and t == 8  # a sparse graph, threshold above half the holders
+    assert len(holders) == 15 and t == 10  # a sparse graph, threshold two thirds of holders
     colluder = next(h for h in holders if h != victim)
     honest = [h for h in holders if h not in (victim, colluder)]
     told_answered = {victim, *honest[:t - 2]}  # with the colluder: t seed shares
@@ -443,8 +449,9 @@ def test_one_colluding_neighbour_cannot_get_both_secrets_in_a_sparse_graph(
     # (through the nodes the 7 told "dropped", and every non-holder, are told that the victim
     # and the 6 told "answered" dropped: 17 survivors re-screen, each keeps at least 7 of its
     # 14 neighbours, so 7 + 1 >= t; the 5-site test above plays this through the nodes)
-    assert len(told_answered) + 1 >= t and len(told_dropped) + 1 >= t
-    assert told_answered.isdisjoint(told_dropped)
+    # with t = 10 of 15 the split cannot reach both: 9 + 1 seed shares, 5 + 1 key shares
+    assert len(told_answered) + 1 >= t and len(told_dropped) + 1 < t
+    assert 2 * t > len(holders) + 1 and told_answered.isdisjoint(told_dropped)
     sealed = {s: seal_shares(m) for s, m in maskers.items()}
     reveals: dict[str, Any] = {}
     for s in holders:
@@ -456,18 +463,15 @@ def test_one_colluding_neighbour_cannot_get_both_secrets_in_a_sparse_graph(
         else:  # each honest holder reveals once, for the dropped set it was told
             reveals[s] = reveal(m, pairs, {victim} if s in told_dropped else set())
     got_seed = reconstruct_revealed("r3-sparse", 1, 3, anns, reveals, [], [victim])
-    got_key = reconstruct_revealed("r3-sparse", 1, 3, anns, reveals, [victim], [])
-    assert not (victim in got_seed.seeds and victim in got_key.keys), \
-        "the aggregator holds both the victim's self-mask seed and its mask key"
+    assert victim in got_seed.seeds  # the side the split favoured; the key stays hidden
+    with pytest.raises(SecureAggregationError, match="fewer than the threshold"):
+        reconstruct_revealed("r3-sparse", 1, 3, anns, reveals, [victim], [])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "LEAK: restart differencing is closed only for the nodes that revealed. One honest site "
-    "plus two colluders (of five) reveal every seed of attempt 1 (the full sum); the sites "
-    "that revealed nothing join attempt 2 without the honest revealer: the difference of "
-    "the two sums is that site's vector"))
+# was a strict xfail: closed: a site that sent masked data in an attempt joins no later one
 def test_restart_differencing_is_closed_even_for_sites_that_revealed_nothing(
         net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
+    from node.runtime.secure_session import SecureSessions
     from protocol.secure_agg import unmask_sum
 
     first = Aggregator(net, "r3-restart")
@@ -479,28 +483,32 @@ def test_restart_differencing_is_closed_even_for_sites_that_revealed_nothing(
     for x in (x1, x2):
         reveals[x] = {KEY_SHARES: {}, SEED_SHARES: {
             s: first.colluder_shares(x, s)[SEED_SHARES] for s in first.names}}
+    # three seed shares are below the threshold (4 of 5)...
+    with pytest.raises(SecureAggregationError, match="fewer than the threshold"):
+        reconstruct_revealed(first.study.id, 1, 3, first.announcements(), reveals, [],
+                             first.names)
+    # ... so h reveals too: with the colluders, every seed of attempt 1 (the full sum)
+    reveals[h] = first.revealed(h, 4)
     secrets = reconstruct_revealed(first.study.id, 1, 3, first.announcements(), reveals, [],
                                    first.names)
-    everyone = unmask_sum([masked[s] for s in first.names], first.names, secrets)
-    # attempt 2 without the victim (who refuses it: it revealed); the others never revealed
-    assert "no new key exchange" in first.ask(victim, 11, announce_request(2)).refusal
-    second = Aggregator(net, "r3-restart", attempt=2, names=[x1, x2, h, v])
-    masked2 = second.start()
-    reveals2 = {s: second.revealed(s, 14) for s in second.names}
-    secrets2 = reconstruct_revealed(second.study.id, 2, 13, second.announcements(), reveals2,
-                                    [], second.names)
-    others = unmask_sum([masked2[s] for s in second.names], second.names, secrets2)
-    got = {k: everyone.vectors[k[2:]] - others.vectors[k[2:]] for k in
-           ("i:g0.events", "i:g0.censored")}
-    assert not _same_km(got, _own_km(sites, victim, first)), \
-        "the aggregator holds the victim's own Kaplan-Meier counts"
+    unmask_sum([masked[s] for s in first.names], first.names, secrets)
+    # attempt 2 without the revealers: every site sent masked data in attempt 1 and refuses
+    # it, whether it revealed or not (v never did), so no second sum exists to difference
+    for s in first.names:
+        refusal = first.ask(s, 11, announce_request(2)).refusal
+        assert refusal is not None and "no new key exchange" in refusal, (s, refusal)
+    # the rule is each node's own, kept in its state file: it survives a restart
+    node = net.nodes[v]
+    assert node.secure is not None and node.secure._state_file is not None
+    node.secure = SecureSessions(v, net._credentials[v], node.secure._state_file)
+    refusal = first.ask(v, 12, announce_request(2)).refusal
+    assert refusal == ("secure aggregation: masked data was sent in attempt 1; no new key "
+                       "exchange for this study")
+    with pytest.raises(SetupError, match="no new key exchange"):
+        Aggregator(net, "r3-restart", attempt=2, names=[x1, x2, v]).start()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "LEAK (honest aggregator, no collusion): after a real dropout in the first round of a Cox "
-    "study, every later relay hands every survivor the dropped site's mask key "
-    "(relay 'revealed'); a curious survivor strips the screening counts that site sealed for "
-    "it (pairwise masks only) and reads that one site's cohort size and screening counts"))
+# was a strict xfail: closed by screening masks from the channel keys
 def test_a_curious_survivor_cannot_read_a_dropped_sites_screening_counts(
         tmp_path: Path, sites: list[SimulatedSite]) -> None:
     from aggregator.transport import StudyTask
@@ -552,37 +560,30 @@ def test_a_curious_survivor_cannot_read_a_dropped_sites_screening_counts(
 
 @pytest.fixture(scope="module")
 def seven(tmp_path_factory: pytest.TempPathFactory) -> list[SimulatedSite]:
-    """Seven small sites (complete graph: 7 holders per site, threshold 4)."""
+    """Seven small sites (complete graph: 7 holders per site, threshold 5)."""
     tmp = tmp_path_factory.mktemp("review3-seven")
     folders = {f.site_id: f.path for f in synthesize(tmp / "data", sites=7, patients=30,
                                                      seed=5)}
     return ingest_sites(tmp / "stores", folders, policy=DAY)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "LEAK (no colluder): 4 of 7 sites reveal every seed of attempt 1 (the sum over all 7); "
-    "the 3 that revealed nothing join attempt 2 (min_sites 3) and give their own sum; the "
-    "difference is the sum over the 4 revealers, a set no screening ever checked"))
+# was a strict xfail: closed: a site that sent masked data in an attempt joins no later one
 def test_no_sum_over_an_unscreened_set_of_sites_by_restarting(
         tmp_path: Path, seven: list[SimulatedSite]) -> None:
-    from protocol.secure_agg import unmask_sum
-
     with SimulatedNetwork(tmp_path / "seven", seven, KEY, today=lambda: TODAY) as net:
         first = Aggregator(net, "r3-restart-7")
-        masked = first.start()
+        first.start()
         revealers, rest = first.names[:4], first.names[4:]
-        reveals = {s: first.revealed(s, 4) for s in revealers}  # 4 = the threshold
-        secrets = reconstruct_revealed(first.study.id, 1, 3, first.announcements(), reveals,
-                                       [], first.names)
-        everyone = unmask_sum([masked[s] for s in first.names], first.names, secrets)
-        second = Aggregator(net, "r3-restart-7", attempt=2, names=rest)
-        masked2 = second.start()
-        reveals2 = {s: second.revealed(s, 14) for s in rest}
-        secrets2 = reconstruct_revealed(second.study.id, 2, 13, second.announcements(),
-                                        reveals2, [], rest)
-        others = unmask_sum([masked2[s] for s in rest], rest, secrets2)
-    got = {k: everyone.vectors[k[2:]] - others.vectors[k[2:]] for k in
-           ("i:g0.events", "i:g0.censored")}
-    parts = [_own_km(seven, s, first) for s in revealers]
-    ref = {k: sum(p[k] for p in parts) for k in parts[0]}
-    assert not _same_km(got, ref), "the aggregator holds the revealers' own pooled counts"
+        reveals = {s: first.revealed(s, 4) for s in revealers}
+        # 4 seed shares of 7 holders are below the threshold (5): no sum of attempt 1 ...
+        with pytest.raises(SecureAggregationError, match="fewer than the threshold"):
+            reconstruct_revealed(first.study.id, 1, 3, first.announcements(), reveals, [],
+                                 first.names)
+        # ... and the sites that revealed nothing sent masked data in attempt 1: none joins
+        # attempt 2, so no second sum exists either
+        for s in rest:
+            refusal = first.ask(s, 11, announce_request(2)).refusal
+            assert refusal == ("secure aggregation: masked data was sent in attempt 1; no "
+                               "new key exchange for this study"), (s, refusal)
+        with pytest.raises(SetupError, match="no new key exchange"):
+            Aggregator(net, "r3-restart-7", attempt=2, names=rest).start()

@@ -88,6 +88,9 @@ class _StudyKeys:
         field(default_factory=dict)
     """The attempt's first pooled screening counts, thresholds and participants."""
     unmasked: dict[int, Release] = field(default_factory=dict)
+    sent: set[int] = field(default_factory=set)
+    """Attempts in which this site sent a masked analysis vector (persisted before it is
+    sent): the study then takes part in no new key exchange."""
 
     def to_dict(self) -> dict[str, Any]:
         """What survives a restart: the rules' state, never a key."""
@@ -96,6 +99,7 @@ class _StudyKeys:
                 "revealed": {str(a): list(d) for a, d in self.revealed.items()},
                 "announced": sorted(set(self.announced) | self.lost | self.erased),
                 "erased": sorted(self.erased),
+                "sent": sorted(self.sent),
                 "participants": {str(a): list(p) for a, p in self.participants.items()},
                 "rounds": {f"{a}:{r}": d for (a, r), d in self.rounds.items()},
                 "expires": None if self.expires is None else self.expires.isoformat()}
@@ -107,6 +111,7 @@ class _StudyKeys:
         return cls(attempt=int(d["attempt"]), erased=erased,
                    dropped={int(a): tuple(x) for a, x in d.get("dropped", {}).items()},
                    revealed={int(a): tuple(x) for a, x in d.get("revealed", {}).items()},
+                   sent={int(a) for a in d.get("sent", [])},
                    lost={int(a) for a in d["announced"]} - erased,
                    participants={int(a): tuple(p) for a, p in d["participants"].items()},
                    rounds={(int(k.split(":")[0]), int(k.split(":")[1])): v
@@ -181,6 +186,11 @@ class SecureSessions:
             # second sum over other sites, their difference one site's vector
             raise StudyRefused("secure aggregation: shares were revealed in attempt "
                                f"{max(keys.revealed)}; no new key exchange for this study")
+        if keys.sent:
+            # even without a reveal here, others' shares may unmask that attempt's sum
+            # (colluders, or the revealers alone): a second attempt would difference it
+            raise StudyRefused("secure aggregation: masked data was sent in attempt "
+                               f"{max(keys.sent)}; no new key exchange for this study")
         private, announcement = announce(self.site_id, study_id, attempt, self._identity,
                                          self._certificate)
         self._erase(keys)  # a newer attempt ends the older ones: their keys go
@@ -245,6 +255,7 @@ class SecureSessions:
             masker = PairwiseMasker(self.site_id, private, announcements, study_id, attempt)
         except ProtocolError as exc:
             raise StudyRefused(f"secure aggregation: {exc}") from None
+        masker.on_data = lambda: self._data_sent(study_id, attempt)
         keys.maskers[attempt] = (relayed, masker)
         self._after_dropout(study_id, keys, masker, relay, min_sites)
         return masker, list(masker.active)
@@ -280,6 +291,13 @@ class SecureSessions:
                 raise StudyRefused(f"secure aggregation: revealed secrets refused: "
                                    f"{exc}") from None
             self._remembered.add((study_id, attempt))
+
+    def _data_sent(self, study_id: str, attempt: int) -> None:
+        """Persist, before it is sent, that this site masks analysis data in ``attempt``."""
+        keys = self._study(study_id)
+        if attempt not in keys.sent:
+            keys.sent.add(attempt)
+            self._save()
 
     @staticmethod
     def _erase(keys: _StudyKeys) -> None:
@@ -446,8 +464,10 @@ class SecureSessions:
         The mask of each vector is bound to the study, attempt, round, analysis and key. The
         attempt's first analysis round (not a screening) carries self masks too.
         """
-        if masker.self_round is None and any(r.analysis != SCREEN and not r.error
-                                             for r in releases):
+        data = any(r.analysis != SCREEN and not r.error for r in releases)
+        if data and masker.on_data is not None:
+            masker.on_data()
+        if masker.self_round is None and data:
             masker.self_round = round
         return [r if r.error else mask_release(
             r, masker, round, self_mask=r.analysis != SCREEN and round == masker.self_round)
