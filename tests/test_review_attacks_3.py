@@ -587,3 +587,33 @@ def test_no_sum_over_an_unscreened_set_of_sites_by_restarting(
                                "new key exchange for this study"), (s, refusal)
         with pytest.raises(SetupError, match="no new key exchange"):
             Aggregator(net, "r3-restart-7", attempt=2, names=rest).start()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "LEAK (honest aggregator, no collusion; found while closing the others): a survivor of a "
+    "recovered dropout learns the pooled screening counts over every participant (first "
+    "screening) and over the survivors (the re-screen that checks the disclosure decisions); "
+    "their difference is the dropped site's own screening counts (cohort size, group sizes, "
+    "AE cells). Closing it needs the decisions compared without the survivors' counts in the "
+    "clear (a secure comparison), not done"))
+def test_a_survivor_cannot_difference_the_two_screenings_of_a_dropout(
+        net: SimulatedNetwork, sites: list[SimulatedSite]) -> None:
+    agg = Aggregator(net, "r3-rescreen-diff")
+    agg.start()
+    victim, curious = agg.names[-1], agg.names[0]
+    survivors = [s for s in agg.names if s != victim]
+    rescreened = agg.rescreen(4, survivors, [victim])
+    agg.revealed(curious, 5, [victim], rescreened)  # the curious site unmasks as asked
+    session = net.nodes[curious].secure
+    assert session is not None
+    kept = session._study(agg.study.id)
+    before = kept.decided[1][0]  # the first pooled screening counts (all five sites)
+    masker = kept.maskers[1][1]
+    after, _ = session.pooled_screen(agg.study.id, 1, masker,
+                                     {p: b[curious] for p, b in rescreened.items()
+                                      if p != curious})
+    store = next(s.store_dir for s in sites if s.site_id == victim)
+    n = len(pooled_survival_data({victim: store}, agg.study, "overall_survival", None,
+                                 today=TODAY))
+    diff = int(before.vectors["cohort"][0]) - int(after.vectors["cohort"][0])
+    assert diff != n, "a survivor holds the dropped site's own cohort size"

@@ -11,7 +11,8 @@ self-mask seeds of the sites that answered, of the mask keys of those reported d
 one dropped set per attempt, and after a dropout only if the re-screened pooled counts of the
 survivors give the same disclosure decisions.
 
-Once it has revealed shares in an attempt, the node takes part in no new key exchange of the
+Once it has sent a masked analysis vector in an attempt (recorded in the state file before
+the vector leaves), or revealed shares, the node takes part in no new key exchange of the
 study: a new attempt would give the aggregator a second sum over other sites
 (docs/threat-model.md, restart differencing). Private keys live only in this process; a node
 restarted between rounds cannot mask and refuses the round ("no ephemeral key"); before any
