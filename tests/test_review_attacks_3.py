@@ -529,6 +529,9 @@ def test_a_curious_survivor_cannot_read_a_dropped_sites_screening_counts(
             requests = parse_requests(task.inputs)
             if requests.screened is not None and gone in requests.screened:
                 seen.setdefault("blob", requests.screened[gone])
+            for newton in requests.newton:  # whose masked releases the survivor is handed
+                seen.setdefault("relayed", set()).update(
+                    (r.metadata.get("secure") or {}).get("site") for r in newton.relayed)
             if requests.relay is not None:
                 seen["anns"] = requests.relay.announcements
                 if requests.relay.revealed:
@@ -556,6 +559,10 @@ def test_a_curious_survivor_cannot_read_a_dropped_sites_screening_counts(
     store = next(s.store_dir for s in sites if s.site_id == gone)
     n = len(pooled_survival_data({gone: store}, study, "overall_survival", None, today=TODAY))
     assert int(mine["i:cohort"][0]) != n, "a survivor holds the dropped site's cohort size"
+    # nothing else the survivor holds came from the dropped site: the relayed releases of
+    # the Newton rounds are the survivors' own, so the revealed key opens nothing
+    assert seen.get("relayed") and None not in seen["relayed"], seen.get("relayed")
+    assert gone not in seen["relayed"], seen["relayed"]
 
 
 @pytest.fixture(scope="module")
