@@ -1,7 +1,5 @@
 """``python -m heron``: the ``heron`` command line."""
 
-import sys
+from heron.cli import run
 
-from heron.cli import main
-
-sys.exit(main())
+run()

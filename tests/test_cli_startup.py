@@ -9,6 +9,7 @@ imported. ``benchmarks/cli_startup.py`` gives the timings.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -113,6 +114,49 @@ def test_study_status_against_a_running_aggregator_loads_no_x509_code(tmp_path):
     assert probe["code"] == 2
     assert probe["err"].startswith("heron: error: aggregator: NOT_FOUND"), probe["err"]
     assert _loaded(probe["modules"], ("cryptography",)) == []
+
+
+def test_client_commands_exit_at_once_with_their_whole_output(tmp_path):
+    """``heron study status`` and ``list`` skip the interpreter's teardown (os._exit): their
+    output, through a pipe, is complete and their exit status is the command's."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from aggregator.config import AggregatorConfig
+    from aggregator.server import create_server
+    from heron.coordinator import CoordinatorClient
+    from protocol.keys import public_key_b64
+    from protocol.signing import sign_study
+    from tests.aggregator_helpers import make_study
+
+    net = make_network(tmp_path)
+    key = Ed25519PrivateKey.generate()
+    config = AggregatorConfig(listen="127.0.0.1:0", credentials_dir=net.root / "aggregator",
+                              db_path=tmp_path / "agg.sqlite",
+                              trusted_coordinators=(public_key_b64(key.public_key()),))
+    server = create_server(config)
+    server.start()
+    target = f"127.0.0.1:{server.port}"
+    ids = [f"study-{i:03d}" for i in range(40)]
+    cli = ["--credentials", str(net.root / "coordinator"), "--aggregator", target]
+    try:
+        with CoordinatorClient(target, net.root / "coordinator") as client:
+            for study_id in ids:
+                client.submit(sign_study(make_study(study_id), key))
+        heron = [sys.executable, "-m", "heron", "study"]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered
+        listed = subprocess.run([*heron, "list", "--json", *cli], capture_output=True,
+                                text=True, cwd=ROOT, timeout=120, env=env)
+        status = subprocess.run([*heron, "status", ids[-1], "--json", *cli],
+                                capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+        missing = subprocess.run([*heron, "status", "no-such-study", *cli],
+                                 capture_output=True, text=True, cwd=ROOT, timeout=120, env=env)
+    finally:
+        server.stop(0)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(s["study_id"] for s in json.loads(listed.stdout)) == ids
+    assert status.returncode == 0 and json.loads(status.stdout)["study_id"] == ids[-1]
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("heron: error: aggregator: NOT_FOUND")
 
 
 def test_study_status_with_a_key_of_another_certificate_names_the_key(tmp_path):
