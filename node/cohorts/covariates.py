@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from node.cohorts.cohort import Tables, cohort_index, get_table
+from node.cohorts.facts import fact_rows
 from node.errors import StudyRefused
 from node.ingestion.schema import BASELINE_MEASUREMENTS
 from protocol.design import (
@@ -47,7 +48,7 @@ from protocol.design import design_columns as _design_columns
 from protocol.errors import StudyFormatError
 
 __all__ = ["CATEGORICAL_COVARIATES", "LAB_PREFIX", "NUMERIC_COVARIATES", "Design",
-           "build_design", "design_columns", "is_categorical"]
+           "baseline_labs", "build_design", "design_columns", "is_categorical"]
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,11 @@ def _arrow_strings(values: pd.Series | pd.Index) -> pa.ChunkedArray:
     return pa.chunked_array(pa.array(arr)).cast(pa.large_string())
 
 
-def _lab_rows(tables: Tables, ids: pd.Index, measurements: Sequence[str]
+def _lab_rows(tables: Tables, ids: pa.Array, measurements: Sequence[str]
               ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per measurement: (cohort row, day, value) of its baseline_measurements rows of cohort
-    infusions with a finite value on a day <= 0. Only the needed columns are read and only
-    the rows of these measurements (exact names) are matched to the cohort (Arrow
+    """Per measurement: (row in ``ids``, day, value) of its baseline_measurements rows of
+    these infusions with a finite value on a day <= 0. Only the needed columns are read and
+    only the rows of these measurements (exact names) are matched to ``ids`` (Arrow
     ``is_in`` / ``index_in``). An absent table, or one lacking columns, has no rows."""
     bm = get_table(tables, "baseline_measurements", _LAB_COLUMNS)
     if any(c not in bm.columns for c in _LAB_COLUMNS):
@@ -163,12 +164,41 @@ def _lab_rows(tables: Tables, ids: pd.Index, measurements: Sequence[str]
     rows = bm.iloc[wanted] if len(wanted) < len(bm) else bm
     day = _numeric_values(rows["day"])
     value = _numeric_values(rows["value"])
-    pos = pc.index_in(_arrow_strings(rows["infusion_id"]),
-                      value_set=_arrow_strings(ids).combine_chunks())
+    pos = pc.index_in(_arrow_strings(rows["infusion_id"]), value_set=ids)
     pos_np = np.asarray(pc.fill_null(pos, -1).to_numpy(), dtype=np.intp)
     ok = (pos_np >= 0) & ~np.isnan(value) & (day <= 0)
     return {name: (pos_np[sel], day[sel], value[sel])
             for k, name in enumerate(measurements) for sel in [ok & (code == k)]}
+
+
+def _id_values(ids: pd.Index | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Infusion ids as one Arrow large-string array (an ``index_in`` value set)."""
+    if isinstance(ids, pd.Index):
+        return _arrow_strings(ids).combine_chunks()
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    return ids.cast(pa.large_string())
+
+
+def baseline_labs(tables: Tables, ids: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """The baseline value of every measurement for each infusion of ``ids`` (the rule of the
+    module docstring): one float64 column per measurement name present (exact names), a row
+    per id in order, NaN where missing. Built once per snapshot over the facts' infusions
+    (:mod:`node.cohorts.facts`), so a design reads its columns instead of the raw table; the
+    same code as the raw path, so equal values."""
+    bm = get_table(tables, "baseline_measurements", ("measurement",))
+    names: list[str] = []
+    if "measurement" in bm.columns and len(bm):
+        found = pc.unique(_arrow_strings(bm["measurement"])).drop_null()
+        names = sorted(found.to_pylist())
+    del bm
+    values = _id_values(ids)
+    rows = _lab_rows(tables, values, names) if names else {}
+    out = {name: pa.array(_lab_values(*rows[name], len(values)), pa.float64())
+           for name in names}
+    return pa.table(out) if out else pa.table({})
 
 
 def _lab_values(pos: np.ndarray, day: np.ndarray, value: np.ndarray, n: int) -> np.ndarray:
@@ -182,6 +212,19 @@ def _lab_values(pos: np.ndarray, day: np.ndarray, value: np.ndarray, n: int) -> 
     has = counts > 0
     out[has] = sums[has] / counts[has]
     return out
+
+
+def _cohort_labs(tables: Tables, cohort_df: pd.DataFrame,
+                 names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per measurement: the baseline value of each cohort row (NaN if none). A cohort
+    selected from the snapshot's facts reads the snapshot's baseline values (a few columns);
+    any other reads baseline_measurements (the raw path)."""
+    held = fact_rows(tables, cohort_df)
+    got = held[0].baseline_labs(names) if held is not None else None
+    if got is not None and held is not None:
+        return {name: got[name][held[1]] for name in names}
+    rows = _lab_rows(tables, _id_values(cohort_index(cohort_df)), names)
+    return {name: _lab_values(*rows[name], len(cohort_df)) for name in names}
 
 
 def build_design(tables: Tables, cohort_df: pd.DataFrame,
@@ -208,14 +251,14 @@ def build_design(tables: Tables, cohort_df: pd.DataFrame,
     codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     missing = np.zeros((n_rows, len(covs)), dtype=bool)
     wanted = [cov[len(LAB_PREFIX):] for cov in covs if cov.startswith(LAB_PREFIX)]
-    labs = _lab_rows(tables, cohort_index(cohort_df), wanted) if wanted else {}
+    labs = _cohort_labs(tables, cohort_df, wanted) if wanted else {}
     for j, cov in enumerate(covs):
         if is_categorical(cov):
             codes[cov] = _categorical_codes(cohort_df[cov])
             missing[:, j] = codes[cov][0] < 0
             continue
         if cov.startswith(LAB_PREFIX):
-            numeric[cov] = _lab_values(*labs[cov[len(LAB_PREFIX):]], n_rows)
+            numeric[cov] = labs[cov[len(LAB_PREFIX):]]
         else:
             numeric[cov] = _numeric_values(cohort_df[cov])
         missing[:, j] = np.isnan(numeric[cov])

@@ -19,6 +19,7 @@ import datetime as dt
 import logging
 import os
 import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,17 @@ from node.cohorts.cohort import (
 )
 from protocol.study import CENSOR_EVENTS, COHORT_LIST_KEYS, Cohort
 
-__all__ = ["EVENT_COLUMNS", "FACTS_FILE", "Facts", "build_facts", "fact_rows", "facts_of",
-           "select_from_facts"]
+__all__ = ["EVENT_COLUMNS", "FACTS_FILE", "LABS_FILE", "Facts", "build_facts", "fact_rows",
+           "facts_of", "select_from_facts"]
 
 logger = logging.getLogger(__name__)
 
 FACTS_FILE = "facts.parquet"
 FACTS_VERSION = "1"
+LABS_FILE = "baseline_labs.parquet"
+"""The snapshot's baseline lab values: a float64 column per measurement name, a row per facts
+row (:func:`node.cohorts.covariates.baseline_labs`)."""
+LABS_VERSION = "1"
 EVENT_COLUMNS = {e: f"first_{e}" for e in ("relapse_progression", *CENSOR_EVENTS)}
 """Clinical event -> facts column of its first day (days since infusion)."""
 _NUMBERS = ("t0", "last_contact", "death", *EVENT_COLUMNS.values())
@@ -101,22 +106,62 @@ def write_facts(table: pa.Table, path: Path) -> None:
         os.close(fd)
 
 
-class Facts:
-    """Read access to one snapshot's facts: each column read once, on first use."""
+LabsSource = Callable[[], Path | pa.Table]
+"""Gives a snapshot's baseline lab values (:data:`LABS_FILE`, or the table in memory),
+deriving them first for a snapshot written without them."""
 
-    def __init__(self, source: Path | pa.Table, key: str) -> None:
+
+class Facts:
+    """Read access to one snapshot's facts: each column read once, on first use.
+
+    ``labs``, when given, gives the snapshot's baseline lab values aligned with the facts rows
+    (:meth:`baseline_labs`), asked for on first use only.
+    """
+
+    def __init__(self, source: Path | pa.Table, key: str,
+                 labs: LabsSource | None = None) -> None:
         self._source = source
         self.key = key
         """Identifies the snapshot (its id)."""
         self._cols: dict[str, pa.ChunkedArray] = {}
         self._numbers: dict[str, np.ndarray] = {}
         self._max_day: float | None = None
+        self._labs_source = labs
+        self._labs: Path | pa.Table | None = None
+        self._lab_values: dict[str, np.ndarray] = {}
 
     @property
     def nbytes(self) -> int:
         """Bytes of the columns held."""
         return sum(c.nbytes for c in self._cols.values()) + \
-            sum(a.nbytes for a in self._numbers.values())
+            sum(a.nbytes for a in self._numbers.values()) + \
+            sum(a.nbytes for a in self._lab_values.values())
+
+    def baseline_labs(self, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """Per measurement name: its baseline value for every facts row (float64, NaN where
+        missing; read-only), each read once; None for facts without lab values (the raw
+        path then runs). A name this snapshot never measured is all missing."""
+        if self._labs_source is None:
+            return None
+        missing = [n for n in dict.fromkeys(names) if n not in self._lab_values]
+        if missing:
+            if self._labs is None:
+                self._labs = self._labs_source()
+            source = self._labs
+            present = source.schema.names if isinstance(source, pa.Table) \
+                else pq.read_schema(source).names
+            found = [n for n in missing if n in present]
+            read = source.select(found) if isinstance(source, pa.Table) \
+                else pq.read_table(source, columns=found)
+            for name in missing:
+                if name in found:
+                    col = read.column(name)
+                    out = np.asarray(pc.fill_null(col, np.nan).to_numpy(), dtype=np.float64)
+                else:
+                    out = np.full(len(self), np.nan)
+                out.flags.writeable = False
+                self._lab_values[name] = out
+        return {n: self._lab_values[n] for n in names}
 
     def column(self, name: str) -> pa.ChunkedArray:
         """One facts column as Arrow (the low-cardinality strings dictionary-encoded)."""

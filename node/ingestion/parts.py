@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,6 +38,7 @@ from node.ingestion.store import (
     _conform,
     _digests_file,
     quarantine_dtypes,
+    write_labs,
     write_snapshot_with,
 )
 
@@ -90,6 +92,19 @@ def _unique_ids(facts: pa.Table) -> None:
         raise IngestError("a patient appears in two parts: each part must hold whole patients")
 
 
+def _concat_labs(parts: Sequence[pa.Table], sizes: Sequence[int]) -> pa.Table:
+    """The parts' baseline lab values one under the other (a measurement a part lacks is
+    missing, NaN, for its rows)."""
+    names = sorted({n for part in parts for n in part.column_names})
+    out = {}
+    for name in names:
+        chunks = [part.column(name).combine_chunks() if name in part.column_names
+                  else pa.array(np.full(size, np.nan), pa.float64())
+                  for part, size in zip(parts, sizes, strict=True)]
+        out[name] = pa.chunked_array(chunks, pa.float64())
+    return pa.table(out) if out else pa.table({})
+
+
 def ingest_parts(sources: Sequence[Path | str], store_dir: Path | str, secret: bytes,
                  today: date | None = None, progress: Progress | None = None,
                  ledger_salt: bytes | None = None) -> IngestReport:
@@ -103,7 +118,8 @@ def ingest_parts(sources: Sequence[Path | str], store_dir: Path | str, secret: b
     IngestError
         For a structural problem of any part, or a patient or infusion in two parts.
     """
-    from node.cohorts.facts import FACTS_FILE, build_facts, write_facts
+    from node.cohorts.covariates import baseline_labs
+    from node.cohorts.facts import FACTS_FILE, LABS_FILE, build_facts, write_facts
     from node.governance.digests import salt_fingerprint, snapshot_digests
     today = today or date.today()
     counts: dict[str, TableCounts] = {}
@@ -113,7 +129,7 @@ def ingest_parts(sources: Sequence[Path | str], store_dir: Path | str, secret: b
 
     def fill(folder: Path) -> list[str]:
         files = _Appender(folder)
-        facts, present, n_warnings = [], set(), 0
+        facts, labs, present, n_warnings = [], [], set(), 0
         for k, source in enumerate(sources):
             got = accepted(source, secret, today, progress)
             stored = {name: _conform(frame, get_table(name).dtypes())
@@ -124,6 +140,7 @@ def ingest_parts(sources: Sequence[Path | str], store_dir: Path | str, secret: b
             files.append(QUARANTINE, _conform(got.quarantine, quarantine_dtypes()))
             files.append(WARNINGS, _conform(got.warnings, WARNING_COLUMNS))
             facts.append(build_facts(stored))
+            labs.append(baseline_labs(stored, facts[-1].column("infusion_id")))
             n_warnings += len(got.warnings)
             _add(counts, got.report)
             issues.append(got.report.issue_frame)
@@ -132,11 +149,16 @@ def ingest_parts(sources: Sequence[Path | str], store_dir: Path | str, secret: b
             del got, stored
         files.close()
         table = pa.concat_tables(facts)
+        sizes = [f.num_rows for f in facts]
         del facts
         _unique_ids(table)
         order = pc.sort_indices(table, [("infusion_id", "ascending")])
         table = table.take(order)
         write_facts(table, folder / FACTS_FILE)
+        lab_values = _concat_labs(labs, sizes)
+        write_labs(lab_values.take(order) if lab_values.num_columns else lab_values,
+                   folder / LABS_FILE)
+        del labs, lab_values
         if ledger_salt is not None:
             snapshot_digests(table.column("patient_id").to_pylist(),
                              table.column("infusion_id").to_pylist(), ledger_salt).save(

@@ -8,6 +8,7 @@ Layout::
         snapshots/<id>/quarantine.parquet
         snapshots/<id>/warnings.parquet
         snapshots/<id>/facts.parquet      one row per infusion: what studies read (derived)
+        snapshots/<id>/baseline_labs.parquet  baseline lab values per facts row (derived)
         snapshots/<id>/ledger-<fp>.npz    per-infusion ledger digests under one salt (derived)
         snapshots/<id>/manifest.json
 
@@ -224,15 +225,30 @@ def write_snapshot_with(store_dir: Path | str, fill: Callable[[Path], list[str]]
 
 def _write_derived(folder: Path, tables: Mapping[str, pd.DataFrame],
                    ledger_salt: bytes | None) -> None:
-    """Write the snapshot's facts (and its ledger digests under ``ledger_salt``)."""
-    from node.cohorts.facts import FACTS_FILE, build_facts, write_facts
+    """Write the snapshot's facts and baseline lab values (and its ledger digests under
+    ``ledger_salt``)."""
+    from node.cohorts.covariates import baseline_labs
+    from node.cohorts.facts import FACTS_FILE, LABS_FILE, build_facts, write_facts
     from node.governance.digests import salt_fingerprint, snapshot_digests
     facts = build_facts(tables)
     write_facts(facts, folder / FACTS_FILE)
+    write_labs(baseline_labs(tables, facts.column("infusion_id")), folder / LABS_FILE)
     if ledger_salt is not None:
         snapshot_digests(facts.column("patient_id").to_pylist(),
                          facts.column("infusion_id").to_pylist(), ledger_salt).save(
             folder / _digests_file(salt_fingerprint(ledger_salt)))
+
+
+def write_facts_file(table: pa.Table, path: Path) -> None:
+    """Write a snapshot's facts (:func:`node.cohorts.facts.write_facts`)."""
+    from node.cohorts.facts import write_facts
+    write_facts(table, path)
+
+
+def write_labs(table: pa.Table, path: Path) -> None:
+    """Write a snapshot's baseline lab values (:data:`node.cohorts.facts.LABS_FILE`)."""
+    from node.cohorts.facts import LABS_VERSION, write_facts
+    write_facts(table.replace_schema_metadata({"heron_labs": LABS_VERSION}), path)
 
 
 def _digests_file(fingerprint: str) -> str:
@@ -312,22 +328,46 @@ class Store:
 
     def facts(self) -> Facts:
         """The snapshot's facts (:mod:`node.cohorts.facts`); a snapshot without them (written
-        before they existed) derives them from its tables once and keeps them."""
-        from node.cohorts.facts import FACTS_FILE, Facts, build_facts, write_facts
+        before they existed) derives them from its tables once and keeps them. Its baseline
+        lab values likewise, on their first use."""
+        from node.cohorts.facts import FACTS_FILE, Facts, build_facts
         path = self.path / FACTS_FILE
         if not path.exists():
             logger.info("snapshot %s has no facts yet: deriving them", self.snapshot_id)
             table = build_facts(self)
-            try:
-                tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-                write_facts(table, tmp)
-                os.replace(tmp, path)
-            except OSError as exc:
-                logger.warning("cannot keep the facts in %s (%s); they stay in memory",
-                               self.path, type(exc).__name__)
-                return Facts(table, self.snapshot_id)
+            if not self._keep(table, path, write_facts_file):
+                return Facts(table, self.snapshot_id,
+                             labs=lambda: self._labs(table.column("infusion_id")))
         _choose_memory_pool()
-        return Facts(path, self.snapshot_id)
+        return Facts(path, self.snapshot_id,
+                     labs=lambda: self._labs(pq.read_table(path, columns=["infusion_id"])
+                                             .column("infusion_id")))
+
+    def _labs(self, ids: pa.ChunkedArray) -> Path | pa.Table:
+        """The snapshot's baseline lab values file; a snapshot without it (written before it
+        existed) derives it for the facts' ``ids`` once and keeps it."""
+        from node.cohorts.covariates import baseline_labs
+        from node.cohorts.facts import LABS_FILE
+        path = self.path / LABS_FILE
+        if path.exists():
+            return path
+        logger.info("snapshot %s has no baseline lab values yet: deriving them",
+                    self.snapshot_id)
+        table = baseline_labs(self, ids)
+        return path if self._keep(table, path, write_labs) else table
+
+    def _keep(self, table: pa.Table, path: Path,
+              write: Callable[[pa.Table, Path], None]) -> bool:
+        """Add a derived file to the snapshot folder atomically; False if it cannot be."""
+        try:
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            write(table, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("cannot keep %s in %s (%s); it stays in memory", path.name,
+                           self.path, type(exc).__name__)
+            return False
+        return True
 
     def ledger_digests(self, ledger: DisclosureLedger, facts: Facts) -> SnapshotDigests:
         """Per-infusion ledger digests under ``ledger``'s salt, aligned with ``facts``
