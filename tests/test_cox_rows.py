@@ -68,6 +68,20 @@ def test_sorted_rows_give_the_brute_force_sums_at_every_round() -> None:
         assert got == cox_day_stats(t, e, x, b, horizon, centre)
 
 
+def test_rows_kept_between_rounds_of_changing_centres() -> None:
+    """The centred covariates kept for one centre are not used for another."""
+    t, e, x = _site(2)
+    rows = cox_rows(t, e, x, 30)
+    b = np.array([0.01, -0.3, 0.2])
+    for centre in ([50.0, 0.5, 1.5], [40.0, 0.0, 1.0], [50.0, 0.5, 1.5], None, [40.0, 0.0, 1.0]):
+        c = None if centre is None else np.asarray(centre)
+        got = rows.day_stats(b, c)
+        want = _brute_force(t, e, x, b, 30, np.zeros(3) if c is None else c)
+        for key in ("s0", "s1", "s2", "e0", "e1", "e2", "event_x"):
+            np.testing.assert_allclose(getattr(got, key), want[key], rtol=1e-12, atol=1e-9)
+        assert got == cox_day_stats(t, e, x, b, 30, c)
+
+
 def test_sorted_rows_of_sites_pool_to_the_rows_of_the_pooled_data() -> None:
     t, e, x = _site(2, n=240)
     site = np.arange(240) % 3

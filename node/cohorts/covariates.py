@@ -126,10 +126,15 @@ def _numeric_values(col: pd.Series) -> np.ndarray:
 
 
 def _categorical_codes(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, uniques) with code -1 for a missing or blank value."""
+    """(codes, uniques) with code -1 for a missing or blank value. A categorical column (the
+    facts' cohort frame) gives its own codes and categories, as strings."""
     codes: np.ndarray
-    codes, levels = pd.factorize(col.astype("string"))
-    uniques = np.asarray(levels.astype(object), dtype=object)
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        codes = np.asarray(col.cat.codes.to_numpy(), dtype=np.intp)
+        uniques = np.array([str(c) for c in col.cat.categories], dtype=object)
+    else:
+        codes, levels = pd.factorize(col.astype("string"))
+        uniques = np.asarray(levels.astype(object), dtype=object)
     blank = np.array([str(u).strip() == "" for u in uniques], dtype=bool)
     if blank.any():
         codes = np.where(blank[np.maximum(codes, 0)] & (codes >= 0), -1, codes)
