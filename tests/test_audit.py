@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from node.errors import AuditError
-from node.governance.audit import GENESIS, AuditTrail, entry_hash, verify_audit
+from node.governance.audit import GENESIS, HEAD_SIZE, AuditTrail, entry_hash, verify_audit
 
 
 def _trail(tmp_path: Path, n: int = 4) -> Path:
@@ -197,3 +197,39 @@ def test_interrupted_append_is_reported_then_recovered(tmp_path: Path) -> None:
     assert (report.ok, report.first_bad_seq) == (False, 3)
     assert AuditTrail(path).append("release", "s")["seq"] == 4
     assert verify_audit(path).ok
+
+
+def test_head_is_one_fixed_record_updated_in_place(tmp_path: Path) -> None:
+    path = _trail(tmp_path, 2)
+    head = Path(str(path) + ".head")
+    inode = head.stat().st_ino
+    assert head.stat().st_size == HEAD_SIZE
+    last = AuditTrail(path).append("release", "s", round=1)
+    # the same file (no rename), still private, holding the last entry padded to its size
+    assert head.stat().st_ino == inode and head.stat().st_size == HEAD_SIZE
+    assert stat.S_IMODE(head.stat().st_mode) == 0o600
+    text = head.read_text()
+    assert text.endswith("\n") and json.loads(text) == {"seq": 3, "hash": last["hash"]}
+    assert not Path(str(head) + ".tmp").exists()
+    assert verify_audit(path).ok
+
+
+def test_head_of_another_size_is_replaced_and_the_chain_continues(tmp_path: Path) -> None:
+    path = _trail(tmp_path, 2)
+    head = Path(str(path) + ".head")
+    second = json.loads(_lines(path)[-1])
+    head.write_text(json.dumps({"seq": 2, "hash": second["hash"]}))  # as older nodes wrote it
+    assert verify_audit(path).ok
+    assert AuditTrail(path).append("release", "s")["seq"] == 3
+    assert head.stat().st_size == HEAD_SIZE and verify_audit(path).ok
+
+
+def test_torn_head_record_is_refused(tmp_path: Path) -> None:
+    path = _trail(tmp_path, 3)
+    head = Path(str(path) + ".head")
+    data = bytearray(head.read_bytes())
+    data[20:] = b"\0" * (len(data) - 20)  # a write cut short: not a valid head
+    head.write_bytes(bytes(data))
+    assert not verify_audit(path).ok
+    with pytest.raises(AuditError, match="head"):
+        AuditTrail(path).append("release", "s")

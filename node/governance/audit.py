@@ -4,9 +4,18 @@ Each line is one entry ``{"seq", "time", "event", "study_id", "details", "prev",
 ``seq`` counts from 1, ``time`` is UTC ISO 8601, ``prev`` is the hash of the previous entry
 (``"0" * 64`` for the first) and ``hash`` is the SHA-256 hex digest of the canonical JSON
 (sorted keys, compact separators, ASCII) of the entry without ``hash``. A head file
-(``<path>.head``, replaced atomically) records the last ``seq`` and ``hash``, so that cutting
-entries off the end of the trail is detected as well as edited, deleted, inserted or reordered
-lines.
+(``<path>.head``) records the last ``seq`` and ``hash``, so that cutting entries off the end of
+the trail is detected as well as edited, deleted, inserted or reordered lines.
+
+Crash safety: an entry's line is fsynced before its head is written, so the head is never
+ahead of the trail, and an append interrupted between the two leaves the head one entry behind
+(tolerated by the next append, which brings the head up to date). The head is created (or
+rewritten, when not of its fixed size) by a synced temporary file renamed over it and a synced
+directory; every later head update overwrites the head's one fixed-size record (a
+:data:`HEAD_SIZE`-byte JSON line padded with spaces, well inside one disk sector) in place with
+one write and ``fdatasync``, so an append syncs two files and renames nothing. A single
+sector-sized write at offset 0 is taken to be atomic, as PostgreSQL does for ``pg_control``; a
+torn head would be refused as malformed (never taken as valid).
 
 ``details`` must never hold patient-level data: callers pass aggregates only (counts, reasons,
 study and analysis names, policy settings). Pandas and numpy containers are rejected outright.
@@ -24,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +42,8 @@ from typing import Any
 
 from node.errors import AuditError
 
-__all__ = ["EVENTS", "GENESIS", "AuditReport", "AuditTrail", "entry_hash", "unaudited_snapshot",
-           "verify_audit"]
+__all__ = ["EVENTS", "GENESIS", "HEAD_SIZE", "AuditReport", "AuditTrail", "entry_hash",
+           "unaudited_snapshot", "verify_audit"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,8 @@ EVENTS = (
     "node_initialised",
 )
 _KEYS = frozenset({"seq", "time", "event", "study_id", "details", "prev", "hash"})
+HEAD_SIZE = 128
+"""Bytes of the head file: its JSON line padded with spaces (replaced in place by one write)."""
 
 
 def _default(obj: Any) -> Any:
@@ -110,13 +122,38 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _head_record(seq: int, digest: str) -> bytes:
+    """The head's JSON line, padded with spaces to :data:`HEAD_SIZE` bytes when it fits."""
+    text = _canonical({"seq": seq, "hash": digest})
+    return (text.ljust(HEAD_SIZE - 1) + "\n").encode("ascii")
+
+
 def _write_head(path: Path, seq: int, digest: str) -> None:
+    """Record ``(seq, digest)`` in the head file, durably: in place when the head already has
+    the fixed size (one write, ``fdatasync``), else by a synced file renamed over it."""
     head = _head_path(path)
+    record = _head_record(seq, digest)
+    if len(record) == HEAD_SIZE:
+        try:
+            fd = os.open(head, os.O_WRONLY | os.O_NOFOLLOW)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_size == HEAD_SIZE:
+                    if stat.S_IMODE(st.st_mode) != 0o600:
+                        os.fchmod(fd, 0o600)
+                    if os.pwrite(fd, record, 0) == HEAD_SIZE:
+                        os.fdatasync(fd)  # the size is unchanged: data only
+                        return
+            finally:
+                os.close(fd)
     tmp = head.with_name(head.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, (_canonical({"seq": seq, "hash": digest}) + "\n").encode("ascii"))
+        os.write(fd, record)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -202,10 +239,14 @@ class AuditTrail:
         if event not in EVENTS:
             log.warning("audit event %r is not one of the node's standard events", event)
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
-                os.fchmod(fd, 0o600)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            except FileNotFoundError:  # the first entry: its folder is made too
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
+                    os.fchmod(fd, 0o600)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 seq, prev = self._tail_state(fd)
                 now = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
@@ -217,7 +258,7 @@ class AuditTrail:
                     raise AuditError(f"audit details not recordable: {exc}") from exc
                 entry["hash"] = entry_hash(entry)
                 os.write(fd, (_canonical(entry) + "\n").encode("ascii"))
-                os.fsync(fd)
+                os.fdatasync(fd)  # the line is durable before the head moves
                 _write_head(self.path, entry["seq"], entry["hash"])
             finally:
                 os.close(fd)  # releases the flock
