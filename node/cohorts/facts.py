@@ -148,11 +148,13 @@ class Facts:
             if self._labs is None:
                 self._labs = self._labs_source()
             source = self._labs
-            present = source.schema.names if isinstance(source, pa.Table) \
-                else pq.read_schema(source).names
-            found = [n for n in missing if n in present]
-            read = source.select(found) if isinstance(source, pa.Table) \
-                else pq.read_table(source, columns=found)
+            if isinstance(source, pa.Table):
+                found = [n for n in missing if n in source.schema.names]
+                read = source.select(found)
+            else:
+                parquet = pq.ParquetFile(source)
+                found = [n for n in missing if n in parquet.schema_arrow.names]
+                read = parquet.read(columns=found)
             for name in missing:
                 if name in found:
                     col = read.column(name)
@@ -174,8 +176,9 @@ class Facts:
             if isinstance(self._source, pa.Table):
                 read = self._source.select(missing)
             else:
-                read = pq.read_table(self._source, columns=missing,
-                                     read_dictionary=[n for n in missing if n in _CATEGORIES])
+                # ParquetFile, not read_table: no pyarrow.dataset (imported on a first study)
+                read = pq.ParquetFile(self._source, read_dictionary=[
+                    n for n in missing if n in _CATEGORIES]).read(columns=missing)
             for name in missing:
                 self._cols[name] = read.column(name)
         return {n: self._cols[n] for n in names}

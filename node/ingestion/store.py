@@ -340,7 +340,7 @@ class Store:
                              labs=lambda: self._labs(table.column("infusion_id")))
         _choose_memory_pool()
         return Facts(path, self.snapshot_id,
-                     labs=lambda: self._labs(pq.read_table(path, columns=["infusion_id"])
+                     labs=lambda: self._labs(pq.ParquetFile(path).read(columns=["infusion_id"])
                                              .column("infusion_id")))
 
     def _labs(self, ids: pa.ChunkedArray) -> Path | pa.Table:
