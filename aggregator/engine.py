@@ -14,7 +14,8 @@ Fixed costs. Entering a round (its run state, its tasks, the participants' state
 submission the study itself) is one transaction, committed before any task is sent. Each
 answer is one transaction (the last one of a round also holds the next round), or answers
 that arrived together share one (:meth:`StudyEngine.on_replies`, as the node link hands
-them over). The current
+them over; answers of worker threads that meet at the engine's lock, as the in-process
+transport's do, are group-committed by :meth:`StudyEngine.on_reply`). The current
 round of every running study is kept in memory too: its run state, its tasks and the answers
 so far, decoded once as they arrive, so a reply reads nothing back from the database and the
 round is advanced from memory. After a restart, :meth:`StudyEngine.resume` rebuilds it from
@@ -31,6 +32,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -162,6 +164,8 @@ class StudyEngine:
         self._running: dict[str, _Running] = {}
         self._rounds: dict[str, _Round] = {}
         self._waiters: dict[str, set[Waker]] = {}
+        self._inbox: deque[tuple[str, TaskReply, bytes | None]] = deque()
+        """Replies waiting for the lock (:meth:`on_reply`; ``deque`` appends are atomic)."""
         self._started_at = clock()
         transport.set_listener(self)
 
@@ -371,21 +375,46 @@ class StudyEngine:
         """Record replies that arrived together in one transaction (one commit): each as
         :meth:`on_reply` does, inside a savepoint of its own; one that fails is logged and
         undone alone. Tasks of a round entered meanwhile are sent once it has committed."""
+        self._record_together([(site_id, reply, None) for site_id, reply in replies])
+
+    def _record_together(self, replies: Sequence[tuple[str, TaskReply, bytes | None]]) -> None:
         with self._lock:
             try:
                 with self._store.transaction():
-                    for site_id, reply in replies:
+                    for site_id, reply, blob in replies:
                         try:
-                            self.on_reply(site_id, reply)
+                            self._record_reply(site_id, reply, blob)
                         except Exception:
                             logger.exception("handling the reply of %s failed", site_id)
             except BaseException:  # the commit failed: memory is read back from the store
-                for study_id in {reply.study_id for _, reply in replies}:
+                for study_id in {reply.study_id for _, reply, _ in replies}:
                     self._reload_round(study_id)
                 raise
 
     def on_reply(self, site_id: str, reply: TaskReply) -> None:
-        """Record an answer or refusal; unknown, foreign, stale or repeated ones are ignored."""
+        """Record an answer or refusal; unknown, foreign, stale or repeated ones are ignored.
+
+        Replies of several threads (the in-process transport's workers) are group-committed:
+        each joins a queue, and the thread holding the engine's lock records every queued
+        reply in one transaction, so a reply is committed when this returns (by this thread
+        or by the one that held the lock). An answer is serialised before the lock is taken.
+        """
+        blob = None
+        if reply.refusal is None and reply.releases and awaiting_digest(reply.releases) is None:
+            blob = encode_task_result(reply.task_id, reply.study_id, reply.releases)
+        self._inbox.append((site_id, reply, blob))
+        with self._lock:
+            batch = []
+            while self._inbox:
+                batch.append(self._inbox.popleft())
+            if len(batch) == 1:  # alone: recorded as before (errors reach the caller)
+                self._record_reply(*batch[0])
+            elif batch:
+                self._record_together(batch)
+
+    def _record_reply(self, site_id: str, reply: TaskReply, blob: bytes | None = None) -> None:
+        """:meth:`on_reply` of one reply, under the engine's lock (``blob``: the answer's
+        stored form, when already encoded)."""
         with self._lock:
             study_id = reply.study_id
             current = self._rounds.get(study_id)
@@ -419,7 +448,8 @@ class StudyEngine:
                     answer = Failure(reason)
                 else:
                     answer = reply.releases or ()
-                    blob = encode_task_result(reply.task_id, study_id, answer)
+                    if blob is None:
+                        blob = encode_task_result(reply.task_id, study_id, answer)
                     changed = self._store.record_answer(
                         study_id, site_id, reply.task_id, "answered", now, result=blob,
                         participant=("released", ""))
