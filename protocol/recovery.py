@@ -2,7 +2,7 @@
 
 In the screening round every site splits its mask key (the raw X25519 private key) and its
 self-mask seed into ``k + 1`` shares, one per *holder* (its neighbours and itself,
-:mod:`protocol.neighbours`), threshold ``t = floor((k + 1) / 2) + 1``, and seals each
+:mod:`protocol.neighbours`), threshold ``t = ceil(2 (k + 1) / 3)``, and seals each
 neighbour's pair of shares under their channel key (:meth:`PairwiseMasker.channel_key`, label
 ``shares``); the aggregator relays the blobs. A holder is numbered by its position in the
 sorted participants plus one.
@@ -10,10 +10,12 @@ sorted participants plus one.
 After the attempt's self-masked round the aggregator asks every survivor to reveal, for each
 site whose shares it holds, the **self-mask-seed share** if that site contributed to the round,
 or the **mask-key share** if it dropped out, never both: a survivor fixes the dropped set of an
-attempt once (:class:`node.runtime.secure_session.SecureSessions`). With ``t`` above half of
-the ``k + 1`` holders, two disjoint sets of ``t`` honest holders cannot exist, so an aggregator
-that tells some holders a site dropped and others it did not cannot collect both secrets of
-one site: a site reported dropped while its vector was received stays hidden by its self mask.
+attempt once (:class:`node.runtime.secure_session.SecureSessions`). Two sets of ``t`` holders
+overlap in at least ``2t - k - 1`` holders, so unless that many holders collude (up to
+``2t - k - 2`` colluders are tolerated, :func:`protocol.neighbours.tolerated_colluders`), an
+aggregator that tells some holders a site dropped and others it did not cannot collect both
+secrets of one site: a site reported dropped while its vector was received stays hidden by its
+self mask.
 """
 
 from __future__ import annotations
