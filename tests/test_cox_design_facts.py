@@ -26,6 +26,7 @@ from node.cohorts.facts import LABS_FILE, fact_rows
 from node.ingestion.schema import TABLE_NAMES
 from node.ingestion.store import Store, open_store, write_snapshot
 from protocol.study import Cohort
+from tests.site_parts import split_site
 
 TODAY = dt.date(2025, 1, 1)
 LABS = ("LDH", "CRP", "ldh", "ferritin")
@@ -135,32 +136,6 @@ def test_a_snapshot_without_lab_values_derives_them_once(tmp_path: Path) -> None
           covariates)
 
 
-def _halves(folder: Path, out: Path) -> list[Path]:
-    """The site folder cut into two folders of whole patients (every other patient)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    tables = {p.stem: pq.read_table(p) for p in folder.glob("*.parquet")}
-    pids = tables["patients"]["patient_id"]
-    folders = []
-    for k in range(2):
-        mine = pids.filter(pa.array(np.arange(len(pids)) % 2 == k))
-        inf = tables["infusions"].filter(pc.is_in(tables["infusions"]["patient_id"],
-                                                  value_set=mine))
-        dest = out / f"part{k}"
-        dest.mkdir(parents=True)
-        for name, table in tables.items():
-            if name == "patients":
-                table = table.filter(pc.is_in(table["patient_id"], value_set=mine))
-            elif name == "infusions":
-                table = inf
-            else:
-                table = table.filter(pc.is_in(table["infusion_id"],
-                                              value_set=inf["infusion_id"]))
-            pq.write_table(table, dest / f"{name}.parquet")
-        folders.append(dest)
-    return folders
-
-
 def test_parts_that_measure_different_labs(tmp_path: Path) -> None:
     import pyarrow.compute as pc
 
@@ -170,7 +145,7 @@ def test_parts_that_measure_different_labs(tmp_path: Path) -> None:
     names = pq.read_table(site / "baseline_measurements.parquet")["measurement"].unique()
     names = sorted(names.to_pylist())
     assert len(names) >= 2
-    parts = _halves(site, tmp_path / "parts")
+    parts = split_site(site, tmp_path / "parts", 2)
     for part, drop in zip(parts, (names[0], names[-1]), strict=True):  # each lacks a lab
         path = part / "baseline_measurements.parquet"
         table = pq.read_table(path)

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from heron.synth import synthesize_site
@@ -21,33 +18,10 @@ from node.ingestion.parts import ingest_parts
 from node.ingestion.schema import TABLE_NAMES
 from node.ingestion.store import open_store
 from protocol.study import Cohort
+from tests.site_parts import split_site
 
 SECRET = bytes(range(32))
 TODAY = dt.date(2025, 6, 1)
-
-
-def _split(folder: Path, out: Path, parts: int) -> list[Path]:
-    """The site folder cut into ``parts`` folders of whole patients."""
-    tables = {p.stem: pq.read_table(p) for p in folder.glob("*.parquet")}
-    pids = tables["patients"]["patient_id"]
-    inf = tables["infusions"]
-    folders = []
-    for k in range(parts):
-        mine = pids.filter(pa.array(np.arange(len(pids)) % parts == k))
-        keep_inf = inf.filter(pc.is_in(inf["patient_id"], value_set=mine))
-        dest = out / f"part{k}"
-        dest.mkdir(parents=True)
-        for name, table in tables.items():
-            if name == "patients":
-                table = table.filter(pc.is_in(table["patient_id"], value_set=mine))
-            elif name == "infusions":
-                table = keep_inf
-            else:
-                table = table.filter(pc.is_in(table["infusion_id"],
-                                              value_set=keep_inf["infusion_id"]))
-            pq.write_table(table, dest / f"{name}.parquet")
-        folders.append(dest)
-    return folders
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +33,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_parts_equal_the_whole(site: Path, tmp_path: Path) -> None:
     whole = ingest(site, tmp_path / "whole", SECRET, today=TODAY)
-    parts = ingest_parts(_split(site, tmp_path / "split", 3), tmp_path / "parts", SECRET,
+    parts = ingest_parts(split_site(site, tmp_path / "split", 3), tmp_path / "parts", SECRET,
                          today=TODAY, ledger_salt=bytes(32))
     for name in TABLE_NAMES:
         a, b = whole.tables[name], parts.tables[name]
@@ -88,7 +62,7 @@ def test_parts_equal_the_whole(site: Path, tmp_path: Path) -> None:
 
 
 def test_a_patient_in_two_parts_is_refused(site: Path, tmp_path: Path) -> None:
-    folders = _split(site, tmp_path / "split", 2)
+    folders = split_site(site, tmp_path / "split", 2)
     dup = tmp_path / "dup"
     dup.mkdir()
     for p in folders[0].iterdir():  # the first part twice: every patient in two parts
