@@ -26,3 +26,21 @@ def synthetic_network(tmp: Path, sites: int = 3, patients: int = 60, seed: int =
 def site_stores(sites: list[SimulatedSite]) -> dict[str, Path]:
     """Site id -> store folder."""
     return {s.site_id: s.store_dir for s in sites if s.store_dir is not None}
+
+
+def certified_sites(tmp: Path) -> dict[str, Path]:
+    """A network CA under ``tmp / "ca"`` and the synthetic sites of the secure-aggregation tests
+    (4 synthesised, those with at least 10 patients kept), each a folder with ``store`` and
+    ``credentials``; returns site id -> folder."""
+    from node.ingestion.ingest import ingest
+    from protocol.pki import init_ca, issue_site
+
+    init_ca(tmp / "ca")
+    sites = {}
+    for f in synthesize(tmp / "sites", sites=4, patients=120, seed=8):
+        if f.patients < 10:
+            continue
+        ingest(f.path, tmp / f.site_id / "store", b"z" * 32)
+        issue_site(tmp / "ca", f.site_id, tmp / f.site_id / "credentials")
+        sites[f.site_id] = tmp / f.site_id
+    return sites

@@ -22,16 +22,15 @@ from scipy.stats import chisquare
 
 from aggregator.store import decode_task_result
 from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
-from heron.synth import synthesize
 from node.governance.audit import AuditTrail
 from node.governance.policy import Policy
-from node.ingestion.ingest import ingest
 from node.ingestion.store import open_store
 from node.runtime.engine import NodeEngine
-from protocol.pki import init_ca, issue_site, load_credentials
+from protocol.pki import load_credentials
 from protocol.signing import sign_study
 from tests.conftest import EVERY_KIND
 from tests.cox_cohorts import assert_binned_cox_equals_lifelines
+from tests.synthetic_sites import certified_sites
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
@@ -42,15 +41,7 @@ ANALYSES = EVERY_KIND
 @pytest.fixture(scope="module")
 def network_parts(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("secure")
-    init_ca(tmp / "ca")
-    sites = {}
-    for f in synthesize(tmp / "sites", sites=4, patients=120, seed=8):
-        if f.patients < 10:
-            continue
-        ingest(f.path, tmp / f.site_id / "store", b"z" * 32)
-        issue_site(tmp / "ca", f.site_id, tmp / f.site_id / "credentials")
-        sites[f.site_id] = tmp / f.site_id
-    return tmp, sites
+    return tmp, certified_sites(tmp)
 
 
 def _silent_after_keys(handler):

@@ -18,9 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from aggregator.transport import StudyTask
 from heron.simulation import SimulatedNetwork, SimulatedSite, make_study
-from heron.synth import synthesize
 from node.governance.policy import Policy
-from node.ingestion.ingest import ingest
 from protocol.codec import Release
 from protocol.errors import SecureAggregationError
 from protocol.key_exchange import KeyAnnouncement, announce, verify_announcement
@@ -37,6 +35,7 @@ from protocol.recovery import open_shares, reconstruct_revealed, reveal, seal_sh
 from protocol.rounds import parse_requests
 from protocol.secure_agg import mask_release, unmask_sum
 from protocol.shamir import reconstruct, split
+from tests.synthetic_sites import certified_sites
 
 KEY = Ed25519PrivateKey.generate()
 TODAY = dt.date(2026, 11, 1)
@@ -50,15 +49,7 @@ SITES = [f"site-{i:02d}" for i in range(24)]
 def network_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
     """Three synthetic sites with stores and site certificates of one network CA."""
     tmp = tmp_path_factory.mktemp("secure")
-    init_ca(tmp / "ca")
-    sites = {}
-    for f in synthesize(tmp / "sites", sites=4, patients=120, seed=8):
-        if f.patients < 10:
-            continue
-        ingest(f.path, tmp / f.site_id / "store", b"z" * 32)
-        issue_site(tmp / "ca", f.site_id, tmp / f.site_id / "credentials")
-        sites[f.site_id] = tmp / f.site_id
-    return tmp, sites
+    return tmp, certified_sites(tmp)
 
 
 def _close(a: object, b: object, path: str = "") -> None:
