@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.strategy import MASKED_SUM, Contributions, Strategy
-from protocol.codec import Release, decode_release, encode_release
+from protocol.codec import Release
 from protocol.errors import ProtocolError
 from protocol.key_exchange import KeyAnnouncement, verify_announcement
 from protocol.recovery import reconstruct_revealed
@@ -54,11 +54,12 @@ from protocol.rounds import (
     screen_request,
     screened_relay,
     unmask_request,
+    unwire_release,
+    wire_release,
 )
 from protocol.screening import SCREEN, SEALED
 from protocol.secure_agg import add_masked, remember, unmask_sum
 from protocol.study import Study
-from protocol.v1.common_pb2 import AnalysisRelease
 
 __all__ = ["Answer", "Failure", "RunState", "StudyRun"]
 
@@ -361,12 +362,12 @@ class StudyRun:
             entry: dict[str, Any] = {"sites": survivors, "errors": errors}
             if not errors:
                 try:
-                    entry["sum"] = _b64(add_masked([mine[s] for s in survivors]))
+                    entry["sum"] = wire_release(add_masked([mine[s] for s in survivors]))
                 except ProtocolError as exc:
                     entry["errors"] = {s: f"masked releases do not add up: {exc}"
                                        for s in survivors}
                 if self._analyses[name].kind == "cox":
-                    entry["signed"] = {s: _b64(r) for s, r in mine.items()}
+                    entry["signed"] = {s: wire_release(r) for s, r in mine.items()}
             state.pending[name] = entry
         for site, failure in failed.items():
             self._leave(state, site, failure)
@@ -409,9 +410,9 @@ class StudyRun:
                 answers = Contributions({}, dict(entry["errors"]), sites, masked=True)
             else:
                 try:
-                    summed = unmask_sum([_unb64(entry["sum"])], sites, revealed)
+                    summed = unmask_sum([unwire_release(entry["sum"])], sites, revealed)
                     answers = Contributions({MASKED_SUM: summed}, {}, sites, masked=True,
-                                            signed={s: _unb64(b) for s, b in
+                                            signed={s: unwire_release(b) for s, b in
                                                     entry.get("signed", {}).items()})
                 except ProtocolError as exc:
                     answers = Contributions({}, {s: f"masked releases do not add up: {exc}"
@@ -545,14 +546,6 @@ class StudyRun:
                 if pair not in state.thresholds:
                     state.thresholds.append(pair)
             state.coarsened = state.coarsened or bool(r.metadata.get("coarsened"))
-
-
-def _b64(release: Release) -> str:
-    return base64.b64encode(encode_release(release).SerializeToString()).decode("ascii")
-
-
-def _unb64(text: str) -> Release:
-    return decode_release(AnalysisRelease.FromString(base64.b64decode(text)))
 
 
 def _enc(data: bytes) -> str:

@@ -79,6 +79,7 @@ __all__ = [
     "summary_request",
     "summary_requests",
     "unmask_request",
+    "unwire_release",
     "wire_release",
 ]
 
@@ -156,6 +157,12 @@ def summary_requests(study: Study) -> tuple[Release, ...]:
 def wire_release(release: Release) -> str:
     """A release as a Newton request relays it: base64 of its encoded ``AnalysisRelease``."""
     return base64.b64encode(encode_release(release).SerializeToString()).decode("ascii")
+
+
+def unwire_release(text: str) -> Release:
+    """The release :func:`wire_release` encoded (raises ``ValueError``, :class:`ProtocolError`
+    or protobuf's ``DecodeError`` when ``text`` is not one)."""
+    return decode_release(AnalysisRelease.FromString(base64.b64decode(text, validate=True)))
 
 
 def newton_request(analysis: str, columns: Sequence[str], beta: Sequence[float],
@@ -258,8 +265,7 @@ def _newton(request: Release) -> NewtonRequest:
     if not isinstance(raw, list) or not all(isinstance(r, str) for r in raw):
         raise ProtocolError(f"newton request {request.analysis}: relayed must list releases")
     try:
-        relayed = tuple(decode_release(AnalysisRelease.FromString(
-            base64.b64decode(r, validate=True))) for r in raw)
+        relayed = tuple(unwire_release(r) for r in raw)
     except (ValueError, ProtocolError, DecodeError) as exc:
         raise ProtocolError(f"newton request {request.analysis}: unreadable relayed release "
                             f"({exc})") from None
